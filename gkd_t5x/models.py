@@ -1,0 +1,278 @@
+"""The GKD model on T5X's `BaseModel` protocol.
+
+`GKDModel` holds the student network, the frozen teacher network and the objective's settings
+(`objective.GKDConfig`), and offers what T5X's trainer, evaluator and inference expect:
+`loss_fn`, `eval_fn`, `score_batch`, `predict_batch(_with_aux)` and `get_initial_variables`.
+
+The teacher's params are not model params: they live in the variable collection `teacher`
+(with their logical axes in `teacher_axes`), which T5X's train state carries as
+`flax_mutables` and passes to `loss_fn(params, batch, dropout_rng, flax_mutables)`. They are
+therefore inputs of the jitted step, sharded by the same logical axis rules as the student,
+outside the optimizer, and returned unchanged, so they are never updated.
+
+Shape letters: B batch, I input length, L target length, V vocabulary.
+"""
+
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+from clu import metrics as clu_metrics
+import flax.linen as nn
+import gin
+import jax
+import jax.numpy as jnp
+import seqio
+
+from gkd_t5x import decoding
+from gkd_t5x import network
+from gkd_t5x import objective
+
+Array = jnp.ndarray
+PyTree = Any
+Batch = Mapping[str, Array]
+MetricsMap = Dict[str, clu_metrics.Metric]
+
+TEACHER_COLLECTION = 'teacher'
+DECODE_METHODS = ('greedy', 'sample', 'beam')
+
+
+def bind(module: nn.Module, params: PyTree) -> objective.SequenceModel:
+  """Binds `params` to a `network.Transformer` as the objective's `SequenceModel`."""
+  variables = {'params': params}
+  transformer = network.Transformer
+
+  def encode(inputs, enable_dropout, dropout_rng, encoder_segment_ids):
+    rngs = {'dropout': dropout_rng} if enable_dropout else None
+    return module.apply(variables, inputs, encoder_segment_ids, enable_dropout, rngs=rngs,
+                        method=transformer.encode)
+
+  def decode(encoded, inputs, decoder_inputs, targets, enable_dropout, dropout_rng,
+             encoder_segment_ids, decoder_segment_ids):
+    rngs = {'dropout': dropout_rng} if enable_dropout else None
+    return module.apply(variables, encoded, inputs, decoder_inputs, targets, encoder_segment_ids,
+                        decoder_segment_ids, enable_dropout, rngs=rngs,
+                        method=transformer.decode)
+
+  def init_cache(encoded, inputs, max_decode_length):
+    return module.apply(variables, encoded, inputs, max_decode_length,
+                        method=transformer.init_cache)
+
+  def decode_step(tokens_Bx1, cache, position):
+    return module.apply(variables, tokens_Bx1, cache, position, method=transformer.decode_step)
+
+  return objective.SequenceModel(encode, decode, init_cache, decode_step)
+
+
+def _average(value: Array, count: Any = 1.0) -> clu_metrics.Average:
+  return clu_metrics.Average(total=jnp.asarray(value, jnp.float32) * count,
+                             count=jnp.asarray(count, jnp.int32))
+
+
+@gin.configurable
+class GKDModel:
+  """Student, teacher and GKD settings behind T5X's model protocol.
+
+  Attributes:
+    module: the student `network.Transformer`.
+    teacher_module: the teacher `network.Transformer` (None for SFT, which needs none).
+    input_vocabulary, output_vocabulary: seqio vocabularies of the task.
+    optimizer_def: the optimizer, for T5X's trainer (the standalone trainer builds its own).
+    gkd: the objective's settings.
+    decode_method: 'greedy', 'sample' or 'beam', for `predict_batch_with_aux`.
+    decode_temperature, decode_top_k, decode_top_p: for decode_method='sample'.
+    beam_size, beam_alpha: for decode_method='beam'.
+  """
+  FEATURE_CONVERTER_CLS = seqio.EncDecFeatureConverter
+
+  def __init__(self, module: network.Transformer,
+               teacher_module: Optional[network.Transformer],
+               input_vocabulary: seqio.Vocabulary, output_vocabulary: seqio.Vocabulary,
+               optimizer_def: Any = None, gkd: objective.GKDConfig = objective.GKDConfig(),
+               decode_method: str = 'greedy', decode_temperature: float = 1.0,
+               decode_top_k: int = 0, decode_top_p: float = 1.0, beam_size: int = 4,
+               beam_alpha: float = 0.6):
+    if teacher_module is None and gkd.needs_teacher:
+      raise ValueError(f'GKDModel.teacher_module is None, but divergence {gkd.divergence!r} '
+                       f'with fixed_data {gkd.fixed_data!r} needs a teacher.')
+    student_vocab = module.config.vocab_size
+    if teacher_module is not None and teacher_module.config.vocab_size != student_vocab:
+      raise ValueError(
+          'Teacher and student vocabularies differ: teacher T5Config.vocab_size = '
+          f'{teacher_module.config.vocab_size}, student T5Config.vocab_size = {student_vocab}. '
+          'Token-level distillation needs one shared vocabulary.')
+    for name, vocab in (('input_vocabulary', input_vocabulary),
+                        ('output_vocabulary', output_vocabulary)):
+      if vocab.vocab_size > student_vocab:
+        raise ValueError(f'{name} has {vocab.vocab_size} tokens, more than the network\'s '
+                         f'T5Config.vocab_size = {student_vocab}.')
+    if decode_method not in DECODE_METHODS:
+      raise ValueError(f'GKDModel.decode_method must be one of {DECODE_METHODS}, got '
+                       f'{decode_method!r}.')
+    self.module = module
+    self.teacher_module = teacher_module
+    self.input_vocabulary = input_vocabulary
+    self.output_vocabulary = output_vocabulary
+    self.optimizer_def = optimizer_def
+    self.gkd = gkd
+    self.decode_method = decode_method
+    self.decode_temperature = decode_temperature
+    self.decode_top_k = decode_top_k
+    self.decode_top_p = decode_top_p
+    self.beam_size = beam_size
+    self.beam_alpha = beam_alpha
+    self._eos_id = output_vocabulary.eos_id
+
+  # --------------------------------------------------------------------------- initialization
+
+  def get_initial_variables(self, rng: Array, input_shapes: Mapping[str, Tuple[int, ...]],
+                            input_types: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+    """Random student and teacher variables for the given feature shapes.
+
+    Returns:
+      {'params', 'params_axes'} of the student and, with a teacher, {'teacher',
+      'teacher_axes'}: the teacher's params and their logical axes (replaced by a checkpoint's
+      params before training).
+    """
+    input_types = input_types or {}
+    student_rng, teacher_rng = jax.random.split(rng)
+
+    def init(module, key):
+      inputs = {name: jnp.ones(input_shapes[name], input_types.get(name, jnp.int32))
+                for name in ('encoder_input_tokens', 'decoder_input_tokens',
+                             'decoder_target_tokens')}
+      return module.init(key, inputs['encoder_input_tokens'], inputs['decoder_input_tokens'],
+                         inputs['decoder_target_tokens'], enable_dropout=False)
+
+    variables = dict(init(self.module, student_rng))
+    if self.teacher_module is not None:
+      teacher_variables = init(self.teacher_module, teacher_rng)
+      variables[TEACHER_COLLECTION] = teacher_variables['params']
+      variables[TEACHER_COLLECTION + '_axes'] = teacher_variables['params_axes']
+    return variables
+
+  # --------------------------------------------------------------------------- training
+
+  def _teacher(self, flax_mutables: Optional[Mapping[str, Any]]):
+    if self.teacher_module is None:
+      return None
+    if not flax_mutables or TEACHER_COLLECTION not in flax_mutables:
+      raise ValueError(f'This GKD model has a teacher; its params must reach the step as '
+                       f'flax_mutables[{TEACHER_COLLECTION!r}].')
+    return bind(self.teacher_module, flax_mutables[TEACHER_COLLECTION])
+
+  def _metrics(self, loss: Array, stats: Mapping[str, Array], batch: Batch) -> MetricsMap:
+    metrics = {name: _average(value) for name, value in stats.items()}
+    metrics['loss'] = _average(loss)
+    num_sequences = batch['decoder_target_tokens'].shape[0]
+    metrics['on_policy_fraction'] = metrics.pop('on_policy')
+    if self.gkd.may_be_on_policy:
+      # Sample statistics average over on-policy steps only (count 0 on the others).
+      on_policy = stats['on_policy']
+      metrics['sample_length'] = _average(stats['sequence_length'], on_policy)
+      metrics['sample_eos_rate'] = _average(stats['eos_rate'], on_policy)
+    metrics['num_sequences'] = clu_metrics.Average(
+        total=jnp.asarray(num_sequences, jnp.float32), count=jnp.asarray(1, jnp.int32))
+    return metrics
+
+  def loss_fn(self, params: PyTree, batch: Batch, dropout_rng: Optional[Array],
+              flax_mutables: Optional[Mapping[str, Any]] = None, *,
+              step: Optional[Array] = None):
+    """One GKD training step's loss (`objective.gkd_loss`).
+
+    Args:
+      params: the student's params.
+      batch: EncDec features ('encoder_input_tokens' [B, I], 'decoder_target_tokens' [B, L],
+        'decoder_input_tokens', 'decoder_loss_weights', ...).
+      dropout_rng: the step key; it drives dropout, the lambda coin and sampling.
+      flax_mutables: {'teacher': teacher params}; returned unchanged (T5X's convention).
+      step: the training step, needed by a lambda schedule that changes over training.
+
+    Returns:
+      (loss, metrics) without flax_mutables, (loss, (metrics, flax_mutables)) with them.
+    """
+    if dropout_rng is None:
+      raise ValueError('GKDModel.loss_fn needs the step rng (dropout_rng): it draws the lambda '
+                       'coin and the on-policy samples from it. Use eval_fn for evaluation.')
+    loss, stats = objective.gkd_loss(
+        self.gkd, bind(self.module, params), self._teacher(flax_mutables), batch, dropout_rng,
+        step=step, student_dropout=self.module.config.dropout_rate > 0, eos_id=self._eos_id)
+    metrics = self._metrics(loss, stats, batch)
+    if flax_mutables is None:
+      return loss, metrics
+    return loss, (metrics, flax_mutables)
+
+  def eval_fn(self, params: PyTree, batch: Batch,
+              flax_mutables: Optional[Mapping[str, Any]] = None):
+    """The divergence on the batch's own targets, deterministically (no dropout, no sampling),
+    so that validation losses compare across lambda and methods. Returns (loss, metrics)."""
+    eval_config = objective.GKDConfig(
+        divergence=self.gkd.divergence, beta=self.gkd.beta, lmbda=0.0,
+        teacher_temperature=self.gkd.teacher_temperature,
+        student_temperature=self.gkd.student_temperature)
+    loss, stats = objective.gkd_loss(
+        eval_config, bind(self.module, params), self._teacher(flax_mutables), batch,
+        jax.random.PRNGKey(0), student_dropout=False, eos_id=self._eos_id)
+    return loss, self._metrics(loss, stats, batch)
+
+  # --------------------------------------------------------------------------- inference
+
+  def score_batch(self, params: PyTree, batch: Batch, return_intermediates: bool = False):
+    """[B] log-likelihood under the student of each target sequence (sum over its weighted
+    positions). `return_intermediates` is not supported."""
+    if return_intermediates:
+      raise ValueError('GKDModel.score_batch does not return intermediates.')
+    student = bind(self.module, params)
+    inputs, targets = batch['encoder_input_tokens'], batch['decoder_target_tokens']
+    decoder_inputs = batch.get('decoder_input_tokens', objective.shift_right(targets))
+    weights = batch.get('decoder_loss_weights', (targets > 0).astype(jnp.float32))
+    logits = student.decode(student.encode(inputs, False, None, None), inputs, decoder_inputs,
+                            targets, False, None, None, None)
+    log_probs = jnp.take_along_axis(jax.nn.log_softmax(logits), targets[..., None], -1)[..., 0]
+    return jnp.sum(log_probs * weights, axis=-1)
+
+  def predict_batch(self, params: PyTree, batch: Batch, rng: Optional[Array] = None) -> Array:
+    return self.predict_batch_with_aux(params, batch, rng)[0]
+
+  def predict_batch_with_aux(self, params: PyTree, batch: Batch, rng: Optional[Array] = None,
+                             decoder_params: Optional[Mapping[str, Any]] = None,
+                             return_all_decodes: bool = False, num_decodes: int = 1,
+                             prompt_with_targets: bool = False):
+    """Decodes the student's outputs for `batch['encoder_input_tokens']`.
+
+    The decoding length is the batch's decoder feature length. `decoder_params` may override
+    `temperature`, `topk`, `topp` (sampling) and `alpha` (beam search) for this call.
+
+    Returns:
+      (tokens [B, L] int32, {'scores': [B] float32}): the best beam's tokens and its
+      length-penalized log probability, or one sample and its log probability; with
+      return_all_decodes and beam search, tokens [B, K, L] and scores [B, K].
+    """
+    if prompt_with_targets:
+      raise ValueError('GKDModel is an encoder-decoder: prompt_with_targets is not supported.')
+    decoder_params = dict(decoder_params or {})
+    student = bind(self.module, params)
+    inputs = batch['encoder_input_tokens']
+    length = batch['decoder_input_tokens'].shape[1]
+    batch_size = inputs.shape[0]
+    encoded = student.encode(inputs, False, None, None)
+    cache = student.init_cache(encoded, inputs, length)
+    common = dict(batch_size=batch_size, max_decode_length=length, eos_id=self._eos_id)
+    if self.decode_method == 'beam':
+      beam_size = max(self.beam_size, num_decodes)
+      out = decoding.beam_search(student.decode_step, cache, beam_size=beam_size,
+                                 alpha=decoder_params.get('alpha', self.beam_alpha), **common)
+      if return_all_decodes:
+        return out.tokens, {'scores': out.scores}
+      return out.tokens[:, 0], {'scores': out.scores[:, 0]}
+    if num_decodes != 1 or return_all_decodes:
+      raise ValueError('num_decodes > 1 and return_all_decodes need decode_method="beam".')
+    if self.decode_method == 'greedy':
+      out = decoding.greedy_decode(student.decode_step, cache, **common)
+      return out.tokens, {'scores': out.log_probs}
+    if rng is None:
+      raise ValueError('Sampling (decode_method="sample") needs an explicit rng.')
+    out = decoding.temperature_sample(
+        student.decode_step, cache, rng=rng,
+        temperature=decoder_params.get('temperature', self.decode_temperature),
+        top_k=decoder_params.get('topk', self.decode_top_k),
+        top_p=decoder_params.get('topp', self.decode_top_p), **common)
+    return out.tokens, {'scores': out.log_probs}

@@ -1,0 +1,37 @@
+"""gkd_t5x: Generalized Knowledge Distillation (on-policy distillation) in JAX/Flax, T5X style."""
+
+import setuptools
+
+# Versions tested together on CPU (Python 3.11); t5x itself is not on PyPI (see README).
+INSTALL_REQUIRES = [
+    'jax==0.10.2',
+    'flax==0.12.8',
+    'optax==0.2.8',
+    'orbax-checkpoint==0.12.8',
+    'chex==0.1.92',
+    'seqio==0.0.20',
+    'tensorflow==2.21.0',
+    'tensorflow-text==2.21.1',
+    'tensorflow-datasets==4.9.10',
+    'gin-config==0.5.0',
+    'clu==0.0.12',
+    'rouge-score==0.1.2',
+    'sacrebleu==2.6.0',
+    'numpy',
+]
+
+setuptools.setup(
+    name='gkd_t5x',
+    version='0.1.0',
+    description=__doc__,
+    python_requires='>=3.10',
+    # `tasks/` sits at the top level of the repository but installs as `gkd_t5x.tasks`, so that
+    # it never claims the generic module name `tasks` in a user's environment.
+    packages=['gkd_t5x', 'gkd_t5x.tasks'],
+    package_dir={'gkd_t5x': 'gkd_t5x', 'gkd_t5x.tasks': 'tasks'},
+    package_data={'gkd_t5x': ['../gin/**/*.gin']},
+    install_requires=INSTALL_REQUIRES,
+    extras_require={
+        'test': ['pytest==9.0.3', 'pytest-xdist'],
+    },
+)
