@@ -127,11 +127,11 @@ def _check_logits(logits: jnp.ndarray, rows: int) -> jnp.ndarray:
 
 
 def _previous_tokens(
-    seqs_NxL: jnp.ndarray, step: jnp.ndarray, decoder_start_id: int
+    outputs: jnp.ndarray, step: jnp.ndarray, decoder_start_id: int
 ) -> jnp.ndarray:
-  """[..., L] outputs so far -> [...] decoder inputs of `step`."""
+  """[..., L] int32 outputs so far -> [...] int32 decoder inputs of `step`."""
   prev = lax.dynamic_index_in_dim(
-      seqs_NxL, jnp.maximum(step - 1, 0), axis=-1, keepdims=False
+      outputs, jnp.maximum(step - 1, 0), axis=-1, keepdims=False
   )
   return jnp.where(step == 0, decoder_start_id, prev).astype(jnp.int32)
 
@@ -162,17 +162,17 @@ def _filter_logits(logits_BxV: jnp.ndarray, top_k: int, top_p: float) -> jnp.nda
   if (top_k == 0 or top_k >= vocab_size) and top_p == 1.0:
     return logits_BxV
   k = min(top_k, vocab_size) if top_k > 0 else vocab_size
-  sorted_logits_BxK, sorted_idx_BxK = lax.top_k(logits_BxV, k)
-  keep_BxK = jnp.ones(sorted_logits_BxK.shape, bool)
+  sorted_logits_Bxk, sorted_idx_Bxk = lax.top_k(logits_BxV, k)
+  keep_Bxk = jnp.ones(sorted_logits_Bxk.shape, bool)
   if top_p < 1.0:
-    probs_BxK = jax.nn.softmax(sorted_logits_BxK, axis=-1)
-    mass_before_BxK = jnp.cumsum(probs_BxK, axis=-1) - probs_BxK
-    keep_BxK = mass_before_BxK < top_p
+    probs_Bxk = jax.nn.softmax(sorted_logits_Bxk, axis=-1)
+    mass_before_Bxk = jnp.cumsum(probs_Bxk, axis=-1) - probs_Bxk
+    keep_Bxk = mass_before_Bxk < top_p
   # Scatter by index rather than thresholding on a value, so that ties at the
   # boundary cannot let more than k tokens through.
   rows_Bx1 = jnp.arange(logits_BxV.shape[0])[:, None]
   keep_BxV = (
-      jnp.zeros(logits_BxV.shape, bool).at[rows_Bx1, sorted_idx_BxK].set(keep_BxK)
+      jnp.zeros(logits_BxV.shape, bool).at[rows_Bx1, sorted_idx_Bxk].set(keep_Bxk)
   )
   return jnp.where(keep_BxV, logits_BxV, -jnp.inf)
 
@@ -207,7 +207,8 @@ def temperature_sample(
       split a step rng); may be None only when temperature == 0.
     batch_size: B.
     max_decode_length: L, the number of output positions.
-    temperature: static float >= 0; 0.0 means greedy (argmax) decoding.
+    temperature: static float >= 0; 0.0 means greedy (argmax) decoding, where
+      top_k and top_p have no effect.
     top_k: static int >= 0; 0 turns top-k off.
     top_p: static float in (0, 1]; 1.0 turns nucleus sampling off.
     eos_id: end-of-sequence id.
@@ -223,10 +224,11 @@ def temperature_sample(
   _check_int('top_k', top_k, 0)
   if not (isinstance(temperature, numbers.Real) and 0.0 <= temperature < math.inf):
     raise ValueError(
-        f'temperature must be a finite float >= 0 (0.0: greedy), got {temperature!r}.'
+        'temperature must be a static finite float >= 0 (0.0: greedy), got '
+        f'{temperature!r}.'
     )
   if not (isinstance(top_p, numbers.Real) and 0.0 < top_p <= 1.0):
-    raise ValueError(f'top_p must be a float in (0, 1], got {top_p!r}.')
+    raise ValueError(f'top_p must be a static float in (0, 1], got {top_p!r}.')
   greedy = temperature == 0.0
   if rng is None and not greedy:
     raise ValueError('rng: a PRNG key is required when temperature > 0.')
@@ -353,7 +355,7 @@ def beam_search(
   _check_int('beam_size', beam_size, 1)
   _check_int('max_decode_length', max_decode_length, 1)
   if not (isinstance(alpha, numbers.Real) and 0.0 <= alpha < math.inf):
-    raise ValueError(f'alpha must be a finite float >= 0, got {alpha!r}.')
+    raise ValueError(f'alpha must be a static finite float >= 0, got {alpha!r}.')
   _check_cache(initial_cache, batch_size)
   b, k, l = batch_size, beam_size, max_decode_length
   # Log probs only fall and, for alpha >= 0, the penalty only grows with length,

@@ -36,26 +36,19 @@ with_sharding_constraint = nn_partitioning.with_sharding_constraint
 MASK_BIAS = -1e10
 
 
-def variance_scaling_init(scale: float, mode: str, distribution: str, num_in_axes: int,
-                          num_out_axes: int) -> Callable[..., Array]:
-  """`nn.initializers.variance_scaling` with fan-in over the first `num_in_axes` axes."""
-  return nn.initializers.variance_scaling(
-      scale, mode, distribution,
-      in_axis=tuple(range(num_in_axes)),
-      out_axis=tuple(range(num_in_axes, num_in_axes + num_out_axes)))
-
-
 class DenseGeneral(nn.Module):
   """Linear map over one or more trailing axes, without bias.
 
-  The kernel has shape `[*inputs.shape[axis], *features]` (float32) and the logical axes
-  `kernel_axes`; activations are computed in `dtype`.
+  As in T5X, the kernel is stored as a float32 matrix [prod(inputs.shape[axis]), prod(features)]
+  (logical axes `kernel_axes`, e.g. ('embed', 'joined_kv') for the attention projections) and
+  reshaped to [*inputs.shape[axis], *features] for the contraction; activations are computed in
+  `dtype`.
 
   Attributes:
     features: output feature shape.
     axis: input axes to contract.
-    kernel_axes: logical axis names of the kernel, one per kernel dimension.
-    init_scale: variance scale of the initializer (fan-in, truncated normal by default).
+    kernel_axes: logical axis names of the stored (2-d) kernel.
+    init_scale: variance scale of the fan-in initializer.
     init_distribution: distribution of `nn.initializers.variance_scaling`.
     dtype: activation dtype.
   """
@@ -71,11 +64,11 @@ class DenseGeneral(nn.Module):
     features = (self.features,) if isinstance(self.features, int) else tuple(self.features)
     axis = (self.axis,) if isinstance(self.axis, int) else tuple(self.axis)
     axis = tuple(a % inputs.ndim for a in axis)
-    kernel_shape = tuple(inputs.shape[a] for a in axis) + features
-    init = variance_scaling_init(self.init_scale, 'fan_in', self.init_distribution, len(axis),
-                                 len(features))
-    kernel = param_with_axes('kernel', init, kernel_shape, jnp.float32, axes=self.kernel_axes)
-    kernel = jnp.asarray(kernel, self.dtype)
+    in_shape = tuple(inputs.shape[a] for a in axis)
+    init = nn.initializers.variance_scaling(self.init_scale, 'fan_in', self.init_distribution)
+    kernel = param_with_axes('kernel', init, (int(np.prod(in_shape)), int(np.prod(features))),
+                             jnp.float32, axes=self.kernel_axes)
+    kernel = jnp.reshape(jnp.asarray(kernel, self.dtype), in_shape + features)
     inputs = jnp.asarray(inputs, self.dtype)
     return lax.dot_general(inputs, kernel, ((axis, tuple(range(len(axis)))), ((), ())))
 
@@ -204,14 +197,14 @@ class MultiHeadDotProductAttention(nn.Module):
 
   def setup(self):
     projection = functools.partial(DenseGeneral, features=(self.num_heads, self.head_dim),
-                                   kernel_axes=('embed', 'heads', 'kv'),
+                                   kernel_axes=('embed', 'joined_kv'),
                                    init_distribution='normal', dtype=self.dtype)
     # T5 scales the query initializer by 1/sqrt(D) instead of scaling the logits.
     self.query = projection(init_scale=1.0 / self.head_dim)
     self.key = projection()
     self.value = projection()
     self.out = DenseGeneral(features=self.emb_dim, axis=(-2, -1),
-                            kernel_axes=('heads', 'kv', 'embed'), init_distribution='normal',
+                            kernel_axes=('joined_kv', 'embed'), init_distribution='normal',
                             dtype=self.dtype)
 
   def project_kv(self, inputs_kv: Array) -> Tuple[Array, Array]:

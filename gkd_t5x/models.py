@@ -13,6 +13,7 @@ outside the optimizer, and returned unchanged, so they are never updated.
 Shape letters: B batch, I input length, L target length, V vocabulary.
 """
 
+import dataclasses
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 from clu import metrics as clu_metrics
@@ -204,10 +205,10 @@ class GKDModel:
               flax_mutables: Optional[Mapping[str, Any]] = None):
     """The divergence on the batch's own targets, deterministically (no dropout, no sampling),
     so that validation losses compare across lambda and methods. Returns (loss, metrics)."""
-    eval_config = objective.GKDConfig(
-        divergence=self.gkd.divergence, beta=self.gkd.beta, lmbda=0.0,
-        teacher_temperature=self.gkd.teacher_temperature,
-        student_temperature=self.gkd.student_temperature)
+    # `replace` passes every field explicitly, so no gin binding of GKDConfig leaks in.
+    eval_config = dataclasses.replace(
+        self.gkd, lmbda=0.0, fixed_data='targets', alpha=1.0, reward=None,
+        baseline='batch_mean', num_samples_per_input=1)
     loss, stats = objective.gkd_loss(
         eval_config, bind(self.module, params), self._teacher(flax_mutables), batch,
         jax.random.PRNGKey(0), student_dropout=False, eos_id=self._eos_id)

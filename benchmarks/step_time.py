@@ -1,0 +1,339 @@
+r"""Step time of GKD on the standard benchmark configurations (shared/benchmarks.md).
+
+  python benchmarks/step_time.py [--config bench_a|bench_b|tiny|all] [--steps N]
+
+For each configuration (T5 1.1 layout: gated GELU, no biases, untied output layer; float32;
+vocabulary 384; JSD(0.5); dropout off) it builds `models.GKDModel`s and jits
+`jax.value_and_grad(model.loss_fn, has_aux=True)` with the teacher's params passed as
+`flax_mutables={'teacher': ...}`, as the trainers do, and prints one JSON line with:
+
+  step_lambda1_s, step_lambda0_s   median seconds of an on-policy step (lambda = 1: sample
+                                   y ~ p_S, then teacher and student passes) and of a supervised
+                                   step (lambda = 0), after compilation and warm-up
+  ratio_lambda1_over_lambda0       the cost of on-policy data (the paper reports 1.8-2.2x)
+  sample_s                         sampling the target length of tokens alone (student, KV
+                                   cache; `objective.sample_sequences`, encoder output given)
+  teacher_forward_s                one teacher forward pass (encode + teacher-forced decode)
+  compile_lambda1_s, compile_lambda0_s   wall time of lower + compile of each step
+  matmul_gflops                    float32 matmul throughput measured here, in this run (a
+                                   jitted 2048 x 2048 x 2048 jnp.dot, median)
+  flops_analytic                   matmul FLOPs counted from the shapes (2 per multiply-add;
+                                   backward = 2x forward for the student; the sampler counted
+                                   for all its steps); see `matmul_flops`
+  flops_xla                        XLA's `cost_analysis()['flops']` of each compiled step (all
+                                   ops, but a while loop's body counted once: it undercounts
+                                   the sampler, hence the analytic count)
+  flop_bound_s, fraction_of_bound  analytic FLOPs / measured throughput, and that bound over
+                                   the measured median: the fraction of the matmul limit reached
+  while_loops                      `while` ops in each compiled step's HLO: the sampler's loop
+                                   is in the lambda = 1 step and absent from the lambda = 0 one
+  params_student, params_teacher   parameter counts (bench_a ~0.25M / 9.6M, bench_b ~0.89M / 38M)
+  sample_length                    mean sampled length of the timed on-policy steps (a random
+                                   student rarely emits EOS, so ~ the target length)
+
+Progress goes to stderr. Seeds are fixed; times are medians (the machines are noisy). This is
+a measurement, not a test: nothing here asserts a time.
+
+Shape letters: B batch, I input length, L target length, E embedding, V vocabulary.
+"""
+
+import argparse
+import dataclasses
+import json
+import re
+import statistics
+import sys
+import time
+from typing import Callable, Dict, List
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import seqio
+
+from gkd_t5x import models
+from gkd_t5x import network
+from gkd_t5x import objective
+
+EOS_ID = 1
+MATMUL_SIZE = 2048
+
+
+@dataclasses.dataclass(frozen=True)
+class Size:
+  """A T5 1.1 net's shape: d_model, layers (encoder = decoder), heads, d_ff."""
+  emb_dim: int
+  num_layers: int
+  num_heads: int
+  mlp_dim: int
+
+  def t5_config(self, vocab_size: int) -> network.T5Config:
+    return network.T5Config(
+        vocab_size=vocab_size, emb_dim=self.emb_dim, num_heads=self.num_heads,
+        num_encoder_layers=self.num_layers, num_decoder_layers=self.num_layers,
+        head_dim=self.emb_dim // self.num_heads, mlp_dim=self.mlp_dim,
+        mlp_activations=('gelu', 'linear'), dropout_rate=0.0, logits_via_embedding=False,
+        dtype='float32')
+
+
+@dataclasses.dataclass(frozen=True)
+class Bench:
+  """One benchmark configuration: student and teacher sizes and the batch's shapes."""
+  student: Size
+  teacher: Size
+  batch_size: int = 32
+  input_length: int = 16
+  target_length: int = 48
+  vocab_size: int = 384
+  beta: float = 0.5
+
+
+BENCHES = {
+    # A quick smoke configuration, smaller than the standard ones in every dimension.
+    'tiny': Bench(Size(32, 1, 2, 64), Size(64, 2, 4, 128), batch_size=8, input_length=8,
+                  target_length=16),
+    'bench_a': Bench(Size(64, 2, 4, 128), Size(256, 4, 4, 1024)),
+    'bench_b': Bench(Size(128, 2, 4, 256), Size(512, 6, 8, 1024)),
+}
+
+
+def log(message: str) -> None:
+  print(message, file=sys.stderr, flush=True)
+
+
+def matmul_flops(config: network.T5Config, batch: int, input_length: int,
+                 target_length: int) -> Dict[str, int]:
+  """Matmul FLOPs (2 per multiply-add) of one forward pass of each part of a T5 1.1 net.
+
+  Embedding lookups are gathers and norms, softmaxes and divergences elementwise: none is a
+  matmul. Attention over the decoding cache spans all L positions at every step (the masked
+  ones too), as `network.Decoder.step` computes it.
+
+  Returns:
+    {'encode': encoder on [B, I]; 'decode': teacher-forced decoder on [B, L] with its
+     cross-attention keys/values and logits; 'sample': `init_cache` plus L cached decoding
+     steps of one token each}.
+  """
+  b, i, l = batch, input_length, target_length
+  e, hd, f, v = config.emb_dim, config.num_heads * config.head_dim, config.mlp_dim, \
+      config.vocab_size
+  mlp_per_token = 2 * (len(config.mlp_activations) + 1) * e * f  # wi_0, wi_1 and wo.
+  encoder_layer = (2 * 4 * b * i * e * hd          # q, k, v and output projections
+                   + 2 * 2 * b * i * i * hd        # q.k logits and the weighted sum of values
+                   + b * i * mlp_per_token)
+  cross_kv = 2 * 2 * b * i * e * hd
+  decoder_layer = (2 * 4 * b * l * e * hd + 2 * 2 * b * l * l * hd   # self-attention
+                   + 2 * 2 * b * l * e * hd + cross_kv               # cross q, out; k, v
+                   + 2 * 2 * b * l * i * hd                          # cross logits, values
+                   + b * l * mlp_per_token)
+  step_layer = (2 * 4 * b * e * hd + 2 * 2 * b * l * hd   # one query over the L-long cache
+                + 2 * 2 * b * e * hd + 2 * 2 * b * i * hd
+                + b * mlp_per_token)
+  logits_per_token = 2 * e * v
+  return {
+      'encode': config.num_encoder_layers * encoder_layer,
+      'decode': config.num_decoder_layers * decoder_layer + b * l * logits_per_token,
+      'sample': config.num_decoder_layers * cross_kv
+                + l * (config.num_decoder_layers * step_layer + b * logits_per_token),
+  }
+
+
+def step_flops(student: Dict[str, int], teacher: Dict[str, int]) -> Dict[str, int]:
+  """Analytic matmul FLOPs of a lambda = 1 and a lambda = 0 step, and of their parts.
+
+  The student's encode + decode runs forward and backward (backward = 2x forward: gradients
+  of both operands of every matmul); the teacher runs forward only; on-policy steps add the
+  student's sampler (forward only, under stop_gradient; it reuses the student's encoder output
+  since dropout is off).
+  """
+  supervised = 3 * (student['encode'] + student['decode']) + teacher['encode'] + teacher['decode']
+  return {'step_lambda1': supervised + student['sample'], 'step_lambda0': supervised,
+          'sample': student['sample'], 'teacher_forward': teacher['encode'] + teacher['decode']}
+
+
+def median_seconds(fn: Callable[[int], object], steps: int, warmup: int) -> List[float]:
+  """Runs fn(k) for `warmup` then `steps` values of k, blocking on each result; returns the
+  seconds of the timed runs."""
+  for k in range(warmup):
+    jax.block_until_ready(fn(k))
+  seconds = []
+  for k in range(warmup, warmup + steps):
+    start = time.perf_counter()
+    jax.block_until_ready(fn(k))
+    seconds.append(time.perf_counter() - start)
+  return seconds
+
+
+def matmul_throughput(repeats: int = 5) -> float:
+  """Measured float32 matmul throughput in FLOP/s (median over `repeats` jitted dots)."""
+  rng = np.random.default_rng(0)
+  a, b = (jnp.asarray(rng.standard_normal((MATMUL_SIZE, MATMUL_SIZE)), jnp.float32)
+          for _ in range(2))
+  dot = jax.jit(jnp.dot)
+  seconds = median_seconds(lambda _: dot(a, b), repeats, warmup=1)
+  return 2 * MATMUL_SIZE ** 3 / statistics.median(seconds)
+
+
+def count_params(tree) -> int:
+  return int(sum(leaf.size for leaf in jax.tree_util.tree_leaves(tree)))
+
+
+def make_batch(bench: Bench) -> Dict[str, jnp.ndarray]:
+  """Random EncDec features [B, I] / [B, L] without padding or EOS (ids 2 .. V-1), so a
+  lambda = 0 step trains on all L target tokens, like an on-policy step on samples that never
+  stop early."""
+  rng = np.random.default_rng(0)
+  tokens = lambda length: jnp.asarray(
+      rng.integers(2, bench.vocab_size, (bench.batch_size, length)), jnp.int32)
+  targets = tokens(bench.target_length)
+  return {'encoder_input_tokens': tokens(bench.input_length),
+          'decoder_target_tokens': targets,
+          'decoder_input_tokens': objective.shift_right(targets),
+          'decoder_loss_weights': jnp.ones(targets.shape, jnp.float32)}
+
+
+def make_model(bench: Bench, lmbda: float) -> models.GKDModel:
+  vocabulary = seqio.PassThroughVocabulary(bench.vocab_size, eos_id=EOS_ID)
+  return models.GKDModel(
+      network.Transformer(bench.student.t5_config(bench.vocab_size)),
+      network.Transformer(bench.teacher.t5_config(bench.vocab_size)), vocabulary, vocabulary,
+      gkd=objective.GKDConfig(divergence='jsd', beta=bench.beta, lmbda=lmbda))
+
+
+def xla_flops(compiled) -> float:
+  analysis = compiled.cost_analysis()
+  if isinstance(analysis, (list, tuple)):  # one entry per program in older jax versions
+    analysis = analysis[0]
+  return float(analysis.get('flops', float('nan')))
+
+
+@dataclasses.dataclass
+class StepTiming:
+  """A compiled train step, its compile time and timed runs, and what it was run with."""
+  model: models.GKDModel
+  params: object
+  teacher_params: object
+  compiled: object
+  compile_s: float
+  seconds: List[float]
+  sample_lengths: List[float]
+
+
+def time_step(bench: Bench, lmbda: float, batch: Dict[str, jnp.ndarray], step_keys: jnp.ndarray,
+              steps: int, warmup: int, name: str) -> StepTiming:
+  """Compiles `value_and_grad(loss_fn)` of a model with this lambda and times its steps (one
+  step key each)."""
+  model = make_model(bench, lmbda)
+  shapes = {'encoder_input_tokens': (bench.batch_size, bench.input_length),
+            'decoder_input_tokens': (bench.batch_size, bench.target_length),
+            'decoder_target_tokens': (bench.batch_size, bench.target_length)}
+  variables = model.get_initial_variables(jax.random.PRNGKey(0), shapes)
+  params = variables['params']
+  mutables = {models.TEACHER_COLLECTION: variables[models.TEACHER_COLLECTION]}
+  step = jax.jit(jax.value_and_grad(model.loss_fn, has_aux=True))
+  log(f'[{name}] compiling the lambda={lmbda:g} step')
+  start = time.perf_counter()
+  compiled = step.lower(params, batch, step_keys[0], mutables).compile()
+  compile_s = time.perf_counter() - start
+
+  metrics = []
+
+  def run(k):
+    (loss, (step_metrics, _)), grads = compiled(params, batch, step_keys[k], mutables)
+    metrics.append(step_metrics)
+    return loss, grads
+
+  log(f'[{name}] timing {steps} lambda={lmbda:g} steps after {warmup} warm-up steps')
+  seconds = median_seconds(run, steps, warmup)
+  # Only steps that were on-policy count samples; 'sample_length' averages over those.
+  sample_lengths = [float(m['sample_length'].compute()) for m in metrics[warmup:]
+                    if 'sample_length' in m]
+  return StepTiming(model, params, mutables[models.TEACHER_COLLECTION], compiled, compile_s,
+                    seconds, sample_lengths)
+
+
+def run_bench(name: str, bench: Bench, steps: int, warmup: int) -> Dict[str, object]:
+  """Measures one configuration; returns the fields of its JSON line."""
+  batch = make_batch(bench)
+  step_keys = jax.random.split(jax.random.PRNGKey(1), warmup + steps)
+  on_policy = time_step(bench, 1.0, batch, step_keys, steps, warmup, name)
+  supervised = time_step(bench, 0.0, batch, step_keys, steps, warmup, name)
+
+  model, params, teacher_params = on_policy.model, on_policy.params, on_policy.teacher_params
+  inputs = batch['encoder_input_tokens']
+  student = lambda p: models.bind(model.module, p)
+  # The sampler's input: the student's encoder output, computed outside the timed function.
+  encoded = jax.jit(lambda p: student(p).encode(inputs, False, None, None))(params)
+
+  @jax.jit
+  def sample(p, rng):
+    return objective.sample_sequences(
+        student(p), encoded, inputs, rng=rng, length=bench.target_length,
+        max_decode_length=bench.target_length, temperature=1.0, eos_id=EOS_ID)
+
+  @jax.jit
+  def teacher_forward(p):
+    teacher = models.bind(model.teacher_module, p)
+    return teacher.decode(teacher.encode(inputs, False, None, None), inputs,
+                          batch['decoder_input_tokens'], batch['decoder_target_tokens'], False,
+                          None, None, None)
+
+  log(f'[{name}] timing sampling alone and the teacher forward pass')
+  sample_s = statistics.median(
+      median_seconds(lambda k: sample(params, step_keys[k]), steps, warmup))
+  teacher_forward_s = statistics.median(
+      median_seconds(lambda _: teacher_forward(teacher_params), steps, warmup))
+
+  log(f'[{name}] measuring matmul throughput ({MATMUL_SIZE}^3 float32)')
+  throughput = matmul_throughput()
+  lengths = (bench.batch_size, bench.input_length, bench.target_length)
+  flops = step_flops(matmul_flops(model.module.config, *lengths),
+                     matmul_flops(model.teacher_module.config, *lengths))
+  measured = {'step_lambda1': statistics.median(on_policy.seconds),
+              'step_lambda0': statistics.median(supervised.seconds),
+              'sample': sample_s, 'teacher_forward': teacher_forward_s}
+  bound = {part: flops[part] / throughput for part in flops}
+  compiled = {'lambda1': on_policy.compiled, 'lambda0': supervised.compiled}
+  return {
+      'config': name,
+      'step_lambda1_s': measured['step_lambda1'],
+      'step_lambda0_s': measured['step_lambda0'],
+      'ratio_lambda1_over_lambda0': measured['step_lambda1'] / measured['step_lambda0'],
+      'sample_s': sample_s,
+      'teacher_forward_s': teacher_forward_s,
+      'compile_lambda1_s': on_policy.compile_s,
+      'compile_lambda0_s': supervised.compile_s,
+      'matmul_gflops': throughput / 1e9,
+      'flops_analytic': flops,
+      'flops_xla': {tag: xla_flops(c) for tag, c in compiled.items()},
+      'flop_bound_s': bound,
+      'fraction_of_bound': {part: bound[part] / measured[part] for part in flops},
+      'while_loops': {tag: len(re.findall(r'\swhile\(', c.as_text())) for tag, c in compiled.items()},
+      'params_student': count_params(params),
+      'params_teacher': count_params(teacher_params),
+      'sample_length': statistics.mean(on_policy.sample_lengths),
+      'shapes': {'batch': bench.batch_size, 'input_length': bench.input_length,
+                 'target_length': bench.target_length, 'vocab': bench.vocab_size},
+      'student': dataclasses.asdict(bench.student),
+      'teacher': dataclasses.asdict(bench.teacher),
+      'divergence': f'jsd({bench.beta:g})', 'dtype': 'float32', 'dropout': 0.0,
+      'steps': steps, 'warmup': warmup, 'backend': jax.default_backend(),
+      'device': jax.devices()[0].device_kind, 'jax_version': jax.__version__,
+  }
+
+
+def main(argv=None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  parser.add_argument('--config', choices=sorted(BENCHES) + ['all'], default='all')
+  parser.add_argument('--steps', type=int, default=10, help='timed steps per measurement')
+  parser.add_argument('--warmup', type=int, default=2, help='untimed steps after compiling')
+  args = parser.parse_args(argv)
+  if args.steps < 1 or args.warmup < 0:
+    parser.error('--steps must be >= 1 and --warmup >= 0.')
+  names = ['tiny', 'bench_a', 'bench_b'] if args.config == 'all' else [args.config]
+  for name in names:
+    print(json.dumps(run_bench(name, BENCHES[name], args.steps, args.warmup)), flush=True)
+
+
+if __name__ == '__main__':
+  main()
