@@ -1,4 +1,4 @@
-r"""Step time of GKD on the standard benchmark configurations (shared/benchmarks.md).
+"""Step time of GKD on the standard benchmark configurations (shared/benchmarks.md).
 
   python benchmarks/step_time.py [--config bench_a|bench_b|tiny|all] [--steps N]
 
@@ -14,19 +14,24 @@ vocabulary 384; JSD(0.5); dropout off) it builds `models.GKDModel`s and jits
   sample_s                         sampling the target length of tokens alone (student, KV
                                    cache; `objective.sample_sequences`, encoder output given)
   teacher_forward_s                one teacher forward pass (encode + teacher-forced decode)
-  compile_lambda1_s, compile_lambda0_s   wall time of lower + compile of each step
+  compile_lambda1_s, compile_lambda0_s   wall time of trace + lower + compile of each step
   matmul_gflops                    float32 matmul throughput measured here, in this run (a
                                    jitted 2048 x 2048 x 2048 jnp.dot, median)
   flops_analytic                   matmul FLOPs counted from the shapes (2 per multiply-add;
-                                   backward = 2x forward for the student; the sampler counted
-                                   for all its steps); see `matmul_flops`
+                                   student backward = 2x forward; the sampler counted for all
+                                   L steps); see `matmul_flops`. The bound below uses these.
+  flops_jaxpr                      the same count read off each step's traced program (every
+                                   dot_general, the sampler's loop body x L): a check that the
+                                   formulas describe the code
   flops_xla                        XLA's `cost_analysis()['flops']` of each compiled step (all
-                                   ops, but a while loop's body counted once: it undercounts
-                                   the sampler, hence the analytic count)
+                                   ops, but a while loop's body counted once, so it undercounts
+                                   the sampler)
   flop_bound_s, fraction_of_bound  analytic FLOPs / measured throughput, and that bound over
                                    the measured median: the fraction of the matmul limit reached
-  while_loops                      `while` ops in each compiled step's HLO: the sampler's loop
-                                   is in the lambda = 1 step and absent from the lambda = 0 one
+  while_loops                      `while` loops of each step: in its jaxpr (lax.while_loop; the
+                                   sampler is the only one) and in its compiled HLO, which on
+                                   CPU adds the RNG's threefry loops when random bits are drawn;
+                                   a lambda = 0 step (no dropout, no sampling) has none at all
   params_student, params_teacher   parameter counts (bench_a ~0.25M / 9.6M, bench_b ~0.89M / 38M)
   sample_length                    mean sampled length of the timed on-policy steps (a random
                                    student rarely emits EOS, so ~ the target length)
@@ -44,9 +49,10 @@ import re
 import statistics
 import sys
 import time
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Tuple
 
 import jax
+from jax.extend import core as jax_core
 import jax.numpy as jnp
 import numpy as np
 import seqio
@@ -115,8 +121,8 @@ def matmul_flops(config: network.T5Config, batch: int, input_length: int,
      steps of one token each}.
   """
   b, i, l = batch, input_length, target_length
-  e, hd, f, v = config.emb_dim, config.num_heads * config.head_dim, config.mlp_dim, \
-      config.vocab_size
+  e, f, v = config.emb_dim, config.mlp_dim, config.vocab_size
+  hd = config.num_heads * config.head_dim
   mlp_per_token = 2 * (len(config.mlp_activations) + 1) * e * f  # wi_0, wi_1 and wo.
   encoder_layer = (2 * 4 * b * i * e * hd          # q, k, v and output projections
                    + 2 * 2 * b * i * i * hd        # q.k logits and the weighted sum of values
@@ -151,7 +157,39 @@ def step_flops(student: Dict[str, int], teacher: Dict[str, int]) -> Dict[str, in
           'sample': student['sample'], 'teacher_forward': teacher['encode'] + teacher['decode']}
 
 
-def median_seconds(fn: Callable[[int], object], steps: int, warmup: int) -> List[float]:
+def program_stats(closed_jaxpr, while_trips: int) -> Tuple[int, int]:
+  """(matmul FLOPs, number of `while` loops) of a traced program, read off its jaxpr.
+
+  Every `dot_general` counts 2 x (output size) x (contracted size). A while loop's body counts
+  `while_trips` times (the sampler's loop runs at most L steps; it runs all L when no row
+  stops early). Both branches of a `cond` count (none occurs with lambda = 0 or 1).
+  """
+  flops, loops = 0, 0
+
+  def walk(jaxpr, multiplier):
+    nonlocal flops, loops
+    for eqn in jaxpr.eqns:
+      if eqn.primitive.name == 'dot_general':
+        (contracting, _), _ = eqn.params['dimension_numbers']
+        lhs_shape = eqn.invars[0].aval.shape
+        flops += multiplier * 2 * int(np.prod(eqn.outvars[0].aval.shape)) * int(
+            np.prod([lhs_shape[d] for d in contracting]))
+      loops += eqn.primitive.name == 'while'
+      for param_name, value in eqn.params.items():
+        if eqn.primitive.name == 'while' and param_name == 'cond_jaxpr':
+          continue
+        trips = while_trips if param_name == 'body_jaxpr' else 1
+        for sub in value if isinstance(value, (list, tuple)) else (value,):
+          if isinstance(sub, jax_core.ClosedJaxpr):
+            walk(sub.jaxpr, multiplier * trips)
+          elif isinstance(sub, jax_core.Jaxpr):
+            walk(sub, multiplier * trips)
+
+  walk(closed_jaxpr.jaxpr, 1)
+  return flops, loops
+
+
+def time_runs(fn: Callable[[int], object], steps: int, warmup: int) -> List[float]:
   """Runs fn(k) for `warmup` then `steps` values of k, blocking on each result; returns the
   seconds of the timed runs."""
   for k in range(warmup):
@@ -170,7 +208,7 @@ def matmul_throughput(repeats: int = 5) -> float:
   a, b = (jnp.asarray(rng.standard_normal((MATMUL_SIZE, MATMUL_SIZE)), jnp.float32)
           for _ in range(2))
   dot = jax.jit(jnp.dot)
-  seconds = median_seconds(lambda _: dot(a, b), repeats, warmup=1)
+  seconds = time_runs(lambda _: dot(a, b), repeats, warmup=1)
   return 2 * MATMUL_SIZE ** 3 / statistics.median(seconds)
 
 
@@ -214,6 +252,7 @@ class StepTiming:
   params: object
   teacher_params: object
   compiled: object
+  jaxpr: object
   compile_s: float
   seconds: List[float]
   sample_lengths: List[float]
@@ -233,7 +272,8 @@ def time_step(bench: Bench, lmbda: float, batch: Dict[str, jnp.ndarray], step_ke
   step = jax.jit(jax.value_and_grad(model.loss_fn, has_aux=True))
   log(f'[{name}] compiling the lambda={lmbda:g} step')
   start = time.perf_counter()
-  compiled = step.lower(params, batch, step_keys[0], mutables).compile()
+  traced = step.trace(params, batch, step_keys[0], mutables)
+  compiled = traced.lower().compile()
   compile_s = time.perf_counter() - start
 
   metrics = []
@@ -244,12 +284,12 @@ def time_step(bench: Bench, lmbda: float, batch: Dict[str, jnp.ndarray], step_ke
     return loss, grads
 
   log(f'[{name}] timing {steps} lambda={lmbda:g} steps after {warmup} warm-up steps')
-  seconds = median_seconds(run, steps, warmup)
-  # Only steps that were on-policy count samples; 'sample_length' averages over those.
+  seconds = time_runs(run, steps, warmup)
+  # Sample statistics exist for models that may sample (here: lambda = 1) only.
   sample_lengths = [float(m['sample_length'].compute()) for m in metrics[warmup:]
                     if 'sample_length' in m]
-  return StepTiming(model, params, mutables[models.TEACHER_COLLECTION], compiled, compile_s,
-                    seconds, sample_lengths)
+  return StepTiming(model, params, mutables[models.TEACHER_COLLECTION], compiled, traced.jaxpr,
+                    compile_s, seconds, sample_lengths)
 
 
 def run_bench(name: str, bench: Bench, steps: int, warmup: int) -> Dict[str, object]:
@@ -280,9 +320,9 @@ def run_bench(name: str, bench: Bench, steps: int, warmup: int) -> Dict[str, obj
 
   log(f'[{name}] timing sampling alone and the teacher forward pass')
   sample_s = statistics.median(
-      median_seconds(lambda k: sample(params, step_keys[k]), steps, warmup))
+      time_runs(lambda k: sample(params, step_keys[k]), steps, warmup))
   teacher_forward_s = statistics.median(
-      median_seconds(lambda _: teacher_forward(teacher_params), steps, warmup))
+      time_runs(lambda _: teacher_forward(teacher_params), steps, warmup))
 
   log(f'[{name}] measuring matmul throughput ({MATMUL_SIZE}^3 float32)')
   throughput = matmul_throughput()
@@ -294,6 +334,8 @@ def run_bench(name: str, bench: Bench, steps: int, warmup: int) -> Dict[str, obj
               'sample': sample_s, 'teacher_forward': teacher_forward_s}
   bound = {part: flops[part] / throughput for part in flops}
   compiled = {'lambda1': on_policy.compiled, 'lambda0': supervised.compiled}
+  traced = {tag: program_stats(timing.jaxpr, bench.target_length)
+            for tag, timing in (('lambda1', on_policy), ('lambda0', supervised))}
   return {
       'config': name,
       'step_lambda1_s': measured['step_lambda1'],
@@ -305,10 +347,14 @@ def run_bench(name: str, bench: Bench, steps: int, warmup: int) -> Dict[str, obj
       'compile_lambda0_s': supervised.compile_s,
       'matmul_gflops': throughput / 1e9,
       'flops_analytic': flops,
+      'flops_jaxpr': {tag: stats[0] for tag, stats in traced.items()},
       'flops_xla': {tag: xla_flops(c) for tag, c in compiled.items()},
       'flop_bound_s': bound,
       'fraction_of_bound': {part: bound[part] / measured[part] for part in flops},
-      'while_loops': {tag: len(re.findall(r'\swhile\(', c.as_text())) for tag, c in compiled.items()},
+      'while_loops': {
+          'jaxpr': {tag: stats[1] for tag, stats in traced.items()},
+          'compiled_hlo': {tag: len(re.findall(r'\swhile\(', c.as_text()))
+                           for tag, c in compiled.items()}},
       'params_student': count_params(params),
       'params_teacher': count_params(teacher_params),
       'sample_length': statistics.mean(on_policy.sample_lengths),

@@ -190,7 +190,7 @@ def test_method_file_builds_its_config_and_step(method):
   metrics = aux if method == 'sft' else aux[0]  # with a teacher, aux is (metrics, mutables)
   assert loss.shape == eval_loss.shape == ()
   assert ('reward' in metrics) == (method == 'rl_gkd')
-  # Without a teacher query (SFT) there is no teacher agreement to report.
+  # Cross-entropy (SFT, SeqKD) computes no teacher logits, hence no teacher agreement.
   assert ('token_agreement' in metrics) == (config.divergence != 'cross_entropy')
   assert 'loss' in eval_metrics
 

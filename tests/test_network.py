@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from gkd_t5x import decoding
 from gkd_t5x import network
 
 VOCAB = 50
@@ -171,3 +172,34 @@ def test_bad_config_fails_early():
   module = network.Transformer(make_config(mlp_activations=('gelu', 'swish')))
   with pytest.raises(ValueError, match='mlp_activations'):
     init(module, *make_batch())
+
+
+@pytest.mark.parametrize('temperature', [0.0, 1.0])
+def test_cached_sampling_equals_uncached_step_by_step_decoding(temperature):
+  """`decoding.temperature_sample` over the KV cache draws the same tokens as a loop that
+  recomputes the teacher-forced logits of the whole prefix at every step (same fold_in keys)."""
+  module = network.Transformer(make_config())
+  inputs, decoder_inputs, targets = make_batch()
+  variables = init(module, inputs, decoder_inputs, targets)
+  length, rng = 6, jax.random.PRNGKey(7)
+  encoded = module.apply(variables, inputs, enable_dropout=False, method=module.encode)
+  cache = module.apply(variables, encoded, inputs, length, method=module.init_cache)
+  step = lambda tokens, cache, position: module.apply(variables, tokens, cache, position,
+                                                      method=module.decode_step)
+  cached = jax.jit(lambda cache: decoding.temperature_sample(
+      step, cache, rng=rng, batch_size=3, max_decode_length=length, temperature=temperature,
+      eos_id=1))(cache)
+
+  forward = jax.jit(lambda prefix: module.apply(variables, inputs, prefix,
+                                                jnp.ones_like(prefix), enable_dropout=False))
+  tokens = np.zeros((3, length), np.int32)
+  for position in range(length):
+    prefix = np.pad(tokens, ((0, 0), (1, 0)))[:, :-1]
+    logits = forward(jnp.asarray(prefix))[:, position]
+    if temperature == 0.0:
+      tokens[:, position] = np.argmax(np.asarray(logits), -1)
+    else:
+      key = jax.random.fold_in(rng, position)
+      tokens[:, position] = np.asarray(jax.random.categorical(key, logits / temperature))
+  weights = np.asarray(cached.weights)
+  np.testing.assert_array_equal(np.asarray(cached.tokens)[weights > 0], tokens[weights > 0])
