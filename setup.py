@@ -29,7 +29,6 @@ setuptools.setup(
     # it never claims the generic module name `tasks` in a user's environment.
     packages=['gkd_t5x', 'gkd_t5x.tasks'],
     package_dir={'gkd_t5x': 'gkd_t5x', 'gkd_t5x.tasks': 'tasks'},
-    package_data={'gkd_t5x': ['../gin/**/*.gin']},
     install_requires=INSTALL_REQUIRES,
     extras_require={
         'test': ['pytest==9.0.3', 'pytest-xdist'],
