@@ -16,7 +16,7 @@ M mlp dim, V vocabulary.
 """
 
 import functools
-from typing import Any, Callable, Optional, Sequence, Tuple, Union
+from typing import Any, Optional, Sequence, Tuple, Union
 
 import flax.linen as nn
 from flax.linen import partitioning as nn_partitioning
