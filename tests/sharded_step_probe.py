@@ -58,7 +58,7 @@ def main():
     teacher_shardings = {'teacher': partitioning.variable_shardings(
         mesh, variables['teacher_axes'], rules)}
     batch_shardings = {name: partitioning.batch_sharding(mesh) for name in batch}
-    with mesh, nn.logical_axis_rules(rules):
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
       sharded_step = jax.jit(step, in_shardings=(param_shardings, teacher_shardings,
                                                  batch_shardings))
       placed = [jax.device_put(tree, shardings) for tree, shardings in (
