@@ -40,6 +40,11 @@ def _check(teacher_logits: Array, student_logits: Array, teacher_temperature: fl
       raise ValueError(f'{name} must be > 0, got {value}.')
 
 
+def _check_beta(beta: float) -> None:
+  if not 0.0 <= beta <= 1.0:
+    raise ValueError(f'beta must be in [0, 1], got {beta}.')
+
+
 def _kl_from_log_probs(log_p: Array, log_q: Array) -> Array:
   """KL(P || Q) = sum_c P(c) (log P(c) - log Q(c)) over the last axis."""
   return jnp.sum(jnp.exp(log_p) * (log_p - log_q), axis=-1)
@@ -92,8 +97,7 @@ def generalized_jsd(teacher_logits: Array, student_logits: Array, *, beta: float
   Returns:
     [...] per-position JSD(beta), float32 (float64 for float64 inputs).
   """
-  if not 0.0 <= beta <= 1.0:
-    raise ValueError(f'beta must be in [0, 1], got {beta}.')
+  _check_beta(beta)
   kwargs = dict(teacher_temperature=teacher_temperature, student_temperature=student_temperature)
   if beta == 0.0:
     return forward_kl(teacher_logits, student_logits, **kwargs)
@@ -157,8 +161,7 @@ def get_divergence(name: str, beta: Optional[float] = None) -> DivergenceFn:
   if name == 'jsd':
     if beta is None:
       raise ValueError("divergence 'jsd' needs beta in [0, 1]; got beta=None.")
-    if not 0.0 <= beta <= 1.0:
-      raise ValueError(f'beta must be in [0, 1], got {beta}.')
+    _check_beta(beta)  # At lookup, so a bad beta fails before any tracing.
 
     def jsd(teacher_logits, student_logits, **kwargs):
       return generalized_jsd(teacher_logits, student_logits, beta=beta, **kwargs)
