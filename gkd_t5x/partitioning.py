@@ -8,7 +8,8 @@ heads) over `model`. The teacher uses the same rules as the student, so it is sh
 replicated.
 """
 
-from typing import Any, Optional, Sequence, Tuple
+import contextlib
+from typing import Any, Iterator, Optional, Sequence, Tuple
 
 import flax
 import flax.linen as nn
@@ -76,3 +77,10 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec())
+
+
+@contextlib.contextmanager
+def activate(mesh: Mesh, rules: LogicalAxisRules) -> Iterator[None]:
+  """The mesh and logical axis rules under which sharded steps are traced and run."""
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    yield

@@ -1,0 +1,153 @@
+"""Evaluation of a student: validation loss and seqio inference metrics, sharded.
+
+`Evaluator` runs, on one split of one task:
+  - the loss: `GKDModel.eval_fn` (the divergence to the teacher on the targets, or the
+    cross-entropy for a model without teacher) averaged over the split's sequences;
+  - inference: `GKDModel.predict_batch_with_aux` decodes every input, and `seqio.Evaluator`
+    decodes the tokens, postprocesses them and applies the task's metric functions (for the
+    arithmetic task, exact match of the final answer), as T5X's `infer_eval` does.
+
+Every host reads the whole split and feeds its own rows of each global batch; outputs are
+replicated, so every host holds all predictions and host 0 computes the metrics.
+"""
+
+import functools
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import seqio
+import tensorflow as tf
+
+from gkd_t5x import data
+from gkd_t5x import partitioning
+
+PyTree = Any
+
+
+class Evaluator:
+  """Loss and inference metrics of a `GKDModel` on one split of one task.
+
+  Attributes:
+    task_name: the evaluated task.
+    split: the evaluated split.
+  """
+
+  def __init__(self, model, config: data.DatasetConfig, mesh: jax.sharding.Mesh,
+               param_shardings: PyTree, teacher_shardings: PyTree,
+               rules: partitioning.LogicalAxisRules, *, num_examples: Optional[int] = None,
+               seed: int = 0):
+    """Prepares the split's data and the jitted, sharded loss and decode functions.
+
+    Args:
+      model: the `GKDModel`.
+      config: task, split, feature lengths and the global evaluation batch size.
+      mesh, rules: the training mesh and logical axis rules.
+      param_shardings, teacher_shardings: NamedShardings of the student params and of the
+        teacher's flax mutables ({} without teacher).
+      num_examples: evaluate on the split's first examples only (None: all of them).
+      seed: key of decode_method='sample' decoding.
+    """
+    data.validate(config, mesh.shape[partitioning.DATA_AXIS])
+    self.task_name = config.mixture_or_task_name
+    self.split = config.split
+    self._model = model
+    self._config = config
+    self._mesh = mesh
+    self._rules = rules
+    self._rng = jax.random.PRNGKey(seed)
+    converter = model.FEATURE_CONVERTER_CLS(pack=False)
+    self._seqio_evaluator = seqio.Evaluator(
+        mixture_or_task_name=config.mixture_or_task_name, feature_converter=converter,
+        eval_split=config.split, sequence_length=dict(config.task_feature_lengths),
+        num_examples=num_examples, use_cached=config.use_cached,
+        async_compute_metrics=False)
+    batch_sharding = partitioning.batch_sharding(mesh)
+    replicated = partitioning.replicated(mesh)
+
+    def loss_fn(params, teacher, batch):
+      loss, metrics = model.eval_fn(params, batch, teacher)
+      real = jnp.sum(jnp.any(batch['decoder_loss_weights'] > 0, axis=-1))
+      return {name: metric.compute() for name, metric in metrics.items()}, real
+
+    def predict_fn(params, batch, rng):
+      return model.predict_batch_with_aux(params, batch, rng)
+
+    with partitioning.activate(self._mesh, self._rules):
+      self._loss_step = jax.jit(
+          loss_fn, in_shardings=(param_shardings, teacher_shardings, batch_sharding),
+          out_shardings=replicated)
+      self._predict_step = jax.jit(
+          predict_fn, in_shardings=(param_shardings, batch_sharding, replicated),
+          out_shardings=replicated)
+
+  def _global_batches(self, dataset: tf.data.Dataset):
+    """Yields (global batch arrays, number of real rows) from full-batch numpy rows."""
+    batch_size = self._config.batch_size
+    rows_per_host = batch_size // jax.process_count()
+    start = jax.process_index() * rows_per_host
+    for batch in dataset.batch(batch_size).as_numpy_iterator():
+      num_real = len(next(iter(batch.values())))
+      padded = data.pad_batch(batch, batch_size)
+      local = {name: value[start:start + rows_per_host] for name, value in padded.items()}
+      yield data.make_global_batch(local, self._mesh), num_real
+
+  def loss(self, params: PyTree, teacher: Mapping[str, PyTree]) -> Dict[str, float]:
+    """The split's mean loss metrics, each sequence weighted equally."""
+    dataset = self._seqio_evaluator.cached_model_datasets[self.task_name].map(
+        lambda index, features: features)
+    totals: Dict[str, float] = {}
+    count = 0
+    with partitioning.activate(self._mesh, self._rules):
+      for batch, _ in self._global_batches(dataset):
+        metrics, real = jax.device_get(self._loss_step(params, teacher, batch))
+        for name, value in metrics.items():
+          totals[name] = totals.get(name, 0.0) + float(value) * int(real)
+        count += int(real)
+    return {name: total / max(count, 1) for name, total in totals.items()}
+
+  def _predict(self, params: PyTree, dataset: tf.data.Dataset,
+               model_feature_shapes: Any = None) -> List[Tuple[int, Sequence[int]]]:
+    """seqio's `predict_fn`: [(example index, predicted token ids)] for an enumerated split."""
+    del model_feature_shapes
+    results = []
+    indexed = dataset.map(lambda index, features: dict(features, _index=index))
+    with partitioning.activate(self._mesh, self._rules):
+      for step, (batch, num_real) in enumerate(self._global_batches(indexed)):
+        indices = np.asarray(jax.device_get(batch.pop('_index')))[:num_real]
+        tokens, _ = self._predict_step(params, batch, jax.random.fold_in(self._rng, step))
+        tokens = np.asarray(jax.device_get(tokens))[:num_real]
+        results.extend(zip(indices.tolist(), tokens.tolist()))
+    return results
+
+  def infer(self, params: PyTree) -> Tuple[Dict[str, float], List[Dict[str, Any]]]:
+    """The task's metrics on the split, and the decoded predictions.
+
+    Returns:
+      ({metric name: value} (empty on hosts other than 0), [{'index', 'input', 'target',
+      'prediction'}] of every example, in the split's order).
+    """
+    metrics_future, outputs = self._seqio_evaluator.evaluate(
+        compute_metrics=jax.process_index() == 0,
+        predict_fn=functools.partial(self._predict, params))
+    metrics = metrics_future.result() or {}
+    task_metrics = metrics.get(self.task_name, {})
+    task = seqio.get_mixture_or_task(self.task_name)
+    vocabulary = task.output_features['targets'].vocabulary
+    examples = self._seqio_evaluator.cached_task_datasets[self.task_name].as_numpy_iterator()
+    predictions = outputs[self.task_name].get(seqio.metrics.ModelOutputType.PREDICTION, [])
+    records = [{'index': index, 'input': _text(example, 'inputs'),
+                'target': _text(example, 'targets'), 'prediction': vocabulary.decode(tokens)}
+               for index, (tokens, example) in enumerate(zip(predictions, examples))]
+    return {name: _scalar(value) for name, value in task_metrics.items()}, records
+
+
+def _text(example: Mapping[str, Any], feature: str) -> str:
+  value = example.get(f'{feature}_pretokenized', b'')
+  return value.decode('utf-8') if isinstance(value, bytes) else str(value)
+
+
+def _scalar(value: Any) -> float:
+  """A seqio metric value (a number or a `seqio.metrics.Scalar`) as a float."""
+  return float(getattr(value, 'value', value))

@@ -1,0 +1,292 @@
+r"""The standalone trainer: `python -m gkd_t5x.train --gin_file=... --gin.NAME=VALUE`.
+
+The command line and gin macros are T5X's (`gin_utils`; `gin/runs/train.gin` binds
+`train.train` to MODEL, MODEL_DIR, TRAIN_STEPS, BATCH_SIZE, MIXTURE_OR_TASK_NAME,
+TASK_FEATURE_LENGTHS, INITIAL_CHECKPOINT_PATH, TEACHER_CHECKPOINT_PATH, ...), so one experiment
+file runs under this trainer or under T5X's:
+
+    python -m gkd_t5x.train --gin_file=gin/runs/train.gin \
+        --gin_file=gin/experiments/arithmetic/gkd.gin --gin.MODEL_DIR="'/tmp/gkd'"
+
+What a run does, in order (every check before any compilation):
+  1. multi-host start (`jax.distributed.initialize`) when asked for;
+  2. checks data, mesh and model settings; builds the ('data', 'model') mesh;
+  3. derives the shardings of student, optimizer state and teacher; restores the latest
+     checkpoint of MODEL_DIR if there is one, else the student from INITIAL_CHECKPOINT_PATH (or
+     random), and the teacher from TEACHER_CHECKPOINT_PATH, straight into their shardings;
+  4. trains: one jitted, donated step per batch; the next step is dispatched before the last
+     one's metrics are read; a NaN or infinite loss stops the run with its step;
+  5. every `log_period` steps writes train metrics to MODEL_DIR/train (TensorBoard) and prints
+     step, loss, steps/s and ETA; every `eval_period` steps evaluates (MODEL_DIR/eval);
+     checkpoints every `checkpoint_period` steps and at the end, keeping `keep_checkpoints`.
+"""
+
+import json
+import math
+import os
+import time
+from typing import Any, Dict, List, Mapping, Optional
+
+from absl import flags
+from absl import logging
+from clu import metric_writers
+import gin
+import jax
+import optax
+
+from gkd_t5x import checkpoints
+from gkd_t5x import data
+from gkd_t5x import evaluation
+from gkd_t5x import gin_utils
+from gkd_t5x import models
+from gkd_t5x import partitioning
+from gkd_t5x import trainer
+
+PyTree = Any
+
+
+def initialize_distributed(coordinator_address: Optional[str] = None,
+                           num_processes: Optional[int] = None,
+                           process_id: Optional[int] = None, auto: bool = False) -> None:
+  """Joins a multi-process job (several hosts, or several local processes on CPU)."""
+  if coordinator_address is not None:
+    if num_processes is None or process_id is None:
+      raise ValueError('--coordinator_address needs --num_processes and --process_id.')
+    jax.distributed.initialize(coordinator_address=coordinator_address,
+                               num_processes=num_processes, process_id=process_id)
+  elif auto:
+    jax.distributed.initialize()
+
+
+class Progress:
+  """Steps/s and ETA over the last reporting interval."""
+
+  def __init__(self, first_step: int, total_steps: int):
+    self._total = total_steps
+    self._last_step = first_step
+    self._last_time = time.perf_counter()
+
+  def update(self, step: int) -> Dict[str, float]:
+    now = time.perf_counter()
+    rate = (step - self._last_step) / max(now - self._last_time, 1e-9)
+    self._last_step, self._last_time = step, now
+    return {'steps_per_sec': rate, 'eta_seconds': (self._total - step) / max(rate, 1e-9)}
+
+
+def _format_eta(seconds: float) -> str:
+  minutes, seconds = divmod(int(seconds), 60)
+  hours, minutes = divmod(minutes, 60)
+  return f'{hours}h{minutes:02d}m{seconds:02d}s' if hours else f'{minutes}m{seconds:02d}s'
+
+
+def _merge(metrics_list: List[Mapping[str, Any]]) -> Dict[str, float]:
+  """Merges per-step clu `Average`s and computes them; a metric with no count is left out."""
+  merged = dict(metrics_list[0])
+  for metrics in metrics_list[1:]:
+    merged = {name: merged[name].merge(metric) for name, metric in metrics.items()}
+  merged = jax.device_get(merged)
+  return {name: float(metric.compute()) for name, metric in merged.items()
+          if float(metric.count) > 0}
+
+
+def _check_feature_lengths(model: models.GKDModel, lengths: Mapping[str, int]) -> None:
+  max_decode_length = model.gkd.max_decode_length
+  if max_decode_length is not None and max_decode_length > lengths['targets']:
+    raise ValueError(
+        f'GKDConfig.max_decode_length = {max_decode_length} exceeds '
+        f'TASK_FEATURE_LENGTHS["targets"] = {lengths["targets"]}: samples must fit the '
+        'target feature length.')
+
+
+@gin.configurable
+def train(*, model: models.GKDModel, model_dir: str,
+          train_dataset_cfg: data.DatasetConfig, total_steps: int,
+          optimizer: optax.GradientTransformation,
+          eval_dataset_cfg: Optional[data.DatasetConfig] = None,
+          initial_checkpoint_path: Optional[str] = None,
+          teacher_checkpoint_path: Optional[str] = None,
+          model_partitions: int = 1,
+          logical_axis_rules: partitioning.LogicalAxisRules = (),
+          random_seed: int = 0, checkpoint_period: int = 1000, keep_checkpoints: Optional[int] = 3,
+          eval_period: Optional[int] = None, eval_num_examples: Optional[int] = None,
+          log_period: int = 100, async_checkpointing: bool = True) -> Dict[str, float]:
+  """Trains `model` on `train_dataset_cfg` for `total_steps` steps, resumably.
+
+  Args:
+    model: the GKD model (gin: MODEL).
+    model_dir: run directory for checkpoints and event files (gin: MODEL_DIR).
+    train_dataset_cfg: the training data (global batch: BATCH_SIZE).
+    total_steps: train until this step (gin: TRAIN_STEPS).
+    optimizer: the optax transformation (`optimizers.make_optimizer`).
+    eval_dataset_cfg: the evaluation split; None: no evaluation.
+    initial_checkpoint_path: the student's starting params (gin: INITIAL_CHECKPOINT_PATH),
+      ignored once MODEL_DIR has a checkpoint; None: random.
+    teacher_checkpoint_path: the teacher's params (gin: TEACHER_CHECKPOINT_PATH); required
+      when the model has a teacher.
+    model_partitions: devices per model replica (the mesh's `model` axis).
+    logical_axis_rules: logical -> mesh axis rules; () means
+      `partitioning.standard_logical_axis_rules()`.
+    random_seed: seed of init, dropout, lambda coins and sampling.
+    checkpoint_period, keep_checkpoints: save every N steps (and at the end), keep the last K.
+    eval_period: evaluate every N steps (and at the end); None: only at the end.
+    eval_num_examples: evaluate on the first N examples of the split; None: all.
+    log_period: write metrics and print progress every N steps.
+    async_checkpointing: write checkpoints in the background.
+
+  Returns:
+    The last evaluation's metrics (empty without an eval split).
+  """
+  rules = tuple(logical_axis_rules) or partitioning.standard_logical_axis_rules()
+  if total_steps < 0:
+    raise ValueError(f'TRAIN_STEPS must be >= 0, got {total_steps}.')
+  for name, value in (('checkpoint_period', checkpoint_period), ('log_period', log_period),
+                      ('eval_period', eval_period or 1)):
+    if value < 1:
+      raise ValueError(f'train.{name} must be >= 1, got {value}.')
+  if model.teacher_module is not None and not teacher_checkpoint_path:
+    raise ValueError('The model has a teacher (GKDModel.teacher_module), but '
+                     'TEACHER_CHECKPOINT_PATH is not set: distilling from random params is '
+                     'never meant. Train a teacher first, or use a method without teacher.')
+  mesh = partitioning.make_mesh(model_partitions)
+  num_data_shards = mesh.shape[partitioning.DATA_AXIS]
+  data.validate(train_dataset_cfg, num_data_shards)
+  _check_feature_lengths(model, train_dataset_cfg.task_feature_lengths)
+  converter = model.FEATURE_CONVERTER_CLS(pack=train_dataset_cfg.pack)
+  lengths = converter.get_model_feature_lengths(dict(train_dataset_cfg.task_feature_lengths))
+  batch_shapes = {name: (train_dataset_cfg.batch_size, length)
+                  for name, length in lengths.items()}
+  for path, setting in ((initial_checkpoint_path, 'INITIAL_CHECKPOINT_PATH'),
+                        (teacher_checkpoint_path, 'TEACHER_CHECKPOINT_PATH')):
+    if path:
+      checkpoints.resolve_step_dir(path, setting)
+
+  layout = trainer.make_layout(model, optimizer, mesh, rules, batch_shapes)
+  seed_rng = jax.random.PRNGKey(random_seed)
+  init_rng, step_rng = jax.random.split(seed_rng)
+  manager = checkpoints.make_manager(model_dir, save_period=checkpoint_period,
+                                     keep=keep_checkpoints, async_save=async_checkpointing)
+  resumed = checkpoints.restore_latest(manager, layout.abstract_state)
+  if resumed is not None:
+    state, batches_consumed = resumed
+    logging.info('Resumed from %s at step %d.', model_dir, int(state['step']))
+  else:
+    initial_params = None
+    if initial_checkpoint_path:
+      initial_params = checkpoints.restore_params(
+          initial_checkpoint_path, layout.abstract_state['target'],
+          setting='INITIAL_CHECKPOINT_PATH')
+    state = trainer.init_state(model, optimizer, layout, init_rng, initial_params)
+    batches_consumed = 0
+  teacher = {}
+  if layout.abstract_teacher:
+    teacher = {models.TEACHER_COLLECTION: checkpoints.restore_params(
+        teacher_checkpoint_path, layout.abstract_teacher[models.TEACHER_COLLECTION],
+        setting='TEACHER_CHECKPOINT_PATH')}
+
+  train_step = trainer.make_train_step(model, optimizer, layout, step_rng)
+  evaluator = None
+  if eval_dataset_cfg is not None:
+    evaluator = evaluation.Evaluator(model, eval_dataset_cfg, mesh, layout.param_shardings,
+                                     layout.teacher_shardings, rules,
+                                     num_examples=eval_num_examples, seed=random_seed)
+  dataset = data.get_dataset(train_dataset_cfg, converter, repeat=True,
+                             start_batch=batches_consumed)
+  batches = dataset.as_numpy_iterator()
+  is_chief = jax.process_index() == 0
+  train_writer = metric_writers.create_default_writer(
+      os.path.join(model_dir, 'train'), just_logging=not is_chief)
+  eval_writer = metric_writers.create_default_writer(
+      os.path.join(model_dir, 'eval'), just_logging=not is_chief)
+
+  step = int(state['step'])
+  first_step = step
+  progress = Progress(step, total_steps)
+  pending: List[Mapping[str, Any]] = []
+  previous_loss = None
+  eval_metrics: Dict[str, float] = {}
+  if is_chief:
+    print(f'Training {model_dir}: steps {step} -> {total_steps}, mesh {dict(mesh.shape)}.',
+          flush=True)
+  with partitioning.activate(mesh, rules):
+    while step < total_steps:
+      batch = data.make_global_batch(next(batches), mesh)
+      state, metrics = train_step(state, teacher, batch)
+      batches_consumed += 1
+      step += 1
+      # Reading the previous step's loss lets this step run while the host waits.
+      if previous_loss is not None:
+        _check_finite(previous_loss, step - 1)
+      previous_loss = metrics['loss']
+      pending.append(metrics)
+      if step % log_period == 0 or step == total_steps:
+        values = _merge(pending)
+        pending = []
+        _check_finite(previous_loss, step)
+        values.update(progress.update(step))
+        train_writer.write_scalars(step, values)
+        if is_chief:
+          print(f'step {step}/{total_steps}  loss {values["loss"]:.4f}  '
+                f'{values["steps_per_sec"]:.2f} steps/s  '
+                f'ETA {_format_eta(values["eta_seconds"])}', flush=True)
+      checkpoints.save(manager, step, state, batches_consumed, force=step == total_steps)
+      if evaluator is not None and ((eval_period and step % eval_period == 0)
+                                    or step == total_steps):
+        eval_metrics = _evaluate(evaluator, state['target'], teacher, step, eval_writer,
+                                 model_dir)
+    if evaluator is not None and first_step == total_steps:
+      eval_metrics = _evaluate(evaluator, state['target'], teacher, step, eval_writer, model_dir)
+  manager.wait_until_finished()
+  train_writer.flush()
+  eval_writer.flush()
+  return eval_metrics
+
+
+def _check_finite(loss: Any, step: int) -> None:
+  value = float(jax.device_get(loss.compute()))
+  if not math.isfinite(value):
+    raise FloatingPointError(f'The training loss is {value} at step {step}; stopping.')
+
+
+def _evaluate(evaluator: evaluation.Evaluator, params: PyTree, teacher: PyTree, step: int,
+              writer: metric_writers.MetricWriter, model_dir: str) -> Dict[str, float]:
+  """Loss and inference metrics on the eval split: written to TensorBoard and a JSON file."""
+  start = time.perf_counter()
+  metrics = {f'{evaluator.split}/{name}': value
+             for name, value in evaluator.loss(params, teacher).items()}
+  inference_metrics, records = evaluator.infer(params)
+  metrics.update({f'inference/{evaluator.task_name}/{name}': value
+                  for name, value in inference_metrics.items()})
+  writer.write_scalars(step, metrics)
+  if jax.process_index() == 0:
+    summary = {'step': step, 'metrics': metrics}
+    with open(os.path.join(model_dir, 'eval_metrics.jsonl'), 'a') as f:
+      f.write(json.dumps(summary) + '\n')
+    with open(os.path.join(model_dir, f'predictions_{step}.jsonl'), 'w') as f:
+      for record in records:
+        f.write(json.dumps(record) + '\n')
+    shown = '  '.join(f'{name} {value:.4g}' for name, value in sorted(metrics.items()))
+    print(f'eval at step {step} ({time.perf_counter() - start:.1f} s): {shown}', flush=True)
+  return metrics
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise ValueError(f'Unexpected arguments: {argv[1:]}')
+  initialize_distributed(flags.FLAGS.coordinator_address, flags.FLAGS.num_processes,
+                         flags.FLAGS.process_id, flags.FLAGS.multiprocess)
+  gin_utils.parse_gin_flags()
+  # The gin files import this module as gkd_t5x.train, whose `train` carries the bindings
+  # (this file also runs as __main__, a second module object).
+  from gkd_t5x import train as train_lib  # pylint: disable=g-import-not-at-top
+  train_lib.train()  # pylint: disable=no-value-for-parameter
+
+
+if __name__ == '__main__':
+  flags.DEFINE_string('coordinator_address', None,
+                      'Multi-host: address:port of process 0 for jax.distributed.initialize. On '
+                      'TPU pods use --multiprocess instead (auto-detected).')
+  flags.DEFINE_integer('num_processes', None, 'Multi-host: number of processes.')
+  flags.DEFINE_integer('process_id', None, 'Multi-host: this process\'s index.')
+  flags.DEFINE_bool('multiprocess', False,
+                    'Call jax.distributed.initialize() with its auto-detection (TPU pods).')
+  gin_utils.run(main)

@@ -1,0 +1,151 @@
+"""The sharded train state and the jitted GKD train step.
+
+The train state is a dict, in T5X's checkpoint layout:
+
+    {'target': student params, 'opt_state': optax state, 'step': int32 scalar}
+
+Its shardings are derived before anything is allocated: the params' from their logical axes
+(`params_axes`) through the logical axis rules, the optimizer state's by compiling
+`optimizer.init` on abstract sharded params (each moment lands where its param is, factored
+Adafactor moments where XLA's propagation puts them). The teacher's params (`teacher`, with
+`teacher_axes`) get the student's rules and live outside the state: inputs of the step, never
+donated, never updated, never saved with the student.
+
+`make_train_step` builds one `jax.jit` with explicit in/out shardings that donates the state:
+    state, teacher, batch -> new state, metrics (clu `Average`s, replicated)
+The step key is `fold_in(seed key, step)`, so a resumed run draws the same coins, samples and
+dropout masks as an uninterrupted one.
+
+Shape letters: B global batch, I input length, L target length.
+"""
+
+import dataclasses
+import functools
+from typing import Any, Callable, Mapping, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from clu import metrics as clu_metrics
+from gkd_t5x import checkpoints
+from gkd_t5x import models
+from gkd_t5x import partitioning
+
+PyTree = Any
+TrainState = Mapping[str, PyTree]
+
+
+@dataclasses.dataclass(frozen=True)
+class StateLayout:
+  """Shapes and shardings of everything the step touches.
+
+  Attributes:
+    mesh: the ('data', 'model') mesh.
+    rules: the logical axis rules.
+    abstract_state: the train state as `jax.ShapeDtypeStruct`s with shardings.
+    state_shardings: NamedShardings of the train state.
+    abstract_teacher: {'teacher': teacher params} as abstract arrays, or {} without teacher.
+    teacher_shardings: NamedShardings of the teacher's flax mutables ({} without teacher).
+    batch_shapes: {feature: (B, length)} of the model features.
+  """
+  mesh: jax.sharding.Mesh
+  rules: partitioning.LogicalAxisRules
+  abstract_state: PyTree
+  state_shardings: PyTree
+  abstract_teacher: PyTree
+  teacher_shardings: PyTree
+  batch_shapes: Mapping[str, Tuple[int, ...]]
+
+  @property
+  def param_shardings(self) -> PyTree:
+    return self.state_shardings['target']
+
+
+def make_layout(model: models.GKDModel, optimizer: optax.GradientTransformation,
+                mesh: jax.sharding.Mesh, rules: partitioning.LogicalAxisRules,
+                batch_shapes: Mapping[str, Tuple[int, ...]]) -> StateLayout:
+  """Abstract train state and teacher with their shardings; allocates nothing."""
+  variables = jax.eval_shape(
+      functools.partial(model.get_initial_variables, input_shapes=batch_shapes),
+      jax.random.PRNGKey(0))
+  param_shardings = partitioning.variable_shardings(mesh, variables['params_axes'], rules)
+  abstract_params = checkpoints.abstract_tree(variables['params'], param_shardings)
+  with partitioning.activate(mesh, rules):
+    opt_state_shardings = jax.jit(optimizer.init).lower(
+        abstract_params).compile().output_shardings
+  replicated = partitioning.replicated(mesh)
+  state_shardings = {'target': param_shardings, 'opt_state': opt_state_shardings,
+                     'step': replicated}
+  abstract_state = {
+      'target': abstract_params,
+      'opt_state': checkpoints.abstract_tree(jax.eval_shape(optimizer.init, abstract_params),
+                                             opt_state_shardings),
+      'step': jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated),
+  }
+  teacher_shardings, abstract_teacher = {}, {}
+  if models.TEACHER_COLLECTION in variables:
+    teacher_shardings = {models.TEACHER_COLLECTION: partitioning.variable_shardings(
+        mesh, variables[models.TEACHER_COLLECTION + '_axes'], rules)}
+    abstract_teacher = checkpoints.abstract_tree(
+        {models.TEACHER_COLLECTION: variables[models.TEACHER_COLLECTION]}, teacher_shardings)
+  return StateLayout(mesh, rules, abstract_state, state_shardings, abstract_teacher,
+                     teacher_shardings, dict(batch_shapes))
+
+
+def init_state(model: models.GKDModel, optimizer: optax.GradientTransformation,
+               layout: StateLayout, rng: jax.Array,
+               params: Optional[PyTree] = None) -> TrainState:
+  """A step-0 train state, its params random (from `rng`) or given, created sharded."""
+  shapes = layout.batch_shapes
+
+  def init(rng, params):
+    if params is None:
+      params = model.get_initial_variables(rng, shapes)['params']
+    return {'target': params, 'opt_state': optimizer.init(params),
+            'step': jnp.zeros((), jnp.int32)}
+
+  with partitioning.activate(layout.mesh, layout.rules):
+    if params is None:
+      return jax.jit(lambda rng: init(rng, None), out_shardings=layout.state_shardings)(rng)
+    return jax.jit(init, out_shardings=layout.state_shardings,
+                   donate_argnums=1)(rng, params)
+
+
+def make_train_step(model: models.GKDModel, optimizer: optax.GradientTransformation,
+                    layout: StateLayout, seed_rng: jax.Array) -> Callable[..., Any]:
+  """The jitted step: (state, teacher, batch) -> (new state, metrics).
+
+  Args:
+    model: the GKD model; its `loss_fn` gets the step so that lambda schedules work.
+    optimizer: the optax transformation (clipping, accumulation included).
+    layout: shardings of state, teacher and batch.
+    seed_rng: the run's key; step s uses `fold_in(seed_rng, s)`.
+
+  Returns:
+    A function of (state, teacher {'teacher': params} or {}, batch {feature: [B, len]})
+    returning (state, {name: clu Average}); the state's buffers are donated.
+  """
+
+  def train_step(state, teacher, batch):
+    step = state['step']
+    rng = jax.random.fold_in(seed_rng, step)
+
+    def loss_fn(params):
+      loss, (metrics, _) = model.loss_fn(params, batch, rng, teacher, step=step)
+      return loss, metrics
+
+    (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state['target'])
+    updates, opt_state = optimizer.update(grads, state['opt_state'], state['target'])
+    params = optax.apply_updates(state['target'], updates)
+    metrics = dict(metrics, grad_norm=clu_metrics.Average.from_model_output(
+        optax.global_norm(grads)))
+    return {'target': params, 'opt_state': opt_state, 'step': step + 1}, metrics
+
+  batch_sharding = partitioning.batch_sharding(layout.mesh)
+  batch_shardings = {name: batch_sharding for name in layout.batch_shapes}
+  return jax.jit(
+      train_step,
+      in_shardings=(layout.state_shardings, layout.teacher_shardings, batch_shardings),
+      out_shardings=(layout.state_shardings, partitioning.replicated(layout.mesh)),
+      donate_argnums=0)

@@ -1,0 +1,331 @@
+"""Chain-of-thought arithmetic: a seqio task generated from a seed, with no downloads.
+
+Each example is one problem over non-negative integer operands, evaluated strictly left to right
+(no operator precedence), and a worked solution with one step per operator:
+
+  inputs:  '47+385+92='
+  targets: '47+385=432;432+92=524;#524'
+
+Every step is `a<op>b=c;` where `a` is the running result (negative results are written with a
+leading '-', e.g. '3-50=-47;-47+8=-39;#-39'), and the final answer follows the last '#'.
+Difficulty is a task parameter: the number of terms, the largest operand (operands are uniform
+in [0, max_value]) and the operators, a subset of '+', '-', '*'.
+
+Splits. The problems of one (num_terms, max_value, operators, seed) come from a single
+deterministic stream of distinct problems: the first `num_validation` of them are 'validation',
+the next `num_test` are 'test' and the next `num_train` are 'train'. The three splits therefore
+never share a problem, and validation/test do not depend on `num_train` or `train_fraction`.
+`train_fraction` keeps the first fraction of the train problems (data-efficiency experiments).
+
+Metrics. `final_answer_accuracy` compares the integer after the last '#' of prediction and target
+(a prediction without '#', or with an unparsable answer, is wrong); `sequence_accuracy` is the
+exact match of the whole string. Both are in percent.
+
+Features. 'inputs' and 'targets' are tokenized with `seqio.ByteVocabulary()` (one id per UTF-8
+byte, offset by 3: pad 0, EOS 1, unk 2; vocab size 259) and end with EOS, i.e. 1-D int32 arrays
+of length len(string) + 1 before padding; `*_FEATURE_LENGTHS` below hold lengths that fit every
+example of a registered task, EOS included, so that `append_eos_after_trim` never trims.
+
+Registered at import:
+  arithmetic_sum3             3 terms in [0, 999], '+', 50k train / 1k validation / 1k test.
+  arithmetic_sum3_train5pct   the same with the first 5% (2,500) of the train problems.
+  arithmetic_sum3_train25pct  the same with the first 25% (12,500) of the train problems.
+  arithmetic_chain5           5 terms in [0, 99], '+' and '-', 50k / 1k / 1k: a longer chain in
+                              which one early mistake spoils every later step and the answer.
+"""
+
+import functools
+import re
+from typing import Dict, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+import seqio
+import tensorflow as tf
+
+OPERATORS = ('+', '-', '*')
+SPLITS = ('train', 'validation', 'test')
+# A generated example: (inputs string, targets string).
+Example = Tuple[str, str]
+
+# Longest generated strings (bytes, without EOS) over all splits, measured with
+# `max_lengths(generate_splits(...))` and checked by tests/test_arithmetic_task.py:
+#   arithmetic_sum3:   inputs 12 ('999+999+999='), targets 32 ('999+999=1998;1998+999=2997;#2997',
+#                      reached by many problems), so targets need 33 with EOS and 32 would trim.
+#   arithmetic_chain5: inputs 15, targets 53 (e.g. '10-99=-89;-89-99=-188;-188-99=-287;
+#                      -287-99=-386;#-386', the longest any 5-term +/- problem over [0, 99] gives).
+# Lengths with EOS, rounded up to a multiple of 8.
+ARITHMETIC_SUM3_FEATURE_LENGTHS = {'inputs': 16, 'targets': 40}
+ARITHMETIC_CHAIN5_FEATURE_LENGTHS = {'inputs': 16, 'targets': 56}
+
+# Problems are drawn from the stream in chunks of a fixed size (not one that depends on the
+# requested count), so that a split is a prefix-stable function of the seed alone.
+_CHUNK = 8192
+
+
+def _apply(op: str, a: int, b: int) -> int:
+  if op == '+':
+    return a + b
+  if op == '-':
+    return a - b
+  return a * b
+
+
+def format_example(operands: Sequence[int], ops: Sequence[str]) -> Example:
+  """The (inputs, targets) strings of one problem, solved left to right.
+
+  Args:
+    operands: the num_terms integer operands.
+    ops: the num_terms - 1 operators, each one of OPERATORS; ops[i] sits between operands[i]
+      and operands[i + 1].
+
+  Returns:
+    ('a0<op0>a1<op1>...=', 'a0<op0>a1=r1;r1<op1>a2=r2;...;#answer').
+  """
+  if len(ops) != len(operands) - 1:
+    raise ValueError(f'need len(ops) == len(operands) - 1, got {len(ops)} ops for '
+                     f'{len(operands)} operands.')
+  problem = [str(operands[0])]
+  steps = []
+  acc = int(operands[0])
+  for op, b in zip(ops, operands[1:]):
+    b = int(b)
+    result = _apply(op, acc, b)
+    problem.append(f'{op}{b}')
+    steps.append(f'{acc}{op}{b}={result};')
+    acc = result
+  return ''.join(problem) + '=', ''.join(steps) + f'#{acc}'
+
+
+def _check_args(num_terms: int, max_value: int, operators: Sequence[str], num_train: int,
+                num_validation: int, num_test: int, train_fraction: float) -> Tuple[str, ...]:
+  """Validates the task parameters; returns `operators` as a tuple."""
+  if isinstance(operators, str):
+    # A string would be iterated character by character: '+-' is almost surely a typo for
+    # ('+', '-'), and '+' happens to work only by accident.
+    raise ValueError(f'operators must be a tuple of operators among {OPERATORS}, got the string '
+                     f'{operators!r}.')
+  operators = tuple(operators)
+  if not isinstance(num_terms, (int, np.integer)) or num_terms < 2:
+    raise ValueError(f'num_terms must be an integer >= 2, got {num_terms!r}.')
+  if not isinstance(max_value, (int, np.integer)) or max_value < 1:
+    raise ValueError(f'max_value must be an integer >= 1, got {max_value!r}.')
+  if not operators or any(op not in OPERATORS for op in operators):
+    raise ValueError(f'operators must be a non-empty subset of {OPERATORS}, got {operators!r}.')
+  if len(set(operators)) != len(operators):
+    raise ValueError(f'operators must not repeat an operator, got {operators!r}.')
+  for name, value in (('num_train', num_train), ('num_validation', num_validation),
+                      ('num_test', num_test)):
+    if not isinstance(value, (int, np.integer)) or value <= 0:
+      raise ValueError(f'{name} must be an integer > 0, got {value!r}.')
+  if not 0.0 < train_fraction <= 1.0:
+    raise ValueError(f'train_fraction must be in (0, 1], got {train_fraction!r}.')
+  # Distinct problems: (max_value + 1) ** num_terms operand tuples times the operator choices.
+  num_distinct = (max_value + 1) ** num_terms * len(operators) ** (num_terms - 1)
+  total = num_train + num_validation + num_test
+  if total > num_distinct:
+    raise ValueError(
+        f'num_train + num_validation + num_test = {total} exceeds the {num_distinct} distinct '
+        f'problems of num_terms={num_terms}, max_value={max_value}, operators={operators}.')
+  return operators
+
+
+@functools.lru_cache(maxsize=16)
+def _unique_problems(num_terms: int, max_value: int, operators: Tuple[str, ...], total: int,
+                     seed: int) -> Tuple[Example, ...]:
+  """The first `total` distinct problems of the seed's stream, in order of first appearance."""
+  rng = np.random.default_rng(seed)
+  seen = set()
+  examples = []
+  while len(examples) < total:
+    operands = rng.integers(0, max_value + 1, size=(_CHUNK, num_terms)).tolist()
+    op_ids = rng.integers(0, len(operators), size=(_CHUNK, num_terms - 1)).tolist()
+    for row, row_ops in zip(operands, op_ids):
+      example = format_example(row, [operators[i] for i in row_ops])
+      # The problem string determines the operands and operators (operands are non-negative),
+      # so deduping on it dedupes problems.
+      if example[0] in seen:
+        continue
+      seen.add(example[0])
+      examples.append(example)
+      if len(examples) == total:
+        break
+  return tuple(examples)
+
+
+def num_train_kept(num_train: int, train_fraction: float) -> int:
+  """How many train problems `train_fraction` keeps: round(num_train * fraction), at least 1."""
+  return max(1, min(num_train, int(round(num_train * train_fraction))))
+
+
+def generate_splits(*, num_terms: int, max_value: int, operators: Sequence[str] = ('+',),
+                    num_train: int, num_validation: int = 1000, num_test: int = 1000,
+                    seed: int = 0, train_fraction: float = 1.0
+                    ) -> Dict[str, Tuple[Example, ...]]:
+  """The examples of every split, deterministic in the arguments.
+
+  Args:
+    num_terms: operands per problem, >= 2.
+    max_value: operands are drawn uniformly from [0, max_value], max_value >= 1.
+    operators: a subset of OPERATORS; each operator slot is drawn uniformly from it.
+    num_train: train problems before `train_fraction`, > 0.
+    num_validation: validation problems, > 0.
+    num_test: test problems, > 0.
+    seed: seed of the problem stream.
+    train_fraction: keep the first `num_train_kept(num_train, train_fraction)` train problems;
+      in (0, 1].
+
+  Returns:
+    {'train': ..., 'validation': ..., 'test': ...}, each a tuple of (inputs, targets) strings;
+    no problem is in two splits.
+  """
+  operators = _check_args(num_terms, max_value, operators, num_train, num_validation, num_test,
+                          train_fraction)
+  examples = _unique_problems(int(num_terms), int(max_value), operators,
+                              int(num_train + num_validation + num_test), int(seed))
+  train_start = num_validation + num_test
+  return {
+      'validation': examples[:num_validation],
+      'test': examples[num_validation:train_start],
+      'train': examples[train_start:train_start + num_train_kept(num_train, train_fraction)],
+  }
+
+
+def max_lengths(splits: Mapping[str, Sequence[Example]]) -> Dict[str, int]:
+  """Longest 'inputs' and 'targets' over all splits, in UTF-8 bytes without EOS."""
+  examples = [ex for split in splits.values() for ex in split]
+  return {
+      'inputs': max(len(inputs.encode('utf-8')) for inputs, _ in examples),
+      'targets': max(len(targets.encode('utf-8')) for _, targets in examples),
+  }
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics.
+
+_ANSWER_RE = re.compile(r'-?\d+')
+
+
+def parse_final_answer(text: str) -> Optional[int]:
+  """The integer after the last '#' of `text`, or None if there is no '#' or it is unparsable."""
+  if isinstance(text, bytes):
+    text = text.decode('utf-8', errors='replace')
+  _, hash_sign, answer = text.rpartition('#')
+  answer = answer.strip()
+  if not hash_sign or not _ANSWER_RE.fullmatch(answer):
+    return None
+  return int(answer)
+
+
+def _check_lengths(targets: Sequence[str], predictions: Sequence[str]) -> None:
+  if len(targets) != len(predictions):
+    raise ValueError(f'targets and predictions must have the same length, got {len(targets)} '
+                     f'and {len(predictions)}.')
+
+
+def final_answer_accuracy(targets: Sequence[str], predictions: Sequence[str]) -> Dict[str, float]:
+  """Percent of predictions whose final answer (after the last '#') equals the target's.
+
+  The worked steps are ignored: a right answer reached by wrong steps counts. A prediction with
+  no '#' or an answer that is not an integer is wrong. NaN for empty inputs.
+  """
+  _check_lengths(targets, predictions)
+  if not targets:
+    return {'accuracy': float('nan')}
+  correct = 0
+  for target, prediction in zip(targets, predictions):
+    answer = parse_final_answer(prediction)
+    correct += answer is not None and answer == parse_final_answer(target)
+  return {'accuracy': 100.0 * correct / len(targets)}
+
+
+def sequence_accuracy(targets: Sequence[str], predictions: Sequence[str]) -> Dict[str, float]:
+  """Percent of predictions that equal their target exactly (steps and answer). NaN if empty."""
+  _check_lengths(targets, predictions)
+  if not targets:
+    return {'sequence_accuracy': float('nan')}
+  correct = sum(_to_str(t) == _to_str(p) for t, p in zip(targets, predictions))
+  return {'sequence_accuracy': 100.0 * correct / len(targets)}
+
+
+def _to_str(text, **unused_kwargs) -> str:
+  """seqio postprocess_fn: metric fns get `str`, also where a caller hands over raw bytes."""
+  del unused_kwargs  # `example`, `is_target`: targets and predictions are treated alike.
+  if isinstance(text, bytes):
+    return text.decode('utf-8')
+  return text
+
+
+# ---------------------------------------------------------------------------------------------
+# Registration.
+
+
+def register_arithmetic_task(name: str, *, num_terms: int, max_value: int,
+                             operators: Sequence[str] = ('+',), num_train: int,
+                             num_validation: int = 1000, num_test: int = 1000, seed: int = 0,
+                             train_fraction: float = 1.0) -> seqio.Task:
+  """Registers (once) and returns the seqio task `name`; arguments as in `generate_splits`.
+
+  Registering the same name again with identical arguments returns the registered task (so that
+  reloading this module is harmless); with different arguments, or over a task that this
+  function did not register, it raises ValueError.
+  """
+  operators = _check_args(num_terms, max_value, operators, num_train, num_validation, num_test,
+                          train_fraction)
+  config = dict(num_terms=int(num_terms), max_value=int(max_value), operators=operators,
+                num_train=int(num_train), num_validation=int(num_validation),
+                num_test=int(num_test), seed=int(seed), train_fraction=float(train_fraction))
+  if name in seqio.TaskRegistry.names():
+    task = seqio.TaskRegistry.get(name)
+    registered = getattr(task, '_gkd_arithmetic_config', None)
+    if registered == config:
+      return task
+    raise ValueError(f'Task {name!r} is already registered with a different configuration '
+                     f'({registered}); requested {config}.')
+
+  def dataset_fn(split: str, shuffle_files: bool, seed: Optional[int] = None) -> tf.data.Dataset:
+    # The whole split is one in-memory "file", so there are no files to shuffle and the order is
+    # the fixed stream order; with shuffle=True, seqio shuffles the examples itself (with `seed`).
+    del shuffle_files, seed
+    if split not in SPLITS:
+      raise ValueError(f'split must be one of {SPLITS}, got {split!r}.')
+    examples = generate_splits(**config)[split]
+    inputs, targets = zip(*examples)
+    return tf.data.Dataset.from_tensor_slices({
+        'inputs': tf.constant(inputs, dtype=tf.string),
+        'targets': tf.constant(targets, dtype=tf.string),
+    })
+
+  vocabulary = seqio.ByteVocabulary()
+  task = seqio.TaskRegistry.add(
+      name,
+      source=seqio.FunctionDataSource(
+          dataset_fn=dataset_fn,
+          splits=SPLITS,
+          num_input_examples={
+              'train': num_train_kept(num_train, train_fraction),
+              'validation': int(num_validation),
+              'test': int(num_test),
+          }),
+      preprocessors=[
+          seqio.preprocessors.tokenize,
+          seqio.preprocessors.append_eos_after_trim,
+      ],
+      output_features={
+          'inputs': seqio.Feature(vocabulary=vocabulary, add_eos=True),
+          'targets': seqio.Feature(vocabulary=vocabulary, add_eos=True),
+      },
+      postprocess_fn=_to_str,
+      metric_fns=[final_answer_accuracy, sequence_accuracy])
+  task._gkd_arithmetic_config = config  # pylint: disable=protected-access
+  return task
+
+
+ARITHMETIC_SUM3 = dict(num_terms=3, max_value=999, operators=('+',), num_train=50000,
+                       num_validation=1000, num_test=1000, seed=0)
+ARITHMETIC_CHAIN5 = dict(num_terms=5, max_value=99, operators=('+', '-'), num_train=50000,
+                         num_validation=1000, num_test=1000, seed=0)
+
+register_arithmetic_task('arithmetic_sum3', **ARITHMETIC_SUM3)
+register_arithmetic_task('arithmetic_sum3_train5pct', train_fraction=0.05, **ARITHMETIC_SUM3)
+register_arithmetic_task('arithmetic_sum3_train25pct', train_fraction=0.25, **ARITHMETIC_SUM3)
+register_arithmetic_task('arithmetic_chain5', **ARITHMETIC_CHAIN5)
