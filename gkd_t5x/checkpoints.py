@@ -36,21 +36,21 @@ class CheckpointError(ValueError):
   """A checkpoint path that is missing, unreadable or does not fit the model."""
 
 
-def make_manager(model_dir: str, *, save_period: int, keep: Optional[int],
+def make_manager(model_dir: str, *, keep: Optional[int],
                  async_save: bool = True) -> ocp.CheckpointManager:
-  """The run's checkpoint manager: a step every `save_period` steps, the last `keep` kept."""
+  """The run's checkpoint manager, keeping the last `keep` steps; the caller picks the steps
+  to save (orbax's own interval policy would also save whichever step comes first)."""
   # orbax writes into the parent directory when the run directory does not exist yet.
   epath.Path(model_dir).mkdir(parents=True, exist_ok=True)
   options = ocp.CheckpointManagerOptions(
-      save_interval_steps=save_period, max_to_keep=keep, step_prefix=STEP_PREFIX,
+      max_to_keep=keep, step_prefix=STEP_PREFIX,
       enable_async_checkpointing=async_save)
   return ocp.CheckpointManager(model_dir, options=options, item_names=(STATE_ITEM, DATASET_ITEM))
 
 
-def save(manager: ocp.CheckpointManager, step: int, state: PyTree, batches_consumed: int,
-         *, force: bool = False) -> bool:
+def save(manager: ocp.CheckpointManager, step: int, state: PyTree, batches_consumed: int) -> None:
   """Saves the train state {'target', 'opt_state', 'step'} and the data position."""
-  return manager.save(step, force=force, args=ocp.args.Composite(**{
+  manager.save(step, force=True, args=ocp.args.Composite(**{
       STATE_ITEM: ocp.args.StandardSave(state),
       DATASET_ITEM: ocp.args.JsonSave({'batches_consumed': int(batches_consumed)})}))
 
@@ -149,3 +149,21 @@ def latest_step(model_dir: str) -> Optional[int]:
            if (m := _STEP_DIR.match(child.name)) and (child / STATE_ITEM).exists()]
   return max(steps, default=None)
 
+
+
+def export_params(path: str, output_dir: str) -> epath.Path:
+  """Writes the params of a checkpoint, without optimizer state, as a checkpoint of its own.
+
+  Args:
+    path: a checkpoint step directory or a model directory (its latest step).
+    output_dir: the new checkpoint's model directory; it receives `checkpoint_<step>/state`
+      holding {'target': params}, which `restore_params` (and T5X's orbax reader) accept.
+
+  Returns:
+    The written step directory.
+  """
+  step_dir = resolve_step_dir(path, 'checkpoint path')
+  params = ocp.PyTreeCheckpointer().restore(step_dir / STATE_ITEM)[PARAMS_KEY]
+  destination = epath.Path(output_dir) / step_dir.name
+  ocp.PyTreeCheckpointer().save(destination / STATE_ITEM, {PARAMS_KEY: params})
+  return destination

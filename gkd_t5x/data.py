@@ -1,15 +1,20 @@
 """seqio datasets for the standalone trainer: task lookup, per-host sharding, global batches.
 
 A `DatasetConfig` (T5X's fields and gin names) says which task, split, feature lengths and
-global batch size. `get_dataset` turns it into a per-host `tf.data.Dataset` of model features
-(the task's feature converter, e.g. `seqio.EncDecFeatureConverter`) in batches of
-`batch_size // process_count`, each host reading its own shard (`seqio.ShardInfo`).
-`make_global_batch` assembles the hosts' numpy batches into one `jax.Array` per feature,
-split over the mesh's `data` axis.
+global batch size. `get_dataset` turns it into a `tf.data.Dataset` of global batches of model
+features (the task's feature converter, e.g. `seqio.EncDecFeatureConverter`);
+`make_global_batch` keeps this host's rows of a global batch and assembles every host's rows
+into one `jax.Array` per feature, split over the mesh's `data` axis.
 
-Resuming: a training dataset is deterministic given its seed (files, shuffle and
-preprocessing are seeded), so the trainer resumes at step s by skipping the s batches it has
-consumed (`start_batch`); the checkpoint records that number.
+Every host reads the same global stream and keeps its own rows, instead of reading a shard of
+the data (`seqio.ShardInfo`) as T5X does. It costs each host the preprocessing of the whole
+batch (small next to a distillation step, which runs two models and a sampler), and buys
+batches that do not depend on the number of hosts: a run gives the same result on one host
+or several, and after a restart on a different topology.
+
+Resuming: a training dataset is deterministic given its seed (shuffle and preprocessing are
+seeded), so the trainer resumes at step s by skipping the batches it has consumed
+(`start_batch`); the checkpoint records that number.
 """
 
 import dataclasses
@@ -115,27 +120,32 @@ def get_dataset(config: DatasetConfig, feature_converter: seqio.FeatureConverter
     drop_remainder: drop a last, smaller batch (training); evaluation pads it instead.
 
   Returns:
-    A dataset of dicts of [batch_size // process_count, length] int32 arrays.
+    A dataset of dicts of [batch_size, length] int32 arrays (the global batch).
   """
   validate(config)
-  shard_info = seqio.ShardInfo(index=jax.process_index(), num_shards=jax.process_count())
   dataset = seqio.get_dataset(
       config.mixture_or_task_name, task_feature_lengths=dict(config.task_feature_lengths),
       dataset_split=config.split, shuffle=config.shuffle, num_epochs=None if repeat else 1,
-      feature_converter=feature_converter, shard_info=shard_info, use_cached=config.use_cached,
-      seed=config.seed)
-  dataset = dataset.batch(config.batch_size // jax.process_count(),
-                          drop_remainder=drop_remainder)
+      feature_converter=feature_converter, use_cached=config.use_cached, seed=config.seed)
+  dataset = dataset.batch(config.batch_size, drop_remainder=drop_remainder)
   if start_batch:
     dataset = dataset.skip(start_batch)
   return dataset.prefetch(tf.data.AUTOTUNE)
 
 
-def make_global_batch(local_batch: Batch, mesh: jax.sharding.Mesh) -> Mapping[str, jax.Array]:
-  """One global array per feature from every host's local rows, split over `data`."""
+def make_global_batch(batch: Batch, mesh: jax.sharding.Mesh) -> Mapping[str, jax.Array]:
+  """One array per feature, split over `data`, from the global numpy batch [B, ...].
+
+  Each host passes the whole batch and contributes its own rows: process p holds rows
+  [p B / P, (p + 1) B / P), the data shards of its devices (`partitioning.make_mesh` orders
+  devices by process).
+  """
   sharding = partitioning.batch_sharding(mesh)
-  return {name: jax.make_array_from_process_local_data(sharding, np.asarray(value))
-          for name, value in local_batch.items()}
+  rows = len(next(iter(batch.values()))) // jax.process_count()
+  start = jax.process_index() * rows
+  return {name: jax.make_array_from_process_local_data(
+              sharding, np.asarray(value)[start:start + rows], np.shape(value))
+          for name, value in batch.items()}
 
 
 def pad_batch(batch: Batch, batch_size: int) -> Batch:

@@ -82,16 +82,11 @@ class Evaluator:
           predict_fn, in_shardings=(param_shardings, batch_sharding, replicated),
           out_shardings=replicated)
 
-  def _global_batches(self, dataset: tf.data.Dataset):
-    """Yields (global batch arrays, number of real rows) from full-batch numpy rows."""
+  def _batches(self, dataset: tf.data.Dataset):
+    """Yields (global numpy batch, number of real rows), the last batch padded with zeros."""
     batch_size = self._config.batch_size
-    rows_per_host = batch_size // jax.process_count()
-    start = jax.process_index() * rows_per_host
     for batch in dataset.batch(batch_size).as_numpy_iterator():
-      num_real = len(next(iter(batch.values())))
-      padded = data.pad_batch(batch, batch_size)
-      local = {name: value[start:start + rows_per_host] for name, value in padded.items()}
-      yield data.make_global_batch(local, self._mesh), num_real
+      yield data.pad_batch(batch, batch_size), len(next(iter(batch.values())))
 
   def loss(self, params: PyTree, teacher: Mapping[str, PyTree]) -> Dict[str, float]:
     """The split's mean loss metrics, each sequence weighted equally."""
@@ -100,8 +95,9 @@ class Evaluator:
     totals: Dict[str, float] = {}
     count = 0
     with partitioning.activate(self._mesh, self._rules):
-      for batch, _ in self._global_batches(dataset):
-        metrics, real = jax.device_get(self._loss_step(params, teacher, batch))
+      for batch, _ in self._batches(dataset):
+        metrics, real = jax.device_get(
+            self._loss_step(params, teacher, data.make_global_batch(batch, self._mesh)))
         for name, value in metrics.items():
           totals[name] = totals.get(name, 0.0) + float(value) * int(real)
         count += int(real)
@@ -114,9 +110,10 @@ class Evaluator:
     results = []
     indexed = dataset.map(lambda index, features: dict(features, _index=index))
     with partitioning.activate(self._mesh, self._rules):
-      for step, (batch, num_real) in enumerate(self._global_batches(indexed)):
-        indices = np.asarray(jax.device_get(batch.pop('_index')))[:num_real]
-        tokens, _ = self._predict_step(params, batch, jax.random.fold_in(self._rng, step))
+      for step, (batch, num_real) in enumerate(self._batches(indexed)):
+        indices = batch.pop('_index')[:num_real]
+        tokens, _ = self._predict_step(params, data.make_global_batch(batch, self._mesh),
+                                       jax.random.fold_in(self._rng, step))
         tokens = np.asarray(jax.device_get(tokens))[:num_real]
         results.extend(zip(indices.tolist(), tokens.tolist()))
     return results

@@ -70,6 +70,28 @@ def variable_shardings(mesh: Mesh, axes_collection: Any,
   return nn.logical_to_mesh_sharding(logical_specs, mesh, rules)
 
 
+def check_divisible(variables: Any, shardings: Any, name: str) -> None:
+  """Fails with the param's name unless every sharded dimension splits evenly over its axis.
+
+  Args:
+    variables: arrays or `jax.ShapeDtypeStruct`s.
+    shardings: their NamedShardings (same tree).
+    name: what the variables are, for the message (e.g. 'student').
+  """
+  flat_shardings = dict(jax.tree_util.tree_flatten_with_path(shardings)[0])
+  for path, leaf in jax.tree_util.tree_flatten_with_path(variables)[0]:
+    sharding = flat_shardings[path]
+    for dim, axes in zip(leaf.shape, sharding.spec):
+      axes = (axes,) if isinstance(axes, str) else (axes or ())
+      parts = int(np.prod([sharding.mesh.shape[axis] for axis in axes]))
+      if dim % parts:
+        raise ValueError(
+            f'The {name} param {jax.tree_util.keystr(path)} of shape {leaf.shape} is split '
+            f'{parts} ways over mesh axes {axes}, which does not divide {dim}: choose a number '
+            'of model partitions (NUM_PARTITIONS) that divides the model dimensions, or pad '
+            'the vocabulary to a multiple of 128.')
+
+
 def batch_sharding(mesh: Mesh) -> NamedSharding:
   """Batch arrays [B, ...] split over `data` (B must be a multiple of the data-axis size)."""
   return NamedSharding(mesh, PartitionSpec(DATA_AXIS))

@@ -163,8 +163,8 @@ def train(*, model: models.GKDModel, model_dir: str,
   layout = trainer.make_layout(model, optimizer, mesh, rules, batch_shapes)
   seed_rng = jax.random.PRNGKey(random_seed)
   init_rng, step_rng = jax.random.split(seed_rng)
-  manager = checkpoints.make_manager(model_dir, save_period=checkpoint_period,
-                                     keep=keep_checkpoints, async_save=async_checkpointing)
+  manager = checkpoints.make_manager(model_dir, keep=keep_checkpoints,
+                                     async_save=async_checkpointing)
   resumed = checkpoints.restore_latest(manager, layout.abstract_state)
   if resumed is not None:
     state, batches_consumed = resumed
@@ -228,7 +228,8 @@ def train(*, model: models.GKDModel, model_dir: str,
           print(f'step {step}/{total_steps}  loss {values["loss"]:.4f}  '
                 f'{values["steps_per_sec"]:.2f} steps/s  '
                 f'ETA {_format_eta(values["eta_seconds"])}', flush=True)
-      checkpoints.save(manager, step, state, batches_consumed, force=step == total_steps)
+      if step % checkpoint_period == 0 or step == total_steps:
+        checkpoints.save(manager, step, state, batches_consumed)
       if evaluator is not None and ((eval_period and step % eval_period == 0)
                                     or step == total_steps):
         eval_metrics = _evaluate(evaluator, state['target'], teacher, step, eval_writer,

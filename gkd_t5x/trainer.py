@@ -70,6 +70,7 @@ def make_layout(model: models.GKDModel, optimizer: optax.GradientTransformation,
       functools.partial(model.get_initial_variables, input_shapes=batch_shapes),
       jax.random.PRNGKey(0))
   param_shardings = partitioning.variable_shardings(mesh, variables['params_axes'], rules)
+  partitioning.check_divisible(variables['params'], param_shardings, 'student')
   abstract_params = checkpoints.abstract_tree(variables['params'], param_shardings)
   with partitioning.activate(mesh, rules):
     opt_state_shardings = jax.jit(optimizer.init).lower(
@@ -87,6 +88,9 @@ def make_layout(model: models.GKDModel, optimizer: optax.GradientTransformation,
   if models.TEACHER_COLLECTION in variables:
     teacher_shardings = {models.TEACHER_COLLECTION: partitioning.variable_shardings(
         mesh, variables[models.TEACHER_COLLECTION + '_axes'], rules)}
+    partitioning.check_divisible(
+        {models.TEACHER_COLLECTION: variables[models.TEACHER_COLLECTION]}, teacher_shardings,
+        'teacher')
     abstract_teacher = checkpoints.abstract_tree(
         {models.TEACHER_COLLECTION: variables[models.TEACHER_COLLECTION]}, teacher_shardings)
   return StateLayout(mesh, rules, abstract_state, state_shardings, abstract_teacher,

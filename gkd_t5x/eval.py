@@ -1,0 +1,106 @@
+r"""Evaluates a saved student: `python -m gkd_t5x.eval --gin_file=... --gin.NAME=VALUE`.
+
+    python -m gkd_t5x.eval --gin_file=gin/runs/eval.gin \
+        --gin_file=gin/experiments/arithmetic/gkd.gin \
+        --gin.CHECKPOINT_PATH="'/tmp/gkd'" --gin.EVAL_OUTPUT_DIR="'/tmp/gkd/test_eval'" \
+        --gin.TEACHER_CHECKPOINT_PATH="'/tmp/teacher'"
+
+Restores the student's params from CHECKPOINT_PATH (a checkpoint step directory, or a run
+directory whose latest step is used: this project's or a T5X orbax checkpoint) and, for a
+model with a teacher, the teacher's from TEACHER_CHECKPOINT_PATH; then runs the task's seqio
+metrics on EVAL_SPLIT (with the decoding the model's gin sets: greedy, sampling, beam) and the
+loss. Writes metrics.json and predictions.jsonl (input, target, prediction: the infer output)
+to EVAL_OUTPUT_DIR, and the metrics as TensorBoard scalars there.
+"""
+
+import json
+import os
+from typing import Dict, Optional
+
+from clu import metric_writers
+import gin
+import jax
+import optax
+
+from gkd_t5x import checkpoints
+from gkd_t5x import data
+from gkd_t5x import evaluation
+from gkd_t5x import gin_utils
+from gkd_t5x import models
+from gkd_t5x import partitioning
+from gkd_t5x import trainer
+
+
+@gin.configurable
+def evaluate(*, model: models.GKDModel, checkpoint_path: str, dataset_cfg: data.DatasetConfig,
+             output_dir: str, teacher_checkpoint_path: Optional[str] = None,
+             model_partitions: int = 1, num_examples: Optional[int] = None,
+             random_seed: int = 0) -> Dict[str, float]:
+  """Metrics of the checkpoint's student on one split, written to `output_dir`.
+
+  Args:
+    model: the GKD model (gin: MODEL).
+    checkpoint_path: the student (gin: CHECKPOINT_PATH).
+    dataset_cfg: task, split (gin: EVAL_SPLIT), lengths and batch size.
+    output_dir: where metrics.json, predictions.jsonl and event files go (gin: EVAL_OUTPUT_DIR).
+    teacher_checkpoint_path: the teacher, for the distillation loss; without it the loss of a
+      model with a teacher is not computed.
+    model_partitions: devices per model replica.
+    num_examples: the split's first examples only; None: all.
+    random_seed: key of sampling decoders.
+
+  Returns:
+    {'<split>/<loss metric>': value, 'inference/<task>/<metric>': value}.
+  """
+  rules = partitioning.standard_logical_axis_rules()
+  mesh = partitioning.make_mesh(model_partitions)
+  data.validate(dataset_cfg, mesh.shape[partitioning.DATA_AXIS])
+  step_dir = checkpoints.resolve_step_dir(checkpoint_path, 'CHECKPOINT_PATH')
+  converter = model.FEATURE_CONVERTER_CLS(pack=False)
+  lengths = converter.get_model_feature_lengths(dict(dataset_cfg.task_feature_lengths))
+  batch_shapes = {name: (dataset_cfg.batch_size, length) for name, length in lengths.items()}
+  # No optimizer state is restored: optax.identity() has none.
+  layout = trainer.make_layout(model, optax.identity(), mesh, rules, batch_shapes)
+  params = checkpoints.restore_params(checkpoint_path, layout.abstract_state['target'],
+                                      setting='CHECKPOINT_PATH')
+  teacher = {}
+  if layout.abstract_teacher and teacher_checkpoint_path:
+    teacher = {models.TEACHER_COLLECTION: checkpoints.restore_params(
+        teacher_checkpoint_path, layout.abstract_teacher[models.TEACHER_COLLECTION],
+        setting='TEACHER_CHECKPOINT_PATH')}
+  evaluator = evaluation.Evaluator(model, dataset_cfg, mesh, layout.param_shardings,
+                                   layout.teacher_shardings if teacher else {}, rules,
+                                   num_examples=num_examples, seed=random_seed)
+  metrics = {}
+  if teacher or not layout.abstract_teacher:
+    metrics.update({f'{evaluator.split}/{name}': value
+                    for name, value in evaluator.loss(params, teacher).items()})
+  inference_metrics, records = evaluator.infer(params)
+  metrics.update({f'inference/{evaluator.task_name}/{name}': value
+                  for name, value in inference_metrics.items()})
+  if jax.process_index() == 0:
+    os.makedirs(output_dir, exist_ok=True)
+    with open(os.path.join(output_dir, 'metrics.json'), 'w') as f:
+      json.dump({'checkpoint': os.fspath(step_dir),
+                 'split': evaluator.split, 'metrics': metrics}, f, indent=2)
+    with open(os.path.join(output_dir, 'predictions.jsonl'), 'w') as f:
+      for record in records:
+        f.write(json.dumps(record) + '\n')
+    writer = metric_writers.create_default_writer(output_dir)
+    writer.write_scalars(int(step_dir.name.rsplit('_', 1)[-1]), metrics)
+    writer.flush()
+    for name, value in sorted(metrics.items()):
+      print(f'{name}: {value:.4f}', flush=True)
+  return metrics
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise ValueError(f'Unexpected arguments: {argv[1:]}')
+  gin_utils.parse_gin_flags()
+  from gkd_t5x import eval as eval_lib  # pylint: disable=g-import-not-at-top
+  eval_lib.evaluate()  # pylint: disable=no-value-for-parameter
+
+
+if __name__ == '__main__':
+  gin_utils.run(main)

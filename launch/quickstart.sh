@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# The quickstart: a complete small GKD experiment on the offline arithmetic task, on CPU.
+#
+#   bash launch/quickstart.sh [WORK_DIR]          (default /tmp/gkd_quickstart)
+#
+# 1. the teacher: the checkpoint shipped in launch/checkpoints/arithmetic_sum3_teacher
+#    (TRAIN_TEACHER=1 trains it anew with launch/train_arithmetic_teacher.sh, ~30 min);
+# 2. the student, fine-tuned on the ground truth (SFT);
+# 3. from the same SFT checkpoint: supervised KD (forward KL on the ground truth, lambda = 0)
+#    and on-policy GKD (forward KL on the student's own samples, lambda = 1);
+# 4. every model evaluated on the test split (greedy decoding, exact match of the final answer),
+#    and a table of the results with the run directories.
+# Completed runs are skipped when the script runs again; logs go to WORK_DIR/logs.
+# Step counts: SFT_STEPS, DISTILL_STEPS (environment variables).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+WORK_DIR=${1:-/tmp/gkd_quickstart}
+SFT_STEPS=${SFT_STEPS:-1500}
+DISTILL_STEPS=${DISTILL_STEPS:-500}
+EXPERIMENTS=gin/experiments/arithmetic
+LOGS=$WORK_DIR/logs
+mkdir -p "$LOGS"
+start=$(date +%s)
+
+TEACHER=launch/checkpoints/arithmetic_sum3_teacher
+if [[ "${TRAIN_TEACHER:-0}" == 1 ]]; then
+  TEACHER=$WORK_DIR/teacher
+  [[ -d $TEACHER/checkpoint_8000 ]] || bash launch/train_arithmetic_teacher.sh "$TEACHER"
+fi
+
+# train NAME EXPERIMENT STEPS [gin bindings...]
+train() {
+  local name=$1 experiment=$2 steps=$3
+  shift 3
+  if [[ -d $WORK_DIR/$name/checkpoint_$steps ]]; then
+    echo "== $name: done already"
+    return
+  fi
+  echo "== $name ($experiment, $steps steps)"
+  python3 -m gkd_t5x.train --gin_file=gin/runs/train.gin --gin_file="$EXPERIMENTS/$experiment.gin" \
+    --gin.MODEL_DIR="'$WORK_DIR/$name'" --gin.TRAIN_STEPS="$steps" "$@" 2> "$LOGS/$name.log"
+}
+
+# evaluate NAME EXPERIMENT CHECKPOINT
+evaluate() {
+  local name=$1 experiment=$2 checkpoint=$3
+  echo "== test split: $name"
+  python3 -m gkd_t5x.eval --gin_file=gin/runs/eval.gin --gin_file="$EXPERIMENTS/$experiment.gin" \
+    --gin.CHECKPOINT_PATH="'$checkpoint'" --gin.EVAL_OUTPUT_DIR="'$WORK_DIR/test_eval/$name'" \
+    --gin.EVAL_SPLIT="'test'" 2> "$LOGS/eval_$name.log" > /dev/null
+}
+
+train student_sft student_sft "$SFT_STEPS"
+DISTILL=(--gin.INITIAL_CHECKPOINT_PATH="'$WORK_DIR/student_sft'"
+         --gin.TEACHER_CHECKPOINT_PATH="'$TEACHER'")
+train supervised_kd supervised_kd "$DISTILL_STEPS" "${DISTILL[@]}"
+train gkd gkd "$DISTILL_STEPS" "${DISTILL[@]}"
+
+evaluate teacher teacher "$TEACHER"
+evaluate student_sft student_sft "$WORK_DIR/student_sft"
+evaluate supervised_kd supervised_kd "$WORK_DIR/supervised_kd"
+evaluate gkd gkd "$WORK_DIR/gkd"
+
+python3 launch/results_table.py "$WORK_DIR/test_eval" teacher student_sft supervised_kd gkd
+echo "Quickstart wall time: $(( $(date +%s) - start )) s. Runs and logs: $WORK_DIR"
