@@ -17,7 +17,7 @@ abstract trees of `jax.ShapeDtypeStruct`s: nothing is allocated on one device fi
 
 import os
 import re
-from typing import Any, Mapping, Optional, Tuple
+from typing import Any, Optional, Tuple
 
 import etils.epath as epath
 import jax
@@ -41,7 +41,8 @@ def make_manager(model_dir: str, *, keep: Optional[int],
   """The run's checkpoint manager, keeping the last `keep` steps; the caller picks the steps
   to save (orbax's own interval policy would also save whichever step comes first)."""
   # orbax writes into the parent directory when the run directory does not exist yet.
-  epath.Path(model_dir).mkdir(parents=True, exist_ok=True)
+  model_dir = _absolute(model_dir)
+  model_dir.mkdir(parents=True, exist_ok=True)
   options = ocp.CheckpointManagerOptions(
       max_to_keep=keep, step_prefix=STEP_PREFIX,
       enable_async_checkpointing=async_save)
@@ -72,6 +73,12 @@ def restore_latest(manager: ocp.CheckpointManager,
   return restored[STATE_ITEM], restored[DATASET_ITEM]['batches_consumed']
 
 
+def _absolute(path: str) -> epath.Path:
+  """orbax refuses relative paths; cloud paths (gs://...) are absolute already."""
+  path = os.fspath(path)
+  return epath.Path(path if '://' in path else os.path.abspath(path))
+
+
 def resolve_step_dir(path: str, setting: str) -> epath.Path:
   """The `checkpoint_<step>` directory that `path` names: itself, or a run's latest.
 
@@ -79,7 +86,7 @@ def resolve_step_dir(path: str, setting: str) -> epath.Path:
     path: a step directory, or a MODEL_DIR holding step directories.
     setting: the gin setting the path came from, for error messages.
   """
-  directory = epath.Path(path)
+  directory = _absolute(path)
   if not directory.exists():
     raise CheckpointError(f'{setting} = {path!r} does not exist.')
   if (directory / STATE_ITEM).exists():
@@ -140,17 +147,6 @@ def abstract_tree(tree: PyTree, shardings: PyTree) -> PyTree:
       tree, shardings)
 
 
-def latest_step(model_dir: str) -> Optional[int]:
-  """The newest saved step in a model directory, or None."""
-  directory = epath.Path(model_dir)
-  if not directory.exists():
-    return None
-  steps = [int(m.group(1)) for child in directory.iterdir()
-           if (m := _STEP_DIR.match(child.name)) and (child / STATE_ITEM).exists()]
-  return max(steps, default=None)
-
-
-
 def export_params(path: str, output_dir: str) -> epath.Path:
   """Writes the params of a checkpoint, without optimizer state, as a checkpoint of its own.
 
@@ -164,6 +160,6 @@ def export_params(path: str, output_dir: str) -> epath.Path:
   """
   step_dir = resolve_step_dir(path, 'checkpoint path')
   params = ocp.PyTreeCheckpointer().restore(step_dir / STATE_ITEM)[PARAMS_KEY]
-  destination = epath.Path(output_dir) / step_dir.name
+  destination = _absolute(output_dir) / step_dir.name
   ocp.PyTreeCheckpointer().save(destination / STATE_ITEM, {PARAMS_KEY: params})
   return destination

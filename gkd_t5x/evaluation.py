@@ -52,7 +52,6 @@ class Evaluator:
     data.validate(config, mesh.shape[partitioning.DATA_AXIS])
     self.task_name = config.mixture_or_task_name
     self.split = config.split
-    self._model = model
     self._config = config
     self._mesh = mesh
     self._rules = rules
@@ -67,7 +66,7 @@ class Evaluator:
     replicated = partitioning.replicated(mesh)
 
     def loss_fn(params, teacher, batch):
-      loss, metrics = model.eval_fn(params, batch, teacher)
+      _, metrics = model.eval_fn(params, batch, teacher)
       real = jnp.sum(jnp.any(batch['decoder_loss_weights'] > 0, axis=-1))
       return {name: metric.compute() for name, metric in metrics.items()}, real
 

@@ -161,28 +161,48 @@ def train(*, model: models.GKDModel, model_dir: str,
       checkpoints.resolve_step_dir(path, setting)
 
   layout = trainer.make_layout(model, optimizer, mesh, rules, batch_shapes)
-  seed_rng = jax.random.PRNGKey(random_seed)
-  init_rng, step_rng = jax.random.split(seed_rng)
-  manager = checkpoints.make_manager(model_dir, keep=keep_checkpoints,
-                                     async_save=async_checkpointing)
-  resumed = checkpoints.restore_latest(manager, layout.abstract_state)
-  if resumed is not None:
-    state, batches_consumed = resumed
-    logging.info('Resumed from %s at step %d.', model_dir, int(state['step']))
-  else:
-    initial_params = None
-    if initial_checkpoint_path:
-      initial_params = checkpoints.restore_params(
-          initial_checkpoint_path, layout.abstract_state['target'],
-          setting='INITIAL_CHECKPOINT_PATH')
-    state = trainer.init_state(model, optimizer, layout, init_rng, initial_params)
-    batches_consumed = 0
   teacher = {}
   if layout.abstract_teacher:
     teacher = {models.TEACHER_COLLECTION: checkpoints.restore_params(
         teacher_checkpoint_path, layout.abstract_teacher[models.TEACHER_COLLECTION],
         setting='TEACHER_CHECKPOINT_PATH')}
+  init_rng, step_rng = jax.random.split(jax.random.PRNGKey(random_seed))
+  manager = checkpoints.make_manager(model_dir, keep=keep_checkpoints,
+                                     async_save=async_checkpointing)
+  try:
+    resumed = checkpoints.restore_latest(manager, layout.abstract_state)
+    if resumed is not None:
+      state, batches_consumed = resumed
+      logging.info('Resumed from %s at step %d.', model_dir, int(state['step']))
+    else:
+      initial_params = None
+      if initial_checkpoint_path:
+        initial_params = checkpoints.restore_params(
+            initial_checkpoint_path, layout.abstract_state['target'],
+            setting='INITIAL_CHECKPOINT_PATH')
+      state = trainer.init_state(model, optimizer, layout, init_rng, initial_params)
+      batches_consumed = 0
+    return _train_loop(model, optimizer, layout, state, teacher, batches_consumed, step_rng,
+                       manager=manager, model_dir=model_dir, total_steps=total_steps,
+                       train_dataset_cfg=train_dataset_cfg, eval_dataset_cfg=eval_dataset_cfg,
+                       checkpoint_period=checkpoint_period, eval_period=eval_period,
+                       eval_num_examples=eval_num_examples, log_period=log_period,
+                       random_seed=random_seed)
+  finally:
+    manager.wait_until_finished()
+    manager.close()
 
+
+def _train_loop(model: models.GKDModel, optimizer: optax.GradientTransformation,
+                layout: trainer.StateLayout, state: trainer.TrainState, teacher: PyTree,
+                batches_consumed: int, step_rng: jax.Array, *, manager, model_dir: str,
+                total_steps: int, train_dataset_cfg: data.DatasetConfig,
+                eval_dataset_cfg: Optional[data.DatasetConfig], checkpoint_period: int,
+                eval_period: Optional[int], eval_num_examples: Optional[int],
+                log_period: int, random_seed: int) -> Dict[str, float]:
+  """Steps from the state's step to `total_steps`: logging, checkpoints and evaluation."""
+  mesh, rules = layout.mesh, layout.rules
+  converter = model.FEATURE_CONVERTER_CLS(pack=train_dataset_cfg.pack)
   train_step = trainer.make_train_step(model, optimizer, layout, step_rng)
   evaluator = None
   if eval_dataset_cfg is not None:
@@ -236,9 +256,8 @@ def train(*, model: models.GKDModel, model_dir: str,
                                  model_dir)
     if evaluator is not None and first_step == total_steps:
       eval_metrics = _evaluate(evaluator, state['target'], teacher, step, eval_writer, model_dir)
-  manager.wait_until_finished()
-  train_writer.flush()
-  eval_writer.flush()
+  train_writer.close()
+  eval_writer.close()
   return eval_metrics
 
 

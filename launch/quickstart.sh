@@ -3,8 +3,8 @@
 #
 #   bash launch/quickstart.sh [WORK_DIR]          (default /tmp/gkd_quickstart)
 #
-# 1. the teacher: the checkpoint shipped in launch/checkpoints/arithmetic_sum3_teacher
-#    (TRAIN_TEACHER=1 trains it anew with launch/train_arithmetic_teacher.sh, ~30 min);
+# 1. the teacher: the checkpoint shipped in launch/checkpoints/arithmetic_sum3_2digit_teacher
+#    (TRAIN_TEACHER=1 trains it anew with launch/train_arithmetic_teacher.sh, ~15 min);
 # 2. the student, fine-tuned on the ground truth (SFT);
 # 3. from the same SFT checkpoint: supervised KD (forward KL on the ground truth, lambda = 0)
 #    and on-policy GKD (forward KL on the student's own samples, lambda = 1);
@@ -22,10 +22,10 @@ LOGS=$WORK_DIR/logs
 mkdir -p "$LOGS"
 start=$(date +%s)
 
-TEACHER=launch/checkpoints/arithmetic_sum3_teacher
+TEACHER=launch/checkpoints/arithmetic_sum3_2digit_teacher
 if [[ "${TRAIN_TEACHER:-0}" == 1 ]]; then
   TEACHER=$WORK_DIR/teacher
-  [[ -d $TEACHER/checkpoint_8000 ]] || bash launch/train_arithmetic_teacher.sh "$TEACHER"
+  [[ -d $TEACHER ]] || bash launch/train_arithmetic_teacher.sh "$WORK_DIR/teacher_run" "$TEACHER"
 fi
 
 # train NAME EXPERIMENT STEPS [gin bindings...]
@@ -47,7 +47,7 @@ evaluate() {
   echo "== test split: $name"
   python3 -m gkd_t5x.eval --gin_file=gin/runs/eval.gin --gin_file="$EXPERIMENTS/$experiment.gin" \
     --gin.CHECKPOINT_PATH="'$checkpoint'" --gin.EVAL_OUTPUT_DIR="'$WORK_DIR/test_eval/$name'" \
-    --gin.EVAL_SPLIT="'test'" 2> "$LOGS/eval_$name.log" > /dev/null
+    --gin.EVAL_SPLIT="'test'" --gin.EVAL_NUM_EXAMPLES=None 2> "$LOGS/eval_$name.log" > /dev/null
 }
 
 train student_sft student_sft "$SFT_STEPS"

@@ -4,4 +4,4 @@ Importing the package registers every task (seqio style: tasks are data, registe
 `arithmetic` (chain-of-thought arithmetic generated from a seed).
 """
 
-from gkd_t5x.tasks import arithmetic
+from gkd_t5x.tasks import arithmetic  # pylint: disable=unused-import  # noqa: F401

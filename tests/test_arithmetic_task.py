@@ -109,8 +109,9 @@ def test_train_fraction_keeps_a_prefix():
 
 @pytest.mark.parametrize('config,lengths', [
     (SUM3, arithmetic.ARITHMETIC_SUM3_FEATURE_LENGTHS),
+    (arithmetic.ARITHMETIC_SUM3_2DIGIT, arithmetic.ARITHMETIC_SUM3_2DIGIT_FEATURE_LENGTHS),
     (CHAIN5, arithmetic.ARITHMETIC_CHAIN5_FEATURE_LENGTHS),
-], ids=['sum3', 'chain5'])
+], ids=['sum3', 'sum3_2digit', 'chain5'])
 def test_feature_lengths_fit_every_split(config, lengths):
   measured = arithmetic.max_lengths(arithmetic.generate_splits(**config))
   for key in ('inputs', 'targets'):
@@ -121,7 +122,8 @@ def test_feature_lengths_fit_every_split(config, lengths):
 def test_registered_tasks():
   names = seqio.TaskRegistry.names()
   for name in ('arithmetic_sum3', 'arithmetic_sum3_train5pct', 'arithmetic_sum3_train25pct',
-               'arithmetic_chain5'):
+               'arithmetic_sum3_2digit', 'arithmetic_sum3_2digit_train5pct',
+               'arithmetic_sum3_2digit_train25pct', 'arithmetic_chain5'):
     assert name in names
   source = seqio.get_mixture_or_task('arithmetic_sum3_train5pct').source
   assert source.num_input_examples('train') == 2500

@@ -110,7 +110,7 @@ def test_gkd_run_writes_metrics_checkpoints_and_predictions(gkd_run):
   assert set(on_policy) <= {0.0, 1.0} and 0 < sum(on_policy) < 12  # a coin per step
   assert all(value == 0.5 for _, value in scalars['lmbda'])
   eval_scalars = event_files.read_scalars(os.path.join(model_dir, 'eval'))
-  accuracy = eval_scalars['inference/arithmetic_sum3/accuracy']
+  accuracy = eval_scalars['inference/arithmetic_sum3_2digit/accuracy']
   assert [step for step, _ in accuracy] == [4, 8, 12]
   assert all(0.0 <= value <= 100.0 for _, value in accuracy)
   assert 'validation/loss' in eval_scalars

@@ -1,0 +1,27 @@
+"""The README's first command, at a few steps: launch/quickstart.sh runs every stage with the
+shipped teacher and prints the table of test accuracies."""
+
+import os
+import pathlib
+import re
+import subprocess
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_quickstart_runs_every_stage_and_prints_the_table(tmp_path):
+  env = dict(os.environ, SFT_STEPS='4', DISTILL_STEPS='2', TF_CPP_MIN_LOG_LEVEL='3')
+  result = subprocess.run(['bash', 'launch/quickstart.sh', str(tmp_path)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=900)
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+  rows = re.findall(r'^\| (\w+) \| ([\d.]+) \| ([\d.]+) \| (\S+) \|$', result.stdout, re.M)
+  assert [row[0] for row in rows] == ['teacher', 'student_sft', 'supervised_kd', 'gkd']
+  for _, accuracy, sequence, _ in rows:
+    assert 0.0 <= float(sequence) <= float(accuracy) <= 100.0
+  assert rows[0][3].startswith('launch/checkpoints/arithmetic_sum3_2digit_teacher/checkpoint_')
+  for name in ('student_sft', 'supervised_kd', 'gkd'):
+    assert (tmp_path / name / 'train').is_dir()
+  # A second call finds every run done and only evaluates again.
+  again = subprocess.run(['bash', 'launch/quickstart.sh', str(tmp_path)], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=900)
+  assert again.returncode == 0 and again.stdout.count('done already') == 3
