@@ -68,7 +68,11 @@ class Evaluator:
     def loss_fn(params, teacher, batch):
       _, metrics = model.eval_fn(params, batch, teacher)
       real = jnp.sum(jnp.any(batch['decoder_loss_weights'] > 0, axis=-1))
-      return {name: metric.compute() for name, metric in metrics.items()}, real
+      # A metric with no count (e.g. sample statistics: evaluation never samples) has no value.
+      defined = {name: metric.count > 0 for name, metric in metrics.items()}
+      values = {name: jnp.where(defined[name], metric.compute(), 0.0)
+                for name, metric in metrics.items()}
+      return values, defined, real
 
     def predict_fn(params, batch, rng):
       return model.predict_batch_with_aux(params, batch, rng)
@@ -92,15 +96,16 @@ class Evaluator:
     dataset = self._seqio_evaluator.cached_model_datasets[self.task_name].map(
         lambda index, features: features)
     totals: Dict[str, float] = {}
-    count = 0
+    counts: Dict[str, int] = {}
     with partitioning.activate(self._mesh, self._rules):
       for batch, _ in self._batches(dataset):
-        metrics, real = jax.device_get(
+        values, defined, real = jax.device_get(
             self._loss_step(params, teacher, data.make_global_batch(batch, self._mesh)))
-        for name, value in metrics.items():
-          totals[name] = totals.get(name, 0.0) + float(value) * int(real)
-        count += int(real)
-    return {name: total / max(count, 1) for name, total in totals.items()}
+        for name, value in values.items():
+          if defined[name]:
+            totals[name] = totals.get(name, 0.0) + float(value) * int(real)
+            counts[name] = counts.get(name, 0) + int(real)
+    return {name: total / max(counts[name], 1) for name, total in totals.items()}
 
   def _predict(self, params: PyTree, dataset: tf.data.Dataset,
                model_feature_shapes: Any = None) -> List[Tuple[int, Sequence[int]]]:

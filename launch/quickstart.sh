@@ -15,7 +15,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK_DIR=${1:-/tmp/gkd_quickstart}
-SFT_STEPS=${SFT_STEPS:-1500}
+SFT_STEPS=${SFT_STEPS:-1000}
 DISTILL_STEPS=${DISTILL_STEPS:-500}
 EXPERIMENTS=gin/experiments/arithmetic
 LOGS=$WORK_DIR/logs
