@@ -10,13 +10,15 @@
 #    and on-policy GKD (forward KL on the student's own samples, lambda = 1);
 # 4. every model evaluated on the test split (greedy decoding, exact match of the final answer),
 #    and a table of the results with the run directories.
-# Completed runs are skipped when the script runs again; logs go to WORK_DIR/logs.
-# Step counts: SFT_STEPS, DISTILL_STEPS (environment variables).
+# Completed runs and evaluations are skipped when the script runs again; logs go to
+# WORK_DIR/logs. Environment variables: SFT_STEPS, DISTILL_STEPS (step counts), EVAL_EXAMPLES
+# (evaluate on the first N validation / test problems; default all 1000).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK_DIR=${1:-/tmp/gkd_quickstart}
 SFT_STEPS=${SFT_STEPS:-1000}
 DISTILL_STEPS=${DISTILL_STEPS:-500}
+EVAL_EXAMPLES=${EVAL_EXAMPLES:-None}
 EXPERIMENTS=gin/experiments/arithmetic
 LOGS=$WORK_DIR/logs
 mkdir -p "$LOGS"
@@ -38,16 +40,21 @@ train() {
   fi
   echo "== $name ($experiment, $steps steps)"
   python3 -m gkd_t5x.train --gin_file=gin/runs/train.gin --gin_file="$EXPERIMENTS/$experiment.gin" \
-    --gin.MODEL_DIR="'$WORK_DIR/$name'" --gin.TRAIN_STEPS="$steps" "$@" 2> "$LOGS/$name.log"
+    --gin.MODEL_DIR="'$WORK_DIR/$name'" --gin.TRAIN_STEPS="$steps" \
+    --gin.EVAL_NUM_EXAMPLES="$EVAL_EXAMPLES" "$@" 2> "$LOGS/$name.log"
 }
 
 # evaluate NAME EXPERIMENT CHECKPOINT
 evaluate() {
   local name=$1 experiment=$2 checkpoint=$3
+  if [[ -f $WORK_DIR/test_eval/$name/metrics.json ]]; then
+    echo "== test split: $name: done already"
+    return
+  fi
   echo "== test split: $name"
   python3 -m gkd_t5x.eval --gin_file=gin/runs/eval.gin --gin_file="$EXPERIMENTS/$experiment.gin" \
     --gin.CHECKPOINT_PATH="'$checkpoint'" --gin.EVAL_OUTPUT_DIR="'$WORK_DIR/test_eval/$name'" \
-    --gin.EVAL_SPLIT="'test'" --gin.EVAL_NUM_EXAMPLES=None 2> "$LOGS/eval_$name.log" > /dev/null
+    --gin.EVAL_SPLIT="'test'" --gin.EVAL_NUM_EXAMPLES="$EVAL_EXAMPLES" 2> "$LOGS/eval_$name.log" > /dev/null
 }
 
 train student_sft student_sft "$SFT_STEPS"

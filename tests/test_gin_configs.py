@@ -24,7 +24,7 @@ from gkd_t5x import objective
 from gkd_t5x import rewards
 
 GIN_DIR = pathlib.Path(__file__).resolve().parents[1] / 'gin'
-MODEL_FILES = {path.stem: path for path in sorted((GIN_DIR / 'models').glob('*.gin'))}
+MODEL_FILES = {path.stem: path for path in sorted((GIN_DIR / 'models').glob('t5_1_1_*.gin'))}
 METHOD_FILES = {path.stem: path for path in sorted((GIN_DIR / 'methods').glob('*.gin'))}
 
 # (emb_dim, encoder = decoder layers, num_heads, head_dim, mlp_dim, dtype) of each size file:

@@ -10,7 +10,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def test_quickstart_runs_every_stage_and_prints_the_table(tmp_path):
-  env = dict(os.environ, SFT_STEPS='4', DISTILL_STEPS='2', TF_CPP_MIN_LOG_LEVEL='3')
+  env = dict(os.environ, SFT_STEPS='4', DISTILL_STEPS='2', EVAL_EXAMPLES='16',
+             TF_CPP_MIN_LOG_LEVEL='3')
   result = subprocess.run(['bash', 'launch/quickstart.sh', str(tmp_path)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=900)
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -18,10 +19,12 @@ def test_quickstart_runs_every_stage_and_prints_the_table(tmp_path):
   assert [row[0] for row in rows] == ['teacher', 'student_sft', 'supervised_kd', 'gkd']
   for _, accuracy, sequence, _ in rows:
     assert 0.0 <= float(sequence) <= float(accuracy) <= 100.0
-  assert rows[0][3].startswith('launch/checkpoints/arithmetic_sum3_2digit_teacher/checkpoint_')
+  assert 'launch/checkpoints/arithmetic_sum3_2digit_teacher/checkpoint_4000' in rows[0][3]
   for name in ('student_sft', 'supervised_kd', 'gkd'):
     assert (tmp_path / name / 'train').is_dir()
-  # A second call finds every run done and only evaluates again.
+  # A second call finds every run and evaluation done and prints the same table.
   again = subprocess.run(['bash', 'launch/quickstart.sh', str(tmp_path)], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=900)
-  assert again.returncode == 0 and again.stdout.count('done already') == 3
+  assert again.returncode == 0 and again.stdout.count('done already') == 7
+  assert re.findall(r'^\| .*\|$', again.stdout, re.M) == re.findall(r'^\| .*\|$', result.stdout,
+                                                                   re.M)
