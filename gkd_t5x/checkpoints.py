@@ -114,6 +114,15 @@ def restore_params(path: str, abstract_params: PyTree, *, setting: str) -> PyTre
       names and shapes.
   """
   step_dir = resolve_step_dir(path, setting)
+  # Shapes are checked on the metadata first: a restore that fails half-way leaves orbax's
+  # reads pending, and the mismatch deserves a message that names the param.
+  try:
+    metadata = ocp.PyTreeCheckpointer().metadata(step_dir / STATE_ITEM)
+    stored = metadata.item_metadata.tree[PARAMS_KEY]
+  except Exception as error:  # orbax raises many types for unreadable checkpoints.
+    raise CheckpointError(f'{setting} = {path!r}: could not restore params from '
+                          f'{os.fspath(step_dir)}: {type(error).__name__}: {error}') from error
+  _check_shapes(stored, abstract_params, path, setting)
   item = {PARAMS_KEY: abstract_params}
   restore_args = {PARAMS_KEY: ocp.checkpoint_utils.construct_restore_args(abstract_params)}
   try:
@@ -123,14 +132,13 @@ def restore_params(path: str, abstract_params: PyTree, *, setting: str) -> PyTre
   except Exception as error:  # orbax raises many types for unreadable or mismatched trees.
     raise CheckpointError(f'{setting} = {path!r}: could not restore params from '
                           f'{os.fspath(step_dir)}: {type(error).__name__}: {error}') from error
-  params = restored[PARAMS_KEY]
-  _check_shapes(params, abstract_params, path, setting)
-  return params
+  return restored[PARAMS_KEY]
 
 
-def _check_shapes(params: PyTree, abstract_params: PyTree, path: str, setting: str) -> None:
+def _check_shapes(stored: PyTree, abstract_params: PyTree, path: str, setting: str) -> None:
+  """Fails unless every expected param is in the checkpoint's tree with the same shape."""
   expected = jax.tree_util.tree_flatten_with_path(abstract_params)[0]
-  actual = dict(jax.tree_util.tree_flatten_with_path(params)[0])
+  actual = dict(jax.tree_util.tree_flatten_with_path(stored)[0])
   for key, spec in expected:
     value = actual.get(key)
     if value is None or value.shape != spec.shape:
