@@ -32,5 +32,9 @@ setuptools.setup(
     install_requires=INSTALL_REQUIRES,
     extras_require={
         'test': ['pytest==9.0.3', 'pytest-xdist'],
+        # What t5x, airio and jestimator import beyond the pins above. They are not on PyPI:
+        # install them with --no-deps from the commits the README names.
+        't5x': ['fiddle==0.3.1', 'cached-property==2.0.1', 'grain==0.2.12',
+                'tensorstore==0.1.86'],
     },
 )

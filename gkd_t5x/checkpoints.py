@@ -7,6 +7,15 @@ params:
                                           'step': int}; T5X's has 'target' and 'state'
     MODEL_DIR/checkpoint_<step>/dataset   JSON: {'batches_consumed': n} (this project's only)
 
+Params are also read from T5X's older format, in which the public T5 1.1 and FLAN-T5
+checkpoints were published (`restore_params` tells the two apart):
+
+    checkpoint_<step>/checkpoint          msgpack: {'version': 3, 'optimizer': {'target':
+                                          params, 'state': ...}}; each array leaf is either
+                                          inline or a tensorstore spec (a dict) whose path is
+                                          relative to the step directory
+    checkpoint_<step>/target.encoder...   one zarr array per tensorstore leaf
+
 The teacher's params are not saved with the student's: every run restores them from
 TEACHER_CHECKPOINT_PATH, so a run's checkpoints hold the student and its optimizer state only
 (an XL teacher would otherwise be copied into every checkpoint of every sweep run).
@@ -15,12 +24,18 @@ Params are restored straight into their `NamedSharding`s (each host reads its ow
 abstract trees of `jax.ShapeDtypeStruct`s: nothing is allocated on one device first.
 """
 
+import asyncio
+import copy
 import os
+import posixpath
 import re
-from typing import Any, Optional, Tuple
+from typing import Any, Mapping, Optional, Tuple
 
 import etils.epath as epath
+from flax import serialization
 import jax
+from jax.experimental.array_serialization import serialization as array_serialization
+import numpy as np
 import orbax.checkpoint as ocp
 
 PyTree = Any
@@ -29,6 +44,7 @@ STEP_PREFIX = 'checkpoint'
 STATE_ITEM = 'state'
 DATASET_ITEM = 'dataset'
 PARAMS_KEY = 'target'
+MSGPACK_FILE = 'checkpoint'
 _STEP_DIR = re.compile(rf'^{STEP_PREFIX}_(\d+)$')
 
 
@@ -79,29 +95,36 @@ def _absolute(path: str) -> epath.Path:
   return epath.Path(path if '://' in path else os.path.abspath(path))
 
 
+def _is_step_dir(directory: epath.Path) -> bool:
+  """An orbax step (a 'state' item) or a T5X msgpack step (a 'checkpoint' file)."""
+  return (directory / STATE_ITEM).is_dir() or (directory / MSGPACK_FILE).is_file()
+
+
 def resolve_step_dir(path: str, setting: str) -> epath.Path:
   """The `checkpoint_<step>` directory that `path` names: itself, or a run's latest.
 
   Args:
-    path: a step directory, or a MODEL_DIR holding step directories.
+    path: a step directory (orbax or T5X msgpack), or a MODEL_DIR holding step directories.
     setting: the gin setting the path came from, for error messages.
   """
   directory = _absolute(path)
   if not directory.exists():
     raise CheckpointError(f'{setting} = {path!r} does not exist.')
-  if (directory / STATE_ITEM).exists():
+  if _is_step_dir(directory):
     return directory
   steps = sorted((int(match.group(1)), child) for child in directory.iterdir()
-                 if (match := _STEP_DIR.match(child.name)) and (child / STATE_ITEM).exists())
+                 if (match := _STEP_DIR.match(child.name)) and _is_step_dir(child))
   if not steps:
     raise CheckpointError(
-        f'{setting} = {path!r} is neither an orbax checkpoint step directory (with a '
-        f'{STATE_ITEM!r} item) nor a model directory holding {STEP_PREFIX}_<step> directories.')
+        f'{setting} = {path!r} is neither a checkpoint step directory (an orbax {STATE_ITEM!r} '
+        f'item or a T5X {MSGPACK_FILE!r} msgpack file) nor a model directory holding '
+        f'{STEP_PREFIX}_<step> directories.')
   return steps[-1][1]
 
 
 def restore_params(path: str, abstract_params: PyTree, *, setting: str) -> PyTree:
-  """Params from this project's or a T5X orbax checkpoint, placed in their shardings.
+  """Params from an orbax (this project's or T5X's) or T5X msgpack checkpoint, in their
+  shardings: each host reads only the slices its devices hold.
 
   Args:
     path: a checkpoint step directory or a model directory (its latest step is used).
@@ -114,25 +137,102 @@ def restore_params(path: str, abstract_params: PyTree, *, setting: str) -> PyTre
       names and shapes.
   """
   step_dir = resolve_step_dir(path, setting)
+  restore = _restore_orbax if (step_dir / STATE_ITEM).is_dir() else _restore_msgpack
+  try:
+    return restore(step_dir, abstract_params, path, setting)
+  except CheckpointError:
+    raise
+  except Exception as error:  # orbax and tensorstore raise many types for unreadable files.
+    raise CheckpointError(f'{setting} = {path!r}: could not restore params from '
+                          f'{os.fspath(step_dir)}: {type(error).__name__}: {error}') from error
+
+
+def _restore_orbax(step_dir: epath.Path, abstract_params: PyTree, path: str,
+                   setting: str) -> PyTree:
   # Shapes are checked on the metadata first: a restore that fails half-way leaves orbax's
   # reads pending, and the mismatch deserves a message that names the param.
-  try:
-    metadata = ocp.PyTreeCheckpointer().metadata(step_dir / STATE_ITEM)
-    stored = metadata.item_metadata.tree[PARAMS_KEY]
-  except Exception as error:  # orbax raises many types for unreadable checkpoints.
-    raise CheckpointError(f'{setting} = {path!r}: could not restore params from '
-                          f'{os.fspath(step_dir)}: {type(error).__name__}: {error}') from error
-  _check_shapes(stored, abstract_params, path, setting)
+  metadata = ocp.PyTreeCheckpointer().metadata(step_dir / STATE_ITEM)
+  _check_shapes(metadata.item_metadata.tree[PARAMS_KEY], abstract_params, path, setting)
   item = {PARAMS_KEY: abstract_params}
   restore_args = {PARAMS_KEY: ocp.checkpoint_utils.construct_restore_args(abstract_params)}
-  try:
-    restored = ocp.PyTreeCheckpointer().restore(
-        step_dir / STATE_ITEM,
-        args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True))
-  except Exception as error:  # orbax raises many types for unreadable or mismatched trees.
-    raise CheckpointError(f'{setting} = {path!r}: could not restore params from '
-                          f'{os.fspath(step_dir)}: {type(error).__name__}: {error}') from error
+  restored = ocp.PyTreeCheckpointer().restore(
+      step_dir / STATE_ITEM,
+      args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True))
   return restored[PARAMS_KEY]
+
+
+class _StoredArray:
+  """A msgpack leaf as `_check_shapes` sees it: an inline array or a tensorstore spec."""
+
+  def __init__(self, leaf: Any):
+    self.leaf = leaf
+    if isinstance(leaf, Mapping):
+      self.shape = tuple(leaf['metadata']['shape'])
+    else:
+      self.shape = np.shape(leaf)
+
+
+def _absolute_spec(spec: Mapping[str, Any], step_dir: epath.Path) -> dict:
+  """A T5X tensorstore spec with its step-relative path made absolute.
+
+  T5X writes the path relative to the step directory (under 'kvstore', or at the top level
+  with tensorstore < 0.1.14) and, for gs:// checkpoints, a placeholder bucket, so that
+  checkpoints can be moved; the bucket and directory come from where the checkpoint is now.
+  """
+  spec = copy.deepcopy(dict(spec))
+  kvstore = dict(spec.get('kvstore', {}))
+  relative = kvstore.pop('path', None) or spec.pop('path')
+  location = os.fspath(step_dir)
+  if location.startswith('gs://'):
+    bucket, _, prefix = location[len('gs://'):].partition('/')
+    spec['kvstore'] = {'driver': 'gcs', 'bucket': bucket,
+                       'path': posixpath.join(prefix, relative)}
+  else:
+    spec['kvstore'] = {'driver': 'file', 'path': os.path.join(location, relative)}
+  return spec
+
+
+def _restore_msgpack(step_dir: epath.Path, abstract_params: PyTree, path: str,
+                     setting: str) -> PyTree:
+  contents = serialization.msgpack_restore((step_dir / MSGPACK_FILE).read_bytes())
+  state = contents.get('optimizer', contents)
+  if PARAMS_KEY not in state:
+    raise CheckpointError(f'{setting} = {path!r}: the msgpack checkpoint in '
+                          f'{os.fspath(step_dir)} has no {PARAMS_KEY!r} params.')
+  # Tensorstore specs are dicts, so the walk stops at leaves of the expected tree.
+  stored = jax.tree_util.tree_map(lambda _, leaf: _StoredArray(leaf), abstract_params,
+                                  _select(state[PARAMS_KEY], abstract_params, path, setting))
+  _check_shapes(stored, abstract_params, path, setting)
+
+  async def read(spec: jax.ShapeDtypeStruct, stored_array: _StoredArray) -> jax.Array:
+    if isinstance(stored_array.leaf, Mapping):
+      return await array_serialization.async_deserialize(
+          spec.sharding, _absolute_spec(stored_array.leaf, step_dir), global_shape=spec.shape,
+          dtype=spec.dtype)
+    value = np.asarray(stored_array.leaf, spec.dtype)
+    return jax.make_array_from_callback(spec.shape, spec.sharding, lambda index: value[index])
+
+  leaves, treedef = jax.tree_util.tree_flatten(abstract_params)
+  stored_leaves = treedef.flatten_up_to(stored)
+
+  async def read_all():
+    return await asyncio.gather(*map(read, leaves, stored_leaves))
+  return jax.tree_util.tree_unflatten(treedef, asyncio.run(read_all()))
+
+
+def _select(tree: Any, abstract_params: PyTree, path: str, setting: str) -> Any:
+  """`tree` cut to the structure of `abstract_params` (a checkpoint may hold more), failing
+  with the name of the first param the checkpoint lacks."""
+  if not isinstance(abstract_params, Mapping):
+    return tree
+  selected = {}
+  for name, subtree in abstract_params.items():
+    if not isinstance(tree, Mapping) or name not in tree:
+      raise CheckpointError(f'{setting} = {path!r}: the checkpoint has no param {name!r} '
+                            f'(it has {sorted(tree) if isinstance(tree, Mapping) else tree}). '
+                            'Does the model config match the checkpoint?')
+    selected[name] = _select(tree[name], subtree, path, setting)
+  return selected if isinstance(abstract_params, dict) else type(abstract_params)(selected)
 
 
 def _check_shapes(stored: PyTree, abstract_params: PyTree, path: str, setting: str) -> None:

@@ -1,7 +1,9 @@
 """Reads the scalars of TensorBoard event files (written by clu's metric writers).
 
-The trainer writes MODEL_DIR/train and MODEL_DIR/eval event files; tests, sweeps and figure
-scripts read them back here, the same numbers TensorBoard shows.
+The trainer writes MODEL_DIR/train and MODEL_DIR/eval event files (T5X's writes MODEL_DIR/train,
+MODEL_DIR/training_eval/<task> and MODEL_DIR/inference_eval); tests, sweeps and figure scripts
+read them back here, the same numbers TensorBoard shows. Text summaries (T5X's gin config) are
+skipped.
 """
 
 import collections
@@ -20,6 +22,8 @@ def read_scalars(log_dir: str) -> Dict[str, List[Tuple[int, float]]]:
       event = tf.compat.v1.Event.FromString(record.numpy())
       for value in event.summary.value:
         if value.HasField('tensor'):
+          if value.tensor.dtype == tf.string.as_datatype_enum:
+            continue
           number = float(tf.make_ndarray(value.tensor))
         else:
           number = float(value.simple_value)

@@ -3,6 +3,9 @@
 `GKDModel` holds the student network, the frozen teacher network and the objective's settings
 (`objective.GKDConfig`), and offers what T5X's trainer, evaluator and inference expect:
 `loss_fn`, `eval_fn`, `score_batch`, `predict_batch(_with_aux)` and `get_initial_variables`.
+Where t5x is importable it is a `t5x.models.EncoderDecoderModel`, so `t5x/train.py`,
+`t5x/eval.py` and `t5x/infer.py` take it as they take T5X's own models; without t5x the same
+class serves this project's trainer.
 
 The teacher's params are not model params: they live in the variable collection `teacher`
 (with their logical axes in `teacher_axes`), which T5X's train state carries as
@@ -34,6 +37,12 @@ MetricsMap = Dict[str, clu_metrics.Metric]
 
 TEACHER_COLLECTION = 'teacher'
 DECODE_METHODS = ('greedy', 'sample', 'beam')
+
+try:
+  from t5x import models as t5x_models  # pylint: disable=g-import-not-at-top
+  _ModelBase = t5x_models.EncoderDecoderModel
+except ImportError:  # t5x is not on PyPI; the standalone trainer needs none of it.
+  _ModelBase = object
 
 
 def bind(module: nn.Module, params: PyTree) -> objective.SequenceModel:
@@ -69,8 +78,13 @@ def _average(value: Array, count: Any = 1.0) -> clu_metrics.Average:
 
 
 @gin.configurable
-class GKDModel:
+class GKDModel(_ModelBase):
   """Student, teacher and GKD settings behind T5X's model protocol.
+
+  T5X's constructor is not called: its loss settings (label smoothing, z-loss, loss
+  normalization) and `decode_fn` belong to its cross-entropy model, and are replaced here by
+  `gkd` and the decoding attributes below. The attributes T5X reads (`module`,
+  `optimizer_def`, the vocabularies, `FEATURE_CONVERTER_CLS`) are set as T5X sets them.
 
   Attributes:
     module: the student `network.Transformer`.
@@ -110,8 +124,8 @@ class GKDModel:
                        f'{decode_method!r}.')
     self.module = module
     self.teacher_module = teacher_module
-    self.input_vocabulary = input_vocabulary
-    self.output_vocabulary = output_vocabulary
+    self._input_vocabulary = input_vocabulary
+    self._output_vocabulary = output_vocabulary
     self.optimizer_def = optimizer_def
     self.gkd = gkd
     self.decode_method = decode_method
@@ -121,6 +135,14 @@ class GKDModel:
     self.beam_size = beam_size
     self.beam_alpha = beam_alpha
     self._eos_id = output_vocabulary.eos_id
+
+  @property
+  def input_vocabulary(self) -> seqio.Vocabulary:
+    return self._input_vocabulary
+
+  @property
+  def output_vocabulary(self) -> seqio.Vocabulary:
+    return self._output_vocabulary
 
   # --------------------------------------------------------------------------- initialization
 
@@ -216,17 +238,28 @@ class GKDModel:
 
   # --------------------------------------------------------------------------- inference
 
+  def _compute_logits(self, params: PyTree, batch: Batch, dropout_rng: Optional[Array] = None,
+                      mutable: Any = False, other_variables: Optional[PyTree] = None) -> Array:
+    """[B, L, V] student logits of the batch's targets under teacher forcing (T5X's hook)."""
+    if mutable or other_variables:
+      raise ValueError('GKDModel._compute_logits takes no mutable or other variables.')
+    student = bind(self.module, params)
+    inputs, targets = batch['encoder_input_tokens'], batch['decoder_target_tokens']
+    decoder_inputs = batch.get('decoder_input_tokens', objective.shift_right(targets))
+    enable_dropout = dropout_rng is not None
+    encoded = student.encode(inputs, enable_dropout, dropout_rng,
+                             batch.get('encoder_segment_ids'))
+    return student.decode(encoded, inputs, decoder_inputs, targets, enable_dropout, dropout_rng,
+                          batch.get('encoder_segment_ids'), batch.get('decoder_segment_ids'))
+
   def score_batch(self, params: PyTree, batch: Batch, return_intermediates: bool = False):
     """[B] log-likelihood under the student of each target sequence (sum over its weighted
     positions). `return_intermediates` is not supported."""
     if return_intermediates:
       raise ValueError('GKDModel.score_batch does not return intermediates.')
-    student = bind(self.module, params)
-    inputs, targets = batch['encoder_input_tokens'], batch['decoder_target_tokens']
-    decoder_inputs = batch.get('decoder_input_tokens', objective.shift_right(targets))
+    targets = batch['decoder_target_tokens']
     weights = batch.get('decoder_loss_weights', (targets > 0).astype(jnp.float32))
-    logits = student.decode(student.encode(inputs, False, None, None), inputs, decoder_inputs,
-                            targets, False, None, None, None)
+    logits = self._compute_logits(params, batch)
     log_probs = jnp.take_along_axis(jax.nn.log_softmax(logits), targets[..., None], -1)[..., 0]
     return jnp.sum(log_probs * weights, axis=-1)
 

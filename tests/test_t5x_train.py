@@ -1,0 +1,165 @@
+"""The GKD model under real T5X: `python -m t5x.train`, `t5x.eval` and `t5x.infer`.
+
+The runs use the project's gin files unchanged (gin/runs/t5x_*.gin and an experiment of
+gin/experiments/arithmetic/) with the test-sized overrides of tests/testdata/tiny_arithmetic.gin:
+
+  1. T5X trains the teacher (the teacher experiment, SFT) and writes an orbax checkpoint.
+  2. Its params are rewritten by T5X's legacy `Checkpointer` in the msgpack + tensorstore
+     format of the public T5 1.1 / FLAN-T5 checkpoints.
+  3. T5X runs mixed GKD (lambda and the divergence swept on the command line) on 4 simulated
+     devices with 2-way model parallelism, the teacher restored from that checkpoint.
+  4. The run resumes from its own checkpoint; `t5x.eval` and `t5x.infer` read its checkpoint.
+
+Skipped where t5x is not installed (it is not on PyPI; see the README).
+"""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+pytest.importorskip('t5x.train')
+
+# pylint: disable=g-import-not-at-top
+import flax
+import jax
+import orbax.checkpoint as ocp
+from t5x import checkpoints as t5x_checkpoints
+from t5x import partitioning
+from t5x import train_state as t5x_train_state
+
+from gkd_t5x import event_files
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TINY = str(ROOT / 'tests' / 'testdata' / 'tiny_arithmetic.gin')
+TASK = 'arithmetic_sum3_2digit'
+# tiny_arithmetic.gin trains 6 steps and checkpoints every 3; T5X needs the eval period to be a
+# multiple of the checkpoint period.
+COMMON = ('EVAL_PERIOD=6',)
+
+
+def t5x_run(script, run_file, experiment, *bindings, devices=1):
+  command = [sys.executable, '-m', f't5x.{script}', f'--gin_file=gin/runs/{run_file}.gin',
+             f'--gin_file=gin/experiments/arithmetic/{experiment}.gin', f'--gin_file={TINY}',
+             *[f'--gin.{binding}' for binding in bindings]]
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3',
+             XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
+  result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=900)
+  assert result.returncode == 0, result.stderr[-6000:]
+
+
+def state_tree(step_dir):
+  """A T5X orbax checkpoint's state as NumPy arrays (it may come from more devices)."""
+  path = os.path.join(step_dir, 'state')
+  metadata = ocp.PyTreeCheckpointer().metadata(path).item_metadata.tree
+  restore_args = jax.tree_util.tree_map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
+                                        metadata)
+  return ocp.PyTreeCheckpointer().restore(
+      path, args=ocp.args.PyTreeRestore(restore_args=restore_args))
+
+
+def flat(tree):
+  return {jax.tree_util.keystr(key): np.asarray(value)
+          for key, value in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def assert_trees_equal(a, b):
+  a, b = flat(a), flat(b)
+  assert a.keys() == b.keys()
+  for key in a:
+    np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+@pytest.fixture(scope='module')
+def teacher_params(tmp_path_factory):
+  """The teacher's params, trained by T5X (orbax checkpoint) and rewritten in T5X's msgpack +
+  tensorstore format; returns (params, legacy checkpoint directory)."""
+  run_dir = tmp_path_factory.mktemp('t5x_teacher')
+  t5x_run('train', 't5x_finetune', 'teacher', f'MODEL_DIR="{run_dir}"', *COMMON)
+  params = state_tree(run_dir / 'checkpoint_6')['target']
+  legacy_dir = tmp_path_factory.mktemp('legacy_teacher')
+  axes = jax.tree_util.tree_map(
+      lambda x: flax.linen.partitioning.AxisMetadata(names=(None,) * np.ndim(x)), params)
+  state = t5x_train_state.InferenceState.create(
+      flax.core.freeze({'params': params, 'params_axes': axes}))
+  t5x_checkpoints.Checkpointer(state, partitioning.PjitPartitioner(num_partitions=1),
+                               str(legacy_dir)).save(state)
+  assert (legacy_dir / 'checkpoint_0' / 'checkpoint').is_file()
+  assert not (legacy_dir / 'checkpoint_0' / 'state').exists()
+  return params, legacy_dir
+
+
+def gkd_bindings(model_dir, teacher_dir, *extra):
+  return (f'MODEL_DIR="{model_dir}"', f'TEACHER_CHECKPOINT_PATH="{teacher_dir}"',
+          'LMBDA=0.5', 'DIVERGENCE="jsd"', 'BETA=0.9', 'NUM_PARTITIONS=None',
+          'MODEL_PARALLEL_SUBMESH=(1, 2)', *COMMON, *extra)
+
+
+@pytest.fixture(scope='module')
+def gkd_run(tmp_path_factory, teacher_params):
+  _, legacy_dir = teacher_params
+  model_dir = tmp_path_factory.mktemp('t5x_gkd')
+  t5x_run('train', 't5x_finetune', 'gkd', *gkd_bindings(model_dir, legacy_dir), devices=4)
+  return model_dir
+
+
+def test_gkd_trains_under_t5x_with_model_parallelism(gkd_run):
+  scalars = event_files.read_scalars(str(gkd_run / 'train'))
+  losses = [value for _, value in scalars['loss']]
+  assert [step for step, _ in scalars['loss']] == list(range(1, 7))
+  assert np.all(np.isfinite(losses))
+  assert np.mean(losses[-3:]) < np.mean(losses[:3]), losses
+  # The command line's sweep bindings reached the objective.
+  assert {value for _, value in scalars['lmbda']} == {0.5}
+  assert {value for _, value in scalars['on_policy_fraction']} <= {0.0, 1.0}
+  # T5X's train_eval (eval_fn) and seqio infer_eval (predict_batch_with_aux) ran.
+  train_eval = event_files.read_scalars(str(gkd_run / 'training_eval' / TASK))
+  assert [step for step, _ in train_eval['loss']] == [6]
+  metrics = [json.loads(line)
+             for line in open(gkd_run / 'inference_eval' / f'{TASK}-metrics.jsonl')]
+  assert [m['step'] for m in metrics] == [6] and 0.0 <= metrics[0]['accuracy'] <= 100.0
+
+
+def test_teacher_is_sharded_like_the_student_and_never_updated(gkd_run, teacher_params):
+  params, _ = teacher_params
+  step_dir = gkd_run / 'checkpoint_6'
+  state = state_tree(step_dir)
+  assert_trees_equal(state['flax_mutables']['teacher'], params)
+  # The optimizer holds the student's params only.
+  assert not any('teacher' in key for key in flat(state['state']))
+  metadata = ocp.PyTreeCheckpointer().metadata(step_dir / 'state').item_metadata.tree
+  kernel = ['decoder', 'layers_0', 'mlp', 'wi_0', 'kernel']
+  for tree in (metadata['flax_mutables']['teacher'], metadata['target']):
+    for name in kernel:
+      tree = tree[name]
+    assert list(tree.sharding.shape) == [2, 2]
+    assert tuple(tree.sharding.partition_spec) == (None, 'model')
+
+
+def test_gkd_run_resumes_with_the_teacher_of_its_checkpoint(gkd_run, teacher_params):
+  params, legacy_dir = teacher_params
+  t5x_run('train', 't5x_finetune', 'gkd', *gkd_bindings(gkd_run, legacy_dir, 'TRAIN_STEPS=9',
+                                                        'EVAL_PERIOD=3'), devices=4)
+  steps = [step for step, _ in event_files.read_scalars(str(gkd_run / 'train'))['loss']]
+  assert steps == list(range(1, 10))
+  state = state_tree(gkd_run / 'checkpoint_9')
+  assert_trees_equal(state['flax_mutables']['teacher'], params)
+  assert int(state['state']['step']) == 9
+
+
+def test_t5x_eval_and_infer_read_the_gkd_checkpoint(gkd_run, tmp_path):
+  checkpoint = f'CHECKPOINT_PATH="{gkd_run / "checkpoint_6"}"'
+  t5x_run('eval', 't5x_eval', 'gkd', checkpoint, f'EVAL_OUTPUT_DIR="{tmp_path / "eval"}"')
+  metrics = [json.loads(line) for line in
+             open(tmp_path / 'eval' / 'inference_eval' / f'{TASK}-metrics.jsonl')]
+  assert metrics[0]['step'] == 6 and 'accuracy' in metrics[0]
+  t5x_run('infer', 't5x_infer', 'gkd', checkpoint, f'INFER_OUTPUT_DIR="{tmp_path / "score"}"',
+          'INFER_MODE="score"')
+  scores = [json.loads(line)['score'] for line in
+            open(tmp_path / 'score' / f'{TASK}-score.jsonl-00000-of-00001')]
+  assert len(scores) == 1000 and all(np.isfinite(scores)) and all(s < 0 for s in scores)
