@@ -32,6 +32,7 @@ from t5x import checkpoints as t5x_checkpoints
 from t5x import partitioning
 from t5x import train_state as t5x_train_state
 
+from gkd_t5x import checkpoints
 from gkd_t5x import event_files
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -76,12 +77,18 @@ def assert_trees_equal(a, b):
 
 
 @pytest.fixture(scope='module')
-def teacher_params(tmp_path_factory):
-  """The teacher's params, trained by T5X (orbax checkpoint) and rewritten in T5X's msgpack +
-  tensorstore format; returns (params, legacy checkpoint directory)."""
+def t5x_teacher_run(tmp_path_factory):
+  """A teacher trained by T5X: its run directory of orbax checkpoints."""
   run_dir = tmp_path_factory.mktemp('t5x_teacher')
   t5x_run('train', 't5x_finetune', 'teacher', f'MODEL_DIR="{run_dir}"', *COMMON)
-  params = state_tree(run_dir / 'checkpoint_6')['target']
+  return run_dir
+
+
+@pytest.fixture(scope='module')
+def teacher_params(tmp_path_factory, t5x_teacher_run):
+  """The T5X teacher's params rewritten by T5X's legacy `Checkpointer` in the msgpack +
+  tensorstore format; returns (params, legacy checkpoint directory)."""
+  params = state_tree(t5x_teacher_run / 'checkpoint_6')['target']
   legacy_dir = tmp_path_factory.mktemp('legacy_teacher')
   axes = jax.tree_util.tree_map(
       lambda x: flax.linen.partitioning.AxisMetadata(names=(None,) * np.ndim(x)), params)
@@ -92,6 +99,16 @@ def teacher_params(tmp_path_factory):
   assert (legacy_dir / 'checkpoint_0' / 'checkpoint').is_file()
   assert not (legacy_dir / 'checkpoint_0' / 'state').exists()
   return params, legacy_dir
+
+
+def test_both_t5x_formats_restore_the_same_params(t5x_teacher_run, teacher_params):
+  params, legacy_dir = teacher_params
+  replicated = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  abstract = jax.tree_util.tree_map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), params)
+  for path in (t5x_teacher_run, legacy_dir):  # a model directory: its latest step
+    restored = checkpoints.restore_params(str(path), abstract, setting='TEACHER_CHECKPOINT_PATH')
+    assert_trees_equal(restored, params)
 
 
 def gkd_bindings(model_dir, teacher_dir, *extra):
