@@ -17,6 +17,7 @@ INSTALL_REQUIRES = [
     'clu==0.0.12',
     'rouge-score==0.1.2',
     'sacrebleu==2.6.0',
+    'matplotlib==3.11.2',
     'numpy',
 ]
 
@@ -31,7 +32,7 @@ setuptools.setup(
     package_dir={'gkd_t5x': 'gkd_t5x', 'gkd_t5x.tasks': 'tasks'},
     install_requires=INSTALL_REQUIRES,
     extras_require={
-        'test': ['pytest==9.0.3', 'pytest-xdist'],
+        'test': ['pytest==9.0.3', 'pytest-xdist==3.8.0'],
         # What t5x, airio and jestimator import beyond the pins above. They are not on PyPI:
         # install them with --no-deps from the commits the README names.
         't5x': ['fiddle==0.3.1', 'cached-property==2.0.1', 'grain==0.2.12',

@@ -20,6 +20,12 @@ elsewhere:
 
 Since the key of step t depends only on (rng, t), a KV-cached decoder and one
 that recomputes the whole prefix at every step sample the same tokens.
+
+Forced tokens (`TokenForcing`): a sampler may be told, after some tokens, which
+tokens to emit next whatever the model prefers, e.g. a calculator that writes
+the result of an arithmetic annotation the model opened (Cobbe et al. 2021).
+The forced tokens are fed back to the model like its own, so the cache and what
+follows see them.
 """
 
 import math
@@ -81,6 +87,33 @@ class BeamSearchOutput:
   weights: jnp.ndarray
 
 
+# (tokens_BxL int32 so far, step int32 scalar, ask_B bool) -> forced_BxF int32.
+ForcedTokensFn = Callable[[jnp.ndarray, jnp.ndarray, jnp.ndarray], jnp.ndarray]
+
+
+@flax.struct.dataclass
+class TokenForcing:
+  """Tokens a sampler must emit next, decided from what a row has emitted so far.
+
+  After step t emits token y_t in a row that has nothing pending and has not
+  ended, and `trigger_ids[y_t]` is True, `fn(tokens_BxL, t, ask_B)` is called
+  (only when some row asks, so a host callback runs rarely) and returns, for
+  each asking row, up to F tokens to emit at steps t + 1, t + 2, ...; 0 (pad)
+  ends a row's list. Forced tokens count towards `log_probs` with the model's
+  probability of them.
+
+  Attributes:
+    trigger_ids: [V] bool, the tokens after which `fn` is asked.
+    fn: a `ForcedTokensFn` returning [B, F] int32 (rows that did not ask are
+      ignored); may be a `jax.pure_callback`.
+    max_forced: F, static.
+  """
+
+  trigger_ids: jnp.ndarray
+  fn: ForcedTokensFn = flax.struct.field(pytree_node=False)
+  max_forced: int = flax.struct.field(pytree_node=False)
+
+
 @flax.struct.dataclass
 class _SampleState:
   step: jnp.ndarray  # int32 scalar: steps run so far.
@@ -88,6 +121,7 @@ class _SampleState:
   ended_B: jnp.ndarray
   log_probs_B: jnp.ndarray
   cache: PyTree
+  forced_BxF: jnp.ndarray  # tokens still to force, left-aligned, 0-padded.
 
 
 @flax.struct.dataclass
@@ -190,6 +224,7 @@ def temperature_sample(
     eos_id: int = 1,
     pad_id: int = 0,
     decoder_start_id: int = 0,
+    forcing: Optional[TokenForcing] = None,
 ) -> SampleOutput:
   """Samples y ~ p(. | x) one token at a time, with temperature, top-k and top-p.
 
@@ -214,6 +249,8 @@ def temperature_sample(
     eos_id: end-of-sequence id.
     pad_id: id written after a row's first EOS.
     decoder_start_id: decoder input at step 0.
+    forcing: tokens emitted instead of the model's after trigger tokens (see
+      `TokenForcing`); its ids must not be `pad_id`.
 
   Returns:
     SampleOutput with tokens [B, L] int32, weights [B, L] float32, lengths [B]
@@ -246,16 +283,26 @@ def temperature_sample(
       logits_BxV = _filter_logits(logits_BxV / temperature, top_k, top_p)
       token_B = jax.random.categorical(jax.random.fold_in(rng, t), logits_BxV)
       logp_BxV = jax.nn.log_softmax(logits_BxV, axis=-1)
+    pending_B = state.forced_BxF[:, 0] != pad_id
+    token_B = jnp.where(pending_B, state.forced_BxF[:, 0], token_B)
     token_logp_B = jnp.take_along_axis(logp_BxV, token_B[:, None], axis=-1)[:, 0]
     token_B = jnp.where(state.ended_B, pad_id, token_B).astype(jnp.int32)
+    tokens_BxL = lax.dynamic_update_index_in_dim(state.tokens_BxL, token_B, t, axis=1)
+    forced_BxF = jnp.concatenate(
+        [state.forced_BxF[:, 1:], jnp.full_like(state.forced_BxF[:, :1], pad_id)], axis=1)
+    if forcing is not None:
+      ask_B = ~pending_B & ~state.ended_B & forcing.trigger_ids[token_B]
+      new_BxF = lax.cond(jnp.any(ask_B),
+                         lambda: forcing.fn(tokens_BxL, t, ask_B).astype(jnp.int32),
+                         lambda: jnp.full_like(forced_BxF, pad_id))
+      forced_BxF = jnp.where(ask_B[:, None], new_BxF, forced_BxF)
     return _SampleState(
         step=t + 1,
-        tokens_BxL=lax.dynamic_update_index_in_dim(
-            state.tokens_BxL, token_B, t, axis=1
-        ),
+        tokens_BxL=tokens_BxL,
         ended_B=state.ended_B | (token_B == eos_id),
         log_probs_B=state.log_probs_B + jnp.where(state.ended_B, 0.0, token_logp_B),
         cache=cache,
+        forced_BxF=forced_BxF,
     )
 
   def not_done(state: _SampleState) -> jnp.ndarray:
@@ -270,6 +317,8 @@ def temperature_sample(
           ended_B=jnp.zeros((batch_size,), bool),
           log_probs_B=jnp.zeros((batch_size,), jnp.float32),
           cache=initial_cache,
+          forced_BxF=jnp.full((batch_size, forcing.max_forced if forcing else 1), pad_id,
+                              jnp.int32),
       ),
   )
   weights_BxL = _weights_through_first_eos(state.tokens_BxL, eos_id)
@@ -291,6 +340,7 @@ def greedy_decode(
     eos_id: int = 1,
     pad_id: int = 0,
     decoder_start_id: int = 0,
+    forcing: Optional[TokenForcing] = None,
 ) -> SampleOutput:
   """Argmax decoding: `temperature_sample` at temperature 0.0 (see there)."""
   return temperature_sample(
@@ -303,6 +353,7 @@ def greedy_decode(
       eos_id=eos_id,
       pad_id=pad_id,
       decoder_start_id=decoder_start_id,
+      forcing=forcing,
   )
 
 

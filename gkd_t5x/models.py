@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import seqio
 
+from gkd_t5x import calculator as calculator_lib
 from gkd_t5x import decoding
 from gkd_t5x import network
 from gkd_t5x import objective
@@ -95,6 +96,9 @@ class GKDModel(_ModelBase):
     decode_method: 'greedy', 'sample' or 'beam', for `predict_batch_with_aux`.
     decode_temperature, decode_top_k, decode_top_p: for decode_method='sample'.
     beam_size, beam_alpha: for decode_method='beam'.
+    calculator: with greedy or sampled decoding, complete every arithmetic annotation
+      '<<expr=' the student opens with the calculator's result (`gkd_t5x.calculator`; GSM8K's
+      "accuracy with calculator").
   """
   FEATURE_CONVERTER_CLS = seqio.EncDecFeatureConverter
 
@@ -104,7 +108,7 @@ class GKDModel(_ModelBase):
                optimizer_def: Any = None, gkd: objective.GKDConfig = objective.GKDConfig(),
                decode_method: str = 'greedy', decode_temperature: float = 1.0,
                decode_top_k: int = 0, decode_top_p: float = 1.0, beam_size: int = 4,
-               beam_alpha: float = 0.6):
+               beam_alpha: float = 0.6, calculator: bool = False):
     if teacher_module is None and gkd.needs_teacher:
       raise ValueError(f'GKDModel.teacher_module is None, but divergence {gkd.divergence!r} '
                        f'with fixed_data {gkd.fixed_data!r} needs a teacher.')
@@ -122,6 +126,9 @@ class GKDModel(_ModelBase):
     if decode_method not in DECODE_METHODS:
       raise ValueError(f'GKDModel.decode_method must be one of {DECODE_METHODS}, got '
                        f'{decode_method!r}.')
+    if calculator and decode_method == 'beam':
+      raise ValueError('GKDModel.calculator works with decode_method "greedy" or "sample", '
+                       'not "beam".')
     self.module = module
     self.teacher_module = teacher_module
     self._input_vocabulary = input_vocabulary
@@ -135,6 +142,8 @@ class GKDModel(_ModelBase):
     self.beam_size = beam_size
     self.beam_alpha = beam_alpha
     self._eos_id = output_vocabulary.eos_id
+    self._forcing = (calculator_lib.calculator_forcing(output_vocabulary, student_vocab)
+                     if calculator else None)
 
   @property
   def input_vocabulary(self) -> seqio.Vocabulary:
@@ -300,7 +309,7 @@ class GKDModel(_ModelBase):
     if num_decodes != 1 or return_all_decodes:
       raise ValueError('num_decodes > 1 and return_all_decodes need decode_method="beam".')
     if self.decode_method == 'greedy':
-      out = decoding.greedy_decode(student.decode_step, cache, **common)
+      out = decoding.greedy_decode(student.decode_step, cache, forcing=self._forcing, **common)
       return out.tokens, {'scores': out.log_probs}
     if rng is None:
       raise ValueError('Sampling (decode_method="sample") needs an explicit rng.')
@@ -308,5 +317,5 @@ class GKDModel(_ModelBase):
         student.decode_step, cache, rng=rng,
         temperature=decoder_params.get('temperature', self.decode_temperature),
         top_k=decoder_params.get('topk', self.decode_top_k),
-        top_p=decoder_params.get('topp', self.decode_top_p), **common)
+        top_p=decoder_params.get('topp', self.decode_top_p), forcing=self._forcing, **common)
     return out.tokens, {'scores': out.log_probs}
