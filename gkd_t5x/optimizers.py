@@ -113,24 +113,43 @@ def warmup_cosine_schedule(learning_rate: float, warmup_steps: int, decay_steps:
 
 
 @gin.configurable
-def linear_warmup_constant_schedule(learning_rate: float, warmup_steps: int) -> optax.Schedule:
-  """Linear warmup from 0, then constant (the GKD paper's schedule).
+def linear_warmup_constant_schedule(learning_rate: float, warmup_steps: int,
+                                    cooldown_start: Optional[int] = None,
+                                    cooldown_end: Optional[int] = None) -> optax.Schedule:
+  """Linear warmup from 0, constant, then an optional linear cooldown to 0 (the GKD paper's
+  schedules, Tables A.1-A.3: e.g. XSum warms up over 2,000 steps and cools down over
+  (30,000, 40,000)).
 
-    lr(step) = learning_rate * step / warmup_steps   for step < warmup_steps
-    lr(step) = learning_rate                         for step >= warmup_steps
+    lr(step) = learning_rate * step / warmup_steps          for step < warmup_steps
+    lr(step) = learning_rate                                up to cooldown_start
+    lr(step) = learning_rate * (cooldown_end - step)
+                             / (cooldown_end - cooldown_start)   up to cooldown_end
+    lr(step) = 0                                            after cooldown_end
 
   Args:
     learning_rate: the learning rate after warmup.
     warmup_steps: the length of the linear warmup, >= 0 (0: constant from step 0).
+    cooldown_start, cooldown_end: the cooldown's first and last step, both None (no
+      cooldown) or warmup_steps <= cooldown_start < cooldown_end.
   """
   _check_positive('learning_rate', learning_rate)
   _check_steps('warmup_steps', warmup_steps, minimum=0)
-  if warmup_steps == 0:
-    return optax.constant_schedule(learning_rate)
-  return optax.join_schedules(
-      [optax.linear_schedule(0.0, learning_rate, warmup_steps),
-       optax.constant_schedule(learning_rate)],
-      boundaries=[warmup_steps])
+  if (cooldown_start is None) != (cooldown_end is None):
+    raise ValueError('cooldown_start and cooldown_end must both be set or both be None, got '
+                     f'{cooldown_start!r} and {cooldown_end!r}.')
+  pieces = [optax.constant_schedule(learning_rate)]
+  boundaries = []
+  if warmup_steps:
+    pieces.insert(0, optax.linear_schedule(0.0, learning_rate, warmup_steps))
+    boundaries.append(warmup_steps)
+  if cooldown_start is not None:
+    _check_steps('cooldown_start', cooldown_start, minimum=warmup_steps)
+    _check_steps('cooldown_end', cooldown_end, minimum=cooldown_start + 1)
+    pieces.append(optax.linear_schedule(learning_rate, 0.0, cooldown_end - cooldown_start))
+    boundaries.append(cooldown_start)
+  if not boundaries:
+    return pieces[0]
+  return optax.join_schedules(pieces, boundaries=boundaries)
 
 
 # ------------------------------------------------------------------------------------------

@@ -68,6 +68,23 @@ def test_linear_warmup_constant_schedule():
       _lrs(optimizers.linear_warmup_constant_schedule(2e-4, 0), [0, 7]), 2e-4, rtol=1e-6)
 
 
+def test_linear_warmup_constant_schedule_with_cooldown():
+  # The paper's XSum schedule (Table A.1), scaled down 100x.
+  schedule = optimizers.linear_warmup_constant_schedule(3e-4, 20, cooldown_start=300,
+                                                        cooldown_end=400)
+
+  def ref(step):
+    if step < 20:
+      return 3e-4 * step / 20
+    if step < 300:
+      return 3e-4
+    return 3e-4 * max(400 - step, 0) / 100
+
+  steps = [0, 10, 20, 299, 300, 350, 399, 400, 1000]
+  np.testing.assert_allclose(_lrs(schedule, steps), [ref(s) for s in steps], rtol=1e-5,
+                             atol=1e-12)
+
+
 # ------------------------------------------------------------------------------------------
 # Optimizers.
 # ------------------------------------------------------------------------------------------
@@ -324,6 +341,9 @@ def test_make_optimizer_rejects_non_optimizer():
     (lambda: optimizers.warmup_cosine_schedule(1.0, 10, 10), 'decay_steps'),
     (lambda: optimizers.warmup_cosine_schedule(1.0, -1, 10), 'warmup_steps'),
     (lambda: optimizers.linear_warmup_constant_schedule(1.0, 1.5), 'warmup_steps'),
+    (lambda: optimizers.linear_warmup_constant_schedule(1.0, 10, 5, 20), 'cooldown_start'),
+    (lambda: optimizers.linear_warmup_constant_schedule(1.0, 10, 20, 20), 'cooldown_end'),
+    (lambda: optimizers.linear_warmup_constant_schedule(1.0, 10, 20), 'cooldown_start'),
     (lambda: optimizers.constant_schedule(0.0), 'learning_rate'),
     (lambda: optimizers.adafactor(1.0, epsilon2=1e-2), 'epsilon2'),
     (lambda: optimizers.adafactor(1.0, clipping_threshold=0.0), 'clipping_threshold'),
