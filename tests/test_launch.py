@@ -28,6 +28,8 @@ import types
 
 import pytest
 
+import gkd_t5x
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / 'launch'))
 
@@ -755,8 +757,11 @@ def test_quality_diversity_figure_with_self_bleu(tmp_path, monkeypatch):
     calls.append(samples_per_input)
     # 100 x the fraction of inputs whose samples all agree.
     return 100.0 * sum(len(set(s)) == 1 for s in samples_per_input) / len(samples_per_input)
-  monkeypatch.setitem(sys.modules, 'gkd_t5x.metrics',
-                      types.SimpleNamespace(self_bleu=fake_self_bleu))
+  fake_metrics = types.SimpleNamespace(self_bleu=fake_self_bleu)
+  # `from gkd_t5x import metrics` reads the package attribute once the module was imported
+  # (by another test in this worker), sys.modules otherwise: patch both.
+  monkeypatch.setitem(sys.modules, 'gkd_t5x.metrics', fake_metrics)
+  monkeypatch.setattr(gkd_t5x, 'metrics', fake_metrics, raising=False)
   spec = synthetic_spec()
   spec['axes'] = spec['axes'][1:]
   spec['evaluations'] = [{'label': f'T={t}', 'num_samples': 2, 'bindings': {
@@ -792,9 +797,6 @@ def test_quality_diversity_figure_with_self_bleu(tmp_path, monkeypatch):
 
 
 def test_self_bleu_of_real_samples(tmp_path):
-  metrics = pytest.importorskip('gkd_t5x.metrics')
-  if not hasattr(metrics, 'self_bleu'):
-    pytest.skip('gkd_t5x.metrics.self_bleu is not there yet')
   directories = []
   for sample in range(3):
     directory = tmp_path / f'sample_{sample}'
