@@ -28,8 +28,7 @@ import gin
 import jax
 
 from gkd_t5x import gin_utils
-
-TASK_FILE = 'seqkd_task.json'
+from gkd_t5x.tasks import seqkd as seqkd_tasks
 
 
 def write_data_dir(data_dir: str, metrics_file: str, predictions_file: str) -> str:
@@ -55,7 +54,7 @@ def write_data_dir(data_dir: str, metrics_file: str, predictions_file: str) -> s
       record = json.loads(line)
       sink.write(json.dumps({'inputs': record['input'], 'targets': record['prediction']}) + '\n')
       num_examples += 1
-  with open(os.path.join(data_dir, TASK_FILE), 'w') as f:
+  with open(os.path.join(data_dir, seqkd_tasks.TASK_FILE), 'w') as f:
     json.dump({'base_task': task_names.pop(), 'split': split, 'num_examples': num_examples,
                'checkpoint': result['checkpoint']}, f, indent=2)
   return data_file

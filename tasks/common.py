@@ -42,8 +42,20 @@ def to_str(text: Union[str, bytes], **unused_kwargs) -> str:
   return text
 
 
-def _registered_config(provider: Any) -> Any:
-  return getattr(provider, '_gkd_config', None)
+def _register_once(registry: Any, kind: str, name: str, config: Mapping[str, Any],
+                   make: Callable[[], Any]) -> Any:
+  """`registry`'s provider `name` if it was registered with an equal `config`, else `make()`
+  (which registers it) tagged with `config`; ValueError if `name` has another config."""
+  if name in registry.names():
+    provider = registry.get(name)
+    registered = getattr(provider, '_gkd_config', None)
+    if registered != config:
+      raise ValueError(f'{kind} {name!r} is already registered with another configuration '
+                       f'({registered}); requested {dict(config)}.')
+    return provider
+  provider = make()
+  provider._gkd_config = dict(config)  # pylint: disable=protected-access
+  return provider
 
 
 def register_task_once(name: str, config: Mapping[str, Any],
@@ -54,16 +66,11 @@ def register_task_once(name: str, config: Mapping[str, Any],
   again with an equal config returns the registered task, so that reloading a module is
   harmless; with another config, or over a task registered elsewhere, raises ValueError.
   """
-  if name in seqio.TaskRegistry.names():
-    task = seqio.TaskRegistry.get(name)
-    if _registered_config(task) != config:
-      raise ValueError(f'Task {name!r} is already registered with another configuration '
-                       f'({_registered_config(task)}); requested {dict(config)}.')
+  def make():
+    task = make_task()
+    seqio.TaskRegistry.add_provider(name, task)
     return task
-  task = make_task()
-  seqio.TaskRegistry.add_provider(name, task)
-  task._gkd_config = dict(config)  # pylint: disable=protected-access
-  return task
+  return _register_once(seqio.TaskRegistry, 'Task', name, config, make)
 
 
 def register_mixture_once(name: str, task_names: Sequence[str]) -> seqio.Mixture:
@@ -71,16 +78,22 @@ def register_mixture_once(name: str, task_names: Sequence[str]) -> seqio.Mixture
 
   Raises ValueError where `name` is registered with other tasks or by someone else.
   """
-  config = {'tasks': tuple(task_names)}
-  if name in seqio.MixtureRegistry.names():
-    mixture = seqio.MixtureRegistry.get(name)
-    if _registered_config(mixture) != config:
-      raise ValueError(f'Mixture {name!r} is already registered with another configuration '
-                       f'({_registered_config(mixture)}); requested {config}.')
-    return mixture
-  mixture = seqio.MixtureRegistry.add(name, list(task_names), default_rate=1.0)
-  mixture._gkd_config = config  # pylint: disable=protected-access
-  return mixture
+  return _register_once(
+      seqio.MixtureRegistry, 'Mixture', name, {'tasks': tuple(task_names)},
+      lambda: seqio.MixtureRegistry.add(name, list(task_names), default_rate=1.0))
+
+
+def tfds_task(name: str, *, tfds_name: str, splits: Any, preprocessor: Callable,
+              vocabulary: seqio.Vocabulary, metric_fns: Sequence[Callable]) -> seqio.Task:
+  """A task of TFDS `tfds_name` whose `preprocessor` maps raw examples to 'inputs' and
+  'targets' strings, which are then tokenized with `vocabulary` and end with EOS."""
+  return seqio.Task(
+      name,
+      source=seqio.TfdsDataSource(tfds_name=tfds_name, splits=splits),
+      preprocessors=[preprocessor, *TOKENIZE_AND_APPEND_EOS],
+      output_features=output_features(vocabulary),
+      postprocess_fn=to_str,
+      metric_fns=list(metric_fns))
 
 
 def _examples_of_file(path: bytes) -> Iterator[Dict[str, str]]:

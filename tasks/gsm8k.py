@@ -78,12 +78,9 @@ def register_gsm8k(name: str, vocabulary: seqio.Vocabulary) -> seqio.Task:
   `vocabulary`; splits 'train' and 'test'."""
   config = {'tfds_name': GSM8K_TFDS_NAME, 'splits': SPLITS, 'prompt': COT_PROMPT,
             'vocabulary': vocabulary}
-  return common.register_task_once(name, config, lambda: seqio.Task(
-      name,
-      source=seqio.TfdsDataSource(tfds_name=GSM8K_TFDS_NAME, splits=SPLITS),
-      preprocessors=[prompt_with_exemplars, *common.TOKENIZE_AND_APPEND_EOS],
-      output_features=common.output_features(vocabulary),
-      postprocess_fn=common.to_str,
+  return common.register_task_once(name, config, lambda: common.tfds_task(
+      name, tfds_name=GSM8K_TFDS_NAME, splits=SPLITS, preprocessor=prompt_with_exemplars,
+      vocabulary=vocabulary,
       metric_fns=[metrics.gsm8k_accuracy, metrics.gsm8k_calculator_accuracy]))
 
 

@@ -18,7 +18,7 @@ import tensorflow as tf
 from gkd_t5x.tasks import common
 
 SEQKD_TASKS_ENV = 'GKD_SEQKD_TASKS'
-TASK_FILE = 'seqkd_task.json'  # written by gkd_t5x.seqkd_data
+TASK_FILE = 'seqkd_task.json'  # what gkd_t5x.seqkd_data writes beside the data
 
 
 def register_seqkd_task(name: str, data_dir: str) -> seqio.Task:

@@ -69,13 +69,9 @@ def register_xsum(name: str, vocabulary: seqio.Vocabulary, *,
   if num_train is not None:
     splits['train'] = f'train[:{num_train}]'
   config = {'tfds_name': XSUM_TFDS_NAME, 'splits': splits, 'vocabulary': vocabulary}
-  return common.register_task_once(name, config, lambda: seqio.Task(
-      name,
-      source=seqio.TfdsDataSource(tfds_name=XSUM_TFDS_NAME, splits=splits),
-      preprocessors=[summarize, *common.TOKENIZE_AND_APPEND_EOS],
-      output_features=common.output_features(vocabulary),
-      postprocess_fn=common.to_str,
-      metric_fns=[metrics.rouge]))
+  return common.register_task_once(name, config, lambda: common.tfds_task(
+      name, tfds_name=XSUM_TFDS_NAME, splits=splits, preprocessor=summarize,
+      vocabulary=vocabulary, metric_fns=[metrics.rouge]))
 
 
 register_xsum('xsum', common.DEFAULT_VOCABULARY)
