@@ -25,6 +25,7 @@ from typing import Any, Callable, Mapping, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from clu import metrics as clu_metrics
@@ -131,9 +132,11 @@ def make_train_step(model: models.GKDModel, optimizer: optax.GradientTransformat
     returning (state, {name: clu Average}); the state's buffers are donated.
   """
 
-  def train_step(state, teacher, batch):
+  # The key is an argument, not a constant of the program, so that runs differing only in
+  # their seed share one compilation (and JAX's persistent compilation cache entry).
+  def train_step(state, teacher, batch, run_rng):
     step = state['step']
-    rng = jax.random.fold_in(seed_rng, step)
+    rng = jax.random.fold_in(run_rng, step)
 
     def loss_fn(params):
       loss, (metrics, _) = model.loss_fn(params, batch, rng, teacher, step=step)
@@ -148,8 +151,13 @@ def make_train_step(model: models.GKDModel, optimizer: optax.GradientTransformat
 
   batch_sharding = partitioning.batch_sharding(layout.mesh)
   batch_shardings = {name: batch_sharding for name in layout.batch_shapes}
-  return jax.jit(
+  replicated = partitioning.replicated(layout.mesh)
+  jitted = jax.jit(
       train_step,
-      in_shardings=(layout.state_shardings, layout.teacher_shardings, batch_shardings),
-      out_shardings=(layout.state_shardings, partitioning.replicated(layout.mesh)),
+      in_shardings=(layout.state_shardings, layout.teacher_shardings, batch_shardings,
+                    replicated),
+      out_shardings=(layout.state_shardings, replicated),
       donate_argnums=0)
+  host_rng = np.asarray(jax.device_get(seed_rng))
+  run_rng = jax.make_array_from_callback(host_rng.shape, replicated, lambda index: host_rng[index])
+  return lambda state, teacher, batch: jitted(state, teacher, batch, run_rng)

@@ -24,7 +24,8 @@ each plot when "plot" is a list), by plot kind:
   quality_diversity  x = Self-BLEU, y = the metric, one curve per value of "series" through
                      the sampled evaluations (temperatures) (Fig. 4).
   tradeoff           x = delta of x_metric, y = delta of y_metric against the baseline, one
-                     point per value of "points", references as extra points (Fig. 5).
+                     point per value of "points" (with "series": one curve per series
+                     value through its points), references as extra points (Fig. 5).
 Missing results are listed on stderr and left out of the figure (--strict: exit status 1
 instead); an exit status of 2 is a bad spec or a root without any result.
 """
@@ -302,22 +303,33 @@ def draw_tradeoff(ax, panel: Panel) -> None:
     ax.text(0.5, 0.5, f'baseline {plot["baseline"]} missing', transform=ax.transAxes,
             ha='center')
     return
-  points = [(label, panel.stat(x_metric, {plot['points']: label}),
-             panel.stat(y_metric, {plot['points']: label}), 'o')
-            for label in panel.labels(plot['points'])]
-  points += [(reference, panel.stat(x_metric, reference=reference),
-              panel.stat(y_metric, reference=reference), '*')
-             for reference in plot.get('references', [])]
-  for i, (label, x, y, marker) in enumerate(points):
+  series = plot.get('series')
+  for i, group in enumerate(panel.labels(series)):
+    curve = []
+    for j, label in enumerate(panel.labels(plot['points'])):
+      labels = {plot['points']: label, **({series: group} if series else {})}
+      x, y = panel.stat(x_metric, labels), panel.stat(y_metric, labels)
+      if not (x.ok and y.ok):
+        continue
+      curve.append((x.mean - base_x.mean, y.mean - base_y.mean))
+      color = f'C{i}' if series else f'C{j}'
+      ax.errorbar(*curve[-1], xerr=x.std, yerr=y.std, marker='o', color=color, capsize=2,
+                  label=None if series else label)
+      if series:
+        ax.annotate(f'{plot["points"]}={label}', curve[-1], fontsize=7,
+                    textcoords='offset points', xytext=(4, 4))
+    if series and curve:
+      ax.plot(*zip(*curve), color=f'C{i}', label=group)
+  for k, reference in enumerate(plot.get('references', [])):
+    x, y = panel.stat(x_metric, reference=reference), panel.stat(y_metric, reference=reference)
     if x.ok and y.ok:
       ax.errorbar(x.mean - base_x.mean, y.mean - base_y.mean, xerr=x.std, yerr=y.std,
-                  marker=marker, markersize=10 if marker == '*' else 6, color=f'C{i}',
-                  capsize=2, label=label)
+                  marker='*', markersize=10, color=f'C{k + 5}', capsize=2, label=reference)
   ax.axhline(0.0, color='gray', linewidth=0.5)
   ax.axvline(0.0, color='gray', linewidth=0.5)
   ax.set_xlabel(plot.get('xlabel', f'Δ {x_metric} vs {plot["baseline"]}'))
   ax.set_ylabel(plot.get('ylabel', f'Δ {y_metric} vs {plot["baseline"]}'))
-  ax.legend(fontsize=8, title=plot['points'])
+  ax.legend(fontsize=8, title=series or plot['points'])
 
 
 DRAW = {'heatmap': draw_heatmap, 'bars': draw_bars, 'lines': draw_lines,

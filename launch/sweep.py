@@ -22,7 +22,8 @@ the run's bindings without MODEL_DIR, then CHECKPOINT_PATH, EVAL_OUTPUT_DIR, the
 bindings and --set again. Gin files: the runner's run file, the spec's (or the reference's),
 the axis values', then --gin_file. Templates in binding values: {root}, {seed}, {ref:NAME}
 (the model directory of reference NAME, of the same seed when that reference is seeded, or
-the checkpoint of a checkpoint reference).
+the checkpoint of a checkpoint reference). A checkpoint reference's path takes {root} and
+{ref:NAME} too: {ref:student_sft} evaluates a trained reference under other gin files.
 
 Modes:
   print  the exact commands, shell-quoted, one per line, in the order they would run.
@@ -75,8 +76,8 @@ PLOT_KINDS = {
     'bars': (('metric', 'x'), ('group', 'references', 'evaluation'), ('x', 'group')),
     'lines': (('metric', 'x'), ('series', 'references', 'evaluation', 'log_x'), ('x', 'series')),
     'quality_diversity': (('metric', 'series'), ('evaluations', 'references'), ('series',)),
-    'tradeoff': (('x_metric', 'y_metric', 'points', 'baseline'), ('references', 'evaluation'),
-                 ('points',)),
+    'tradeoff': (('x_metric', 'y_metric', 'points', 'baseline'),
+                 ('series', 'references', 'evaluation'), ('points', 'series')),
 }
 PLOT_COMMON_KEYS = ('kind', 'name', 'title', 'xlabel', 'ylabel')
 
@@ -191,15 +192,19 @@ def validate(spec: Mapping, repo_dir: str = REPO_ROOT, source: str = 'spec') -> 
       errors.add(f'{field}.gin_files', 'a reference needs its experiment file(s)')
     errors.gin_files(f'{field}.gin_files', ref.get('gin_files', []), repo_dir)
     errors.bindings(f'{field}.bindings', ref.get('bindings', {}))
-    for key, value in _strings(ref.get('bindings', {})):
+    templated = [(f'{field}.bindings.{key}', value)
+                 for key, value in _strings(ref.get('bindings', {}))]
+    if isinstance(ref.get('checkpoint'), str):
+      templated.append((f'{field}.checkpoint', ref['checkpoint']))
+    for where, value in templated:
       for template in TEMPLATE.findall(value):
         if template == 'seed' and not seeded:
-          errors.add(f'{field}.bindings.{key}', '{seed} in an unseeded reference')
+          errors.add(where, '{seed} in an unseeded reference')
         elif template.startswith('ref:') and template[4:] not in earlier:
-          errors.add(f'{field}.bindings.{key}', f'{{{template}}}: a reference may only use '
+          errors.add(where, f'{{{template}}}: a reference may only use '
                      f'references listed before it ({earlier})')
         elif template.startswith('ref:') and template[4:] in seeded_refs and not seeded:
-          errors.add(f'{field}.bindings.{key}', f'{{{template}}} is seeded; an unseeded '
+          errors.add(where, f'{{{template}}} is seeded; an unseeded '
                      'reference cannot use it')
     earlier.append(ref_name)
     if seeded is True:
@@ -490,6 +495,8 @@ def expand(spec: Mapping, root: str, *, seeds: Optional[Sequence[int]] = None,
         return paths[seed]
       return TEMPLATE.sub(substitute, value)
 
+    if reference is not None and not trained:
+      checkpoint = resolve(checkpoint, f'references.{reference}.checkpoint')
     train_bindings = {'MODEL_DIR': _gin_string(model_dir)}
     if seed is not None:
       train_bindings['RANDOM_SEED'] = str(seed)
@@ -544,10 +551,14 @@ def expand(spec: Mapping, root: str, *, seeds: Optional[Sequence[int]] = None,
     for seed in (seeds if ref.get('seeded', False) else [None]):
       model_dir = _join(base, point, *([f'seed_{seed}'] if seed is not None else []))
       checkpoint = ref.get('checkpoint', model_dir)
+      if not TEMPLATE.search(checkpoint):  # known already: its own evaluations may name it
+        ref_paths[ref_name][seed] = checkpoint
+        ref_runs[ref_name][seed] = posixpath.join(
+            spec['name'], point, *([f'seed_{seed}'] if seed is not None else []))
       run = build(point=point, reference=ref_name, labels={}, seed=seed, model_dir=model_dir,
                   checkpoint=checkpoint, gin_files=ref['gin_files'], bindings=bindings,
                   trained='checkpoint' not in ref)
-      ref_paths[ref_name][seed] = checkpoint
+      ref_paths[ref_name][seed] = run.checkpoint
       ref_runs[ref_name][seed] = run.name
       runs.append(run)
 
