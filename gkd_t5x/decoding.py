@@ -170,7 +170,7 @@ def _previous_tokens(
   return jnp.where(step == 0, decoder_start_id, prev).astype(jnp.int32)
 
 
-def _weights_through_first_eos(tokens: jnp.ndarray, eos_id: int) -> jnp.ndarray:
+def weights_through_first_eos(tokens: jnp.ndarray, eos_id: int) -> jnp.ndarray:
   """[..., L] int32 -> [..., L] float32: 1.0 up to and including the first EOS."""
   is_eos = tokens == eos_id
   eos_strictly_before = jnp.cumsum(is_eos, axis=-1) - is_eos
@@ -321,7 +321,7 @@ def temperature_sample(
                               jnp.int32),
       ),
   )
-  weights_BxL = _weights_through_first_eos(state.tokens_BxL, eos_id)
+  weights_BxL = weights_through_first_eos(state.tokens_BxL, eos_id)
   return SampleOutput(
       tokens=state.tokens_BxL,
       weights=weights_BxL,
@@ -495,6 +495,6 @@ def beam_search(
   return BeamSearchOutput(
       tokens=state.finished_seqs_BxKxL,
       scores=state.finished_scores_BxK,
-      weights=_weights_through_first_eos(state.finished_seqs_BxKxL, eos_id)
+      weights=weights_through_first_eos(state.finished_seqs_BxKxL, eos_id)
       * filled_BxK[..., None],
   )

@@ -34,7 +34,7 @@ from gkd_t5x import trainer
 @gin.configurable
 def evaluate(*, model: models.GKDModel, checkpoint_path: str, dataset_cfg: data.DatasetConfig,
              output_dir: str, teacher_checkpoint_path: Optional[str] = None,
-             model_partitions: int = 1, num_examples: Optional[int] = None,
+             reward_checkpoint_path: Optional[str] = None, model_partitions: int = 1, num_examples: Optional[int] = None,
              random_seed: int = 0) -> Dict[str, float]:
   """Metrics of the checkpoint's student on one split, written to `output_dir`.
 
@@ -45,6 +45,8 @@ def evaluate(*, model: models.GKDModel, checkpoint_path: str, dataset_cfg: data.
     output_dir: where metrics.json, predictions.jsonl and event files go (gin: EVAL_OUTPUT_DIR).
     teacher_checkpoint_path: the teacher, for the distillation loss; without it the loss of a
       model with a teacher is not computed.
+    reward_checkpoint_path: a model reward's classifier; with it (or with a reward that needs
+      no network, such as exact match) the predictions' mean reward is the metric 'reward'.
     model_partitions: devices per model replica.
     num_examples: the split's first examples only; None: all.
     random_seed: key of sampling decoders.
@@ -63,19 +65,22 @@ def evaluate(*, model: models.GKDModel, checkpoint_path: str, dataset_cfg: data.
   layout = trainer.make_layout(model, optax.identity(), mesh, rules, batch_shapes)
   params = checkpoints.restore_params(checkpoint_path, layout.abstract_state['target'],
                                       setting='CHECKPOINT_PATH')
-  teacher = {}
-  if layout.abstract_teacher and teacher_checkpoint_path:
-    teacher = {models.TEACHER_COLLECTION: checkpoints.restore_params(
-        teacher_checkpoint_path, layout.abstract_teacher[models.TEACHER_COLLECTION],
-        setting='TEACHER_CHECKPOINT_PATH')}
-  evaluator = evaluation.Evaluator(model, dataset_cfg, mesh, layout.param_shardings,
-                                   layout.teacher_shardings if teacher else {}, rules,
-                                   num_examples=num_examples, seed=random_seed)
+  # Each frozen network is optional here: the loss needs the teacher, the reward its model.
+  paths = {models.TEACHER_COLLECTION: teacher_checkpoint_path,
+           models.REWARD_MODEL_COLLECTION: reward_checkpoint_path}
+  frozen = {name: checkpoints.restore_params(paths[name], abstract,
+                                             setting=models.FROZEN_COLLECTIONS[name])
+            for name, abstract in layout.abstract_frozen.items() if paths[name]}
+  evaluator = evaluation.Evaluator(
+      model, dataset_cfg, mesh, layout.param_shardings,
+      {name: layout.frozen_shardings[name] for name in frozen}, rules,
+      num_examples=num_examples, seed=random_seed)
   metrics = {}
-  if teacher or not layout.abstract_teacher:
+  has_teacher = models.TEACHER_COLLECTION in layout.abstract_frozen
+  if models.TEACHER_COLLECTION in frozen or not has_teacher:
     metrics.update({f'{evaluator.split}/{name}': value
-                    for name, value in evaluator.loss(params, teacher).items()})
-  inference_metrics, records = evaluator.infer(params)
+                    for name, value in evaluator.loss(params, frozen).items()})
+  inference_metrics, records = evaluator.infer(params, frozen)
   metrics.update({f'inference/{evaluator.task_name}/{name}': value
                   for name, value in inference_metrics.items()})
   if jax.process_index() == 0:

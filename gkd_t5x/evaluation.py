@@ -21,6 +21,7 @@ import seqio
 import tensorflow as tf
 
 from gkd_t5x import data
+from gkd_t5x import models
 from gkd_t5x import partitioning
 
 PyTree = Any
@@ -35,7 +36,7 @@ class Evaluator:
   """
 
   def __init__(self, model, config: data.DatasetConfig, mesh: jax.sharding.Mesh,
-               param_shardings: PyTree, teacher_shardings: PyTree,
+               param_shardings: PyTree, frozen_shardings: PyTree,
                rules: partitioning.LogicalAxisRules, *, num_examples: Optional[int] = None,
                seed: int = 0):
     """Prepares the split's data and the jitted, sharded loss and decode functions.
@@ -44,8 +45,9 @@ class Evaluator:
       model: the `GKDModel`.
       config: task, split, feature lengths and the global evaluation batch size.
       mesh, rules: the training mesh and logical axis rules.
-      param_shardings, teacher_shardings: NamedShardings of the student params and of the
-        teacher's flax mutables ({} without teacher).
+      param_shardings, frozen_shardings: NamedShardings of the student params and of the
+        frozen networks' flax mutables that `loss` and `infer` get ({'teacher': ...} for the
+        distillation loss, {'reward_model': ...} for a model reward; {} for none).
       num_examples: evaluate on the split's first examples only (None: all of them).
       seed: key of decode_method='sample' decoding.
     """
@@ -74,15 +76,24 @@ class Evaluator:
                 for name, metric in metrics.items()}
       return values, defined, real
 
-    def predict_fn(params, batch, rng):
-      return model.predict_batch_with_aux(params, batch, rng)
+    def predict_fn(params, frozen, batch, rng):
+      tokens, _ = model.predict_batch_with_aux(params, batch, rng)
+      # The objective's reward of each prediction (RL + GKD's evaluation), where it can be had.
+      reward = (model.sequence_reward(batch, tokens, frozen) if self._scores_reward
+                else jnp.zeros(tokens.shape[:1]))
+      return tokens, reward
 
+    reward = model.gkd.reward
+    self._scores_reward = reward is not None and (
+        model.reward_module is None or models.REWARD_MODEL_COLLECTION in frozen_shardings)
+    self._reward_totals = [0.0, 0]
     with partitioning.activate(self._mesh, self._rules):
       self._loss_step = jax.jit(
-          loss_fn, in_shardings=(param_shardings, teacher_shardings, batch_sharding),
+          loss_fn, in_shardings=(param_shardings, frozen_shardings, batch_sharding),
           out_shardings=replicated)
       self._predict_step = jax.jit(
-          predict_fn, in_shardings=(param_shardings, batch_sharding, replicated),
+          predict_fn, in_shardings=(param_shardings, frozen_shardings, batch_sharding,
+                                    replicated),
           out_shardings=replicated)
 
   def _batches(self, dataset: tf.data.Dataset):
@@ -91,7 +102,7 @@ class Evaluator:
     for batch in dataset.batch(batch_size).as_numpy_iterator():
       yield data.pad_batch(batch, batch_size), len(next(iter(batch.values())))
 
-  def loss(self, params: PyTree, teacher: Mapping[str, PyTree]) -> Dict[str, float]:
+  def loss(self, params: PyTree, frozen: Mapping[str, PyTree]) -> Dict[str, float]:
     """The split's mean loss metrics, each sequence weighted equally."""
     dataset = self._seqio_evaluator.cached_model_datasets[self.task_name].map(
         lambda index, features: features)
@@ -100,14 +111,14 @@ class Evaluator:
     with partitioning.activate(self._mesh, self._rules):
       for batch, _ in self._batches(dataset):
         values, defined, real = jax.device_get(
-            self._loss_step(params, teacher, data.make_global_batch(batch, self._mesh)))
+            self._loss_step(params, frozen, data.make_global_batch(batch, self._mesh)))
         for name, value in values.items():
           if defined[name]:
             totals[name] = totals.get(name, 0.0) + float(value) * int(real)
             counts[name] = counts.get(name, 0) + int(real)
     return {name: total / max(counts[name], 1) for name, total in totals.items()}
 
-  def _predict(self, params: PyTree, dataset: tf.data.Dataset,
+  def _predict(self, params: PyTree, frozen: Mapping[str, PyTree], dataset: tf.data.Dataset,
                model_feature_shapes: Any = None) -> List[Tuple[int, Sequence[int]]]:
     """seqio's `predict_fn`: [(example index, predicted token ids)] for an enumerated split."""
     del model_feature_shapes
@@ -116,24 +127,37 @@ class Evaluator:
     with partitioning.activate(self._mesh, self._rules):
       for step, (batch, num_real) in enumerate(self._batches(indexed)):
         indices = batch.pop('_index')[:num_real]
-        tokens, _ = self._predict_step(params, data.make_global_batch(batch, self._mesh),
-                                       jax.random.fold_in(self._rng, step))
-        tokens = np.asarray(jax.device_get(tokens))[:num_real]
+        tokens, reward = jax.device_get(self._predict_step(
+            params, frozen, data.make_global_batch(batch, self._mesh),
+            jax.random.fold_in(self._rng, step)))
+        tokens = np.asarray(tokens)[:num_real]
+        self._reward_totals[0] += float(np.sum(np.asarray(reward)[:num_real]))
+        self._reward_totals[1] += num_real
         results.extend(zip(indices.tolist(), tokens.tolist()))
     return results
 
-  def infer(self, params: PyTree) -> Tuple[Dict[str, float], List[Dict[str, Any]]]:
+  def infer(self, params: PyTree, frozen: Optional[Mapping[str, PyTree]] = None
+            ) -> Tuple[Dict[str, float], List[Dict[str, Any]]]:
     """The task's metrics on the split, and the decoded predictions.
+
+    Args:
+      params: the student's params.
+      frozen: the frozen networks of `frozen_shardings` ({} or None: none).
 
     Returns:
       ({metric name: value} (empty on hosts other than 0), [{'index', 'input', 'target',
-      'prediction'}] of every example, in the split's order).
+      'prediction'}] of every example, in the split's order). With an objective reward that
+      can be scored (no network, or its params in `frozen`), the metrics include 'reward':
+      the mean reward of the predictions.
     """
+    self._reward_totals = [0.0, 0]
     metrics_future, outputs = self._seqio_evaluator.evaluate(
         compute_metrics=jax.process_index() == 0,
-        predict_fn=functools.partial(self._predict, params))
+        predict_fn=functools.partial(self._predict, params, frozen or {}))
     metrics = metrics_future.result() or {}
-    task_metrics = metrics.get(self.task_name, {})
+    task_metrics = dict(metrics.get(self.task_name, {}))
+    if self._scores_reward and self._reward_totals[1] and task_metrics:
+      task_metrics['reward'] = self._reward_totals[0] / self._reward_totals[1]
     task = seqio.get_mixture_or_task(self.task_name)
     vocabulary = task.output_features['targets'].vocabulary
     examples = self._seqio_evaluator.cached_task_datasets[self.task_name].as_numpy_iterator()

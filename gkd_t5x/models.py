@@ -11,7 +11,8 @@ The teacher's params are not model params: they live in the variable collection 
 (with their logical axes in `teacher_axes`), which T5X's train state carries as
 `flax_mutables` and passes to `loss_fn(params, batch, dropout_rng, flax_mutables)`. They are
 therefore inputs of the jitted step, sharded by the same logical axis rules as the student,
-outside the optimizer, and returned unchanged, so they are never updated.
+outside the optimizer, and returned unchanged, so they are never updated. A model reward
+(`rewards.EntailmentReward`) keeps its classifier's params the same way, in `reward_model`.
 
 Shape letters: B batch, I input length, L target length, V vocabulary.
 """
@@ -37,6 +38,10 @@ Batch = Mapping[str, Array]
 MetricsMap = Dict[str, clu_metrics.Metric]
 
 TEACHER_COLLECTION = 'teacher'
+REWARD_MODEL_COLLECTION = 'reward_model'
+# The frozen networks' collections, with the gin macro of the checkpoint each is restored from.
+FROZEN_COLLECTIONS = {TEACHER_COLLECTION: 'TEACHER_CHECKPOINT_PATH',
+                      REWARD_MODEL_COLLECTION: 'REWARD_CHECKPOINT_PATH'}
 DECODE_METHODS = ('greedy', 'sample', 'beam')
 
 try:
@@ -162,24 +167,58 @@ class GKDModel(_ModelBase):
     Returns:
       {'params', 'params_axes'} of the student and, with a teacher, {'teacher',
       'teacher_axes'}: the teacher's params and their logical axes (replaced by a checkpoint's
-      params before training).
+      params before training); likewise {'reward_model', 'reward_model_axes'} with a model
+      reward.
     """
     input_types = input_types or {}
-    student_rng, teacher_rng = jax.random.split(rng)
+    student_rng, teacher_rng, reward_rng = jax.random.split(rng, 3)
 
-    def init(module, key):
-      inputs = {name: jnp.ones(input_shapes[name], input_types.get(name, jnp.int32))
-                for name in ('encoder_input_tokens', 'decoder_input_tokens',
-                             'decoder_target_tokens')}
-      return module.init(key, inputs['encoder_input_tokens'], inputs['decoder_input_tokens'],
-                         inputs['decoder_target_tokens'], enable_dropout=False)
+    def init(module, key, shapes):
+      encoder_inputs = jnp.ones(shapes['encoder_input_tokens'],
+                                input_types.get('encoder_input_tokens', jnp.int32))
+      targets = jnp.ones(shapes['decoder_target_tokens'], jnp.int32)
+      return module.init(key, encoder_inputs, targets, targets, enable_dropout=False)
 
-    variables = dict(init(self.module, student_rng))
-    if self.teacher_module is not None:
-      teacher_variables = init(self.teacher_module, teacher_rng)
-      variables[TEACHER_COLLECTION] = teacher_variables['params']
-      variables[TEACHER_COLLECTION + '_axes'] = teacher_variables['params_axes']
+    variables = dict(init(self.module, student_rng, input_shapes))
+    frozen = [(TEACHER_COLLECTION, self.teacher_module, teacher_rng, input_shapes)]
+    if self.reward_module is not None:
+      frozen.append((REWARD_MODEL_COLLECTION, self.reward_module, reward_rng,
+                     self.gkd.reward.input_shapes()))
+    for collection, module, key, shapes in frozen:
+      if module is not None:
+        frozen_variables = init(module, key, shapes)
+        variables[collection] = frozen_variables['params']
+        variables[collection + '_axes'] = frozen_variables['params_axes']
     return variables
+
+  @property
+  def reward_module(self) -> Optional[network.Transformer]:
+    """The network of a model reward (`rewards.EntailmentReward`), or None."""
+    return getattr(self.gkd.reward, 'module', None)
+
+  def sequence_reward(self, batch: Batch, tokens: Array,
+                      flax_mutables: Optional[Mapping[str, Any]] = None) -> Array:
+    """[B] float32 reward (`GKDConfig.reward`) of decoded tokens [B, L] for the batch's inputs.
+
+    `tokens` count up to and including their first EOS (as `predict_batch` returns them); the
+    batch's targets are the references of a reward that compares (exact match, ROUGE).
+    """
+    reward = self._objective(flax_mutables).reward
+    if reward is None:
+      raise ValueError('GKDModel.sequence_reward: the objective has no reward (GKDConfig.reward).')
+    weights = decoding.weights_through_first_eos(tokens, self._eos_id) * (tokens > 0)
+    return reward(batch['encoder_input_tokens'], tokens, weights, batch['decoder_target_tokens'],
+                  batch['decoder_loss_weights'])
+
+  def _objective(self, flax_mutables: Optional[Mapping[str, Any]]) -> objective.GKDConfig:
+    """The objective's settings, a model reward's params bound from `flax_mutables`."""
+    if self.reward_module is None:
+      return self.gkd
+    if not flax_mutables or REWARD_MODEL_COLLECTION not in flax_mutables:
+      raise ValueError(f'This GKD model\'s reward has a network of its own; its params must '
+                       f'reach the step as flax_mutables[{REWARD_MODEL_COLLECTION!r}].')
+    return dataclasses.replace(
+        self.gkd, reward=self.gkd.reward.bind(flax_mutables[REWARD_MODEL_COLLECTION]))
 
   # --------------------------------------------------------------------------- training
 
@@ -215,7 +254,8 @@ class GKDModel(_ModelBase):
       batch: EncDec features ('encoder_input_tokens' [B, I], 'decoder_target_tokens' [B, L],
         'decoder_input_tokens', 'decoder_loss_weights', ...).
       dropout_rng: the step key; it drives dropout, the lambda coin and sampling.
-      flax_mutables: {'teacher': teacher params}; returned unchanged (T5X's convention).
+      flax_mutables: {'teacher': teacher params} (and {'reward_model': ...} with a model
+        reward); returned unchanged (T5X's convention).
       step: the training step, needed by a lambda schedule that changes over training.
 
     Returns:
@@ -225,7 +265,8 @@ class GKDModel(_ModelBase):
       raise ValueError('GKDModel.loss_fn needs the step rng (dropout_rng): it draws the lambda '
                        'coin and the on-policy samples from it. Use eval_fn for evaluation.')
     loss, stats = objective.gkd_loss(
-        self.gkd, bind(self.module, params), self._teacher(flax_mutables), batch, dropout_rng,
+        self._objective(flax_mutables), bind(self.module, params), self._teacher(flax_mutables),
+        batch, dropout_rng,
         step=step, student_dropout=self.module.config.dropout_rate > 0, eos_id=self._eos_id)
     metrics = self._metrics(loss, stats, batch)
     if flax_mutables is None:

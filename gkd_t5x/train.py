@@ -11,9 +11,10 @@ file runs under this trainer or under T5X's:
 What a run does, in order (every check before any compilation):
   1. multi-host start (`jax.distributed.initialize`) when asked for;
   2. checks data, mesh and model settings; builds the ('data', 'model') mesh;
-  3. derives the shardings of student, optimizer state and teacher; restores the latest
+  3. derives the shardings of student, optimizer state and frozen networks; restores the latest
      checkpoint of MODEL_DIR if there is one, else the student from INITIAL_CHECKPOINT_PATH (or
-     random), and the teacher from TEACHER_CHECKPOINT_PATH, straight into their shardings;
+     random), the teacher from TEACHER_CHECKPOINT_PATH (and a model reward's classifier from
+     REWARD_CHECKPOINT_PATH), straight into their shardings;
   4. trains: one jitted, donated step per batch; the next step is dispatched before the last
      one's metrics are read; a NaN or infinite loss stops the run with its step;
   5. every `log_period` steps writes train metrics to MODEL_DIR/train (TensorBoard) and prints
@@ -105,6 +106,7 @@ def train(*, model: models.GKDModel, model_dir: str,
           eval_dataset_cfg: Optional[data.DatasetConfig] = None,
           initial_checkpoint_path: Optional[str] = None,
           teacher_checkpoint_path: Optional[str] = None,
+          reward_checkpoint_path: Optional[str] = None,
           model_partitions: int = 1,
           logical_axis_rules: partitioning.LogicalAxisRules = (),
           random_seed: int = 0, checkpoint_period: int = 1000, keep_checkpoints: Optional[int] = 3,
@@ -123,6 +125,8 @@ def train(*, model: models.GKDModel, model_dir: str,
       ignored once MODEL_DIR has a checkpoint; None: random.
     teacher_checkpoint_path: the teacher's params (gin: TEACHER_CHECKPOINT_PATH); required
       when the model has a teacher.
+    reward_checkpoint_path: a model reward's classifier (gin: REWARD_CHECKPOINT_PATH);
+      required when the reward has a network (`rewards.EntailmentReward`).
     model_partitions: devices per model replica (the mesh's `model` axis).
     logical_axis_rules: logical -> mesh axis rules; () means
       `partitioning.standard_logical_axis_rules()`.
@@ -147,6 +151,10 @@ def train(*, model: models.GKDModel, model_dir: str,
     raise ValueError('The model has a teacher (GKDModel.teacher_module), but '
                      'TEACHER_CHECKPOINT_PATH is not set: distilling from random params is '
                      'never meant. Train a teacher first, or use a method without teacher.')
+  if model.reward_module is not None and not reward_checkpoint_path:
+    raise ValueError('The reward has a network of its own (GKDConfig.reward = '
+                     f'{type(model.gkd.reward).__name__}), but REWARD_CHECKPOINT_PATH is not '
+                     'set: give the classifier\'s T5X checkpoint.')
   mesh = partitioning.make_mesh(model_partitions)
   num_data_shards = mesh.shape[partitioning.DATA_AXIS]
   data.validate(train_dataset_cfg, num_data_shards)
@@ -155,17 +163,18 @@ def train(*, model: models.GKDModel, model_dir: str,
   lengths = converter.get_model_feature_lengths(dict(train_dataset_cfg.task_feature_lengths))
   batch_shapes = {name: (train_dataset_cfg.batch_size, length)
                   for name, length in lengths.items()}
+  frozen_paths = {models.TEACHER_COLLECTION: teacher_checkpoint_path,
+                  models.REWARD_MODEL_COLLECTION: reward_checkpoint_path}
   for path, setting in ((initial_checkpoint_path, 'INITIAL_CHECKPOINT_PATH'),
-                        (teacher_checkpoint_path, 'TEACHER_CHECKPOINT_PATH')):
+                        (teacher_checkpoint_path, 'TEACHER_CHECKPOINT_PATH'),
+                        (reward_checkpoint_path, 'REWARD_CHECKPOINT_PATH')):
     if path:
       checkpoints.resolve_step_dir(path, setting)
 
   layout = trainer.make_layout(model, optimizer, mesh, rules, batch_shapes)
-  teacher = {}
-  if layout.abstract_teacher:
-    teacher = {models.TEACHER_COLLECTION: checkpoints.restore_params(
-        teacher_checkpoint_path, layout.abstract_teacher[models.TEACHER_COLLECTION],
-        setting='TEACHER_CHECKPOINT_PATH')}
+  frozen = {name: checkpoints.restore_params(frozen_paths[name], abstract,
+                                              setting=models.FROZEN_COLLECTIONS[name])
+             for name, abstract in layout.abstract_frozen.items()}
   init_rng, step_rng = jax.random.split(jax.random.PRNGKey(random_seed))
   manager = checkpoints.make_manager(model_dir, keep=keep_checkpoints,
                                      async_save=async_checkpointing)
@@ -182,7 +191,7 @@ def train(*, model: models.GKDModel, model_dir: str,
             setting='INITIAL_CHECKPOINT_PATH')
       state = trainer.init_state(model, optimizer, layout, init_rng, initial_params)
       batches_consumed = 0
-    return _train_loop(model, optimizer, layout, state, teacher, batches_consumed, step_rng,
+    return _train_loop(model, optimizer, layout, state, frozen, batches_consumed, step_rng,
                        manager=manager, model_dir=model_dir, total_steps=total_steps,
                        train_dataset_cfg=train_dataset_cfg, eval_dataset_cfg=eval_dataset_cfg,
                        checkpoint_period=checkpoint_period, eval_period=eval_period,
@@ -194,7 +203,7 @@ def train(*, model: models.GKDModel, model_dir: str,
 
 
 def _train_loop(model: models.GKDModel, optimizer: optax.GradientTransformation,
-                layout: trainer.StateLayout, state: trainer.TrainState, teacher: PyTree,
+                layout: trainer.StateLayout, state: trainer.TrainState, frozen: PyTree,
                 batches_consumed: int, step_rng: jax.Array, *, manager, model_dir: str,
                 total_steps: int, train_dataset_cfg: data.DatasetConfig,
                 eval_dataset_cfg: Optional[data.DatasetConfig], checkpoint_period: int,
@@ -207,7 +216,7 @@ def _train_loop(model: models.GKDModel, optimizer: optax.GradientTransformation,
   evaluator = None
   if eval_dataset_cfg is not None:
     evaluator = evaluation.Evaluator(model, eval_dataset_cfg, mesh, layout.param_shardings,
-                                     layout.teacher_shardings, rules,
+                                     layout.frozen_shardings, rules,
                                      num_examples=eval_num_examples, seed=random_seed)
   dataset = data.get_dataset(train_dataset_cfg, converter, repeat=True,
                              start_batch=batches_consumed)
@@ -230,7 +239,7 @@ def _train_loop(model: models.GKDModel, optimizer: optax.GradientTransformation,
   with partitioning.activate(mesh, rules):
     while step < total_steps:
       batch = data.make_global_batch(next(batches), mesh)
-      state, metrics = train_step(state, teacher, batch)
+      state, metrics = train_step(state, frozen, batch)
       batches_consumed += 1
       step += 1
       # Reading the previous step's loss lets this step run while the host waits.
@@ -252,10 +261,10 @@ def _train_loop(model: models.GKDModel, optimizer: optax.GradientTransformation,
         checkpoints.save(manager, step, state, batches_consumed)
       if evaluator is not None and ((eval_period and step % eval_period == 0)
                                     or step == total_steps):
-        eval_metrics = _evaluate(evaluator, state['target'], teacher, step, eval_writer,
+        eval_metrics = _evaluate(evaluator, state['target'], frozen, step, eval_writer,
                                  model_dir)
     if evaluator is not None and first_step == total_steps:
-      eval_metrics = _evaluate(evaluator, state['target'], teacher, step, eval_writer, model_dir)
+      eval_metrics = _evaluate(evaluator, state['target'], frozen, step, eval_writer, model_dir)
   train_writer.close()
   eval_writer.close()
   return eval_metrics
@@ -267,13 +276,13 @@ def _check_finite(loss: Any, step: int) -> None:
     raise FloatingPointError(f'The training loss is {value} at step {step}; stopping.')
 
 
-def _evaluate(evaluator: evaluation.Evaluator, params: PyTree, teacher: PyTree, step: int,
+def _evaluate(evaluator: evaluation.Evaluator, params: PyTree, frozen: PyTree, step: int,
               writer: metric_writers.MetricWriter, model_dir: str) -> Dict[str, float]:
   """Loss and inference metrics on the eval split: written to TensorBoard and a JSON file."""
   start = time.perf_counter()
   metrics = {f'{evaluator.split}/{name}': value
-             for name, value in evaluator.loss(params, teacher).items()}
-  inference_metrics, records = evaluator.infer(params)
+             for name, value in evaluator.loss(params, frozen).items()}
+  inference_metrics, records = evaluator.infer(params, frozen)
   metrics.update({f'inference/{evaluator.task_name}/{name}': value
                   for name, value in inference_metrics.items()})
   writer.write_scalars(step, metrics)

@@ -8,11 +8,12 @@ Its shardings are derived before anything is allocated: the params' from their l
 (`params_axes`) through the logical axis rules, the optimizer state's by compiling
 `optimizer.init` on abstract sharded params (each moment lands where its param is, factored
 Adafactor moments where XLA's propagation puts them). The teacher's params (`teacher`, with
-`teacher_axes`) get the student's rules and live outside the state: inputs of the step, never
+`teacher_axes`; a model reward's classifier likewise, `reward_model`) get the student's rules and
+live outside the state: inputs of the step, never
 donated, never updated, never saved with the student.
 
 `make_train_step` builds one `jax.jit` with explicit in/out shardings that donates the state:
-    state, teacher, batch -> new state, metrics (clu `Average`s, replicated)
+    state, frozen, batch -> new state, metrics (clu `Average`s, replicated)
 The step key is `fold_in(seed key, step)`, so a resumed run draws the same coins, samples and
 dropout masks as an uninterrupted one.
 
@@ -46,16 +47,17 @@ class StateLayout:
     rules: the logical axis rules.
     abstract_state: the train state as `jax.ShapeDtypeStruct`s with shardings.
     state_shardings: NamedShardings of the train state.
-    abstract_teacher: {'teacher': teacher params} as abstract arrays, or {} without teacher.
-    teacher_shardings: NamedShardings of the teacher's flax mutables ({} without teacher).
+    abstract_frozen: the frozen networks' params, {'teacher': ..., 'reward_model': ...} (those
+      the model has; {} for SFT), as abstract arrays: the step's flax mutables.
+    frozen_shardings: their NamedShardings, by the student's logical axis rules.
     batch_shapes: {feature: (B, length)} of the model features.
   """
   mesh: jax.sharding.Mesh
   rules: partitioning.LogicalAxisRules
   abstract_state: PyTree
   state_shardings: PyTree
-  abstract_teacher: PyTree
-  teacher_shardings: PyTree
+  abstract_frozen: PyTree
+  frozen_shardings: PyTree
   batch_shapes: Mapping[str, Tuple[int, ...]]
 
   @property
@@ -66,7 +68,7 @@ class StateLayout:
 def make_layout(model: models.GKDModel, optimizer: optax.GradientTransformation,
                 mesh: jax.sharding.Mesh, rules: partitioning.LogicalAxisRules,
                 batch_shapes: Mapping[str, Tuple[int, ...]]) -> StateLayout:
-  """Abstract train state and teacher with their shardings; allocates nothing."""
+  """Abstract train state and frozen networks with their shardings; allocates nothing."""
   variables = jax.eval_shape(
       functools.partial(model.get_initial_variables, input_shapes=batch_shapes),
       jax.random.PRNGKey(0))
@@ -85,17 +87,14 @@ def make_layout(model: models.GKDModel, optimizer: optax.GradientTransformation,
                                              opt_state_shardings),
       'step': jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated),
   }
-  teacher_shardings, abstract_teacher = {}, {}
-  if models.TEACHER_COLLECTION in variables:
-    teacher_shardings = {models.TEACHER_COLLECTION: partitioning.variable_shardings(
-        mesh, variables[models.TEACHER_COLLECTION + '_axes'], rules)}
-    partitioning.check_divisible(
-        {models.TEACHER_COLLECTION: variables[models.TEACHER_COLLECTION]}, teacher_shardings,
-        'teacher')
-    abstract_teacher = checkpoints.abstract_tree(
-        {models.TEACHER_COLLECTION: variables[models.TEACHER_COLLECTION]}, teacher_shardings)
-  return StateLayout(mesh, rules, abstract_state, state_shardings, abstract_teacher,
-                     teacher_shardings, dict(batch_shapes))
+  frozen = {name: variables[name] for name in models.FROZEN_COLLECTIONS if name in variables}
+  frozen_shardings = {name: partitioning.variable_shardings(mesh, variables[name + '_axes'],
+                                                            rules) for name in frozen}
+  for name in frozen:
+    partitioning.check_divisible({name: frozen[name]}, {name: frozen_shardings[name]}, name)
+  return StateLayout(mesh, rules, abstract_state, state_shardings,
+                     checkpoints.abstract_tree(frozen, frozen_shardings), frozen_shardings,
+                     dict(batch_shapes))
 
 
 def init_state(model: models.GKDModel, optimizer: optax.GradientTransformation,
@@ -119,27 +118,27 @@ def init_state(model: models.GKDModel, optimizer: optax.GradientTransformation,
 
 def make_train_step(model: models.GKDModel, optimizer: optax.GradientTransformation,
                     layout: StateLayout, seed_rng: jax.Array) -> Callable[..., Any]:
-  """The jitted step: (state, teacher, batch) -> (new state, metrics).
+  """The jitted step: (state, frozen, batch) -> (new state, metrics).
 
   Args:
     model: the GKD model; its `loss_fn` gets the step so that lambda schedules work.
     optimizer: the optax transformation (clipping, accumulation included).
-    layout: shardings of state, teacher and batch.
+    layout: shardings of state, frozen networks and batch.
     seed_rng: the run's key; step s uses `fold_in(seed_rng, s)`.
 
   Returns:
-    A function of (state, teacher {'teacher': params} or {}, batch {feature: [B, len]})
+    A function of (state, frozen {'teacher': params, ...} or {}, batch {feature: [B, len]})
     returning (state, {name: clu Average}); the state's buffers are donated.
   """
 
   # The key is an argument, not a constant of the program, so that runs differing only in
   # their seed share one compilation (and JAX's persistent compilation cache entry).
-  def train_step(state, teacher, batch, run_rng):
+  def train_step(state, frozen, batch, run_rng):
     step = state['step']
     rng = jax.random.fold_in(run_rng, step)
 
     def loss_fn(params):
-      loss, (metrics, _) = model.loss_fn(params, batch, rng, teacher, step=step)
+      loss, (metrics, _) = model.loss_fn(params, batch, rng, frozen, step=step)
       return loss, metrics
 
     (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state['target'])
@@ -154,10 +153,10 @@ def make_train_step(model: models.GKDModel, optimizer: optax.GradientTransformat
   replicated = partitioning.replicated(layout.mesh)
   jitted = jax.jit(
       train_step,
-      in_shardings=(layout.state_shardings, layout.teacher_shardings, batch_shardings,
+      in_shardings=(layout.state_shardings, layout.frozen_shardings, batch_shardings,
                     replicated),
       out_shardings=(layout.state_shardings, replicated),
       donate_argnums=0)
   host_rng = np.asarray(jax.device_get(seed_rng))
   run_rng = jax.make_array_from_callback(host_rng.shape, replicated, lambda index: host_rng[index])
-  return lambda state, teacher, batch: jitted(state, teacher, batch, run_rng)
+  return lambda state, frozen, batch: jitted(state, frozen, batch, run_rng)

@@ -1,5 +1,7 @@
 """GKDModel's inference methods and the rewards, against independent references."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -122,3 +124,82 @@ def test_rouge_reward_runs_on_the_host_inside_jit():
   want = [scorer.score(r, p)['rouge2'].fmeasure for p, r in zip(predictions, references)]
   np.testing.assert_allclose(np.asarray(got), want, rtol=1e-6)
   assert want[1] == 1.0 and 0 < want[0] < 1
+
+
+BYTES = seqio.ByteVocabulary()
+CLASSIFIER = network.Transformer(network.T5Config(
+    vocab_size=384, emb_dim=8, num_heads=2, num_encoder_layers=1, num_decoder_layers=1,
+    head_dim=4, mlp_dim=16, dropout_rate=0.0))
+
+
+def test_pack_rows_matches_a_python_reference():
+  rng = np.random.RandomState(1)
+  segments = [rng.randint(0, 4, (5, 3)), rng.randint(0, 4, (5, 6)), rng.randint(0, 4, (5, 2))]
+  for length in (4, 11, 20):
+    got = np.asarray(rewards.pack_rows([jnp.asarray(s) for s in segments], length))
+    for row in range(5):
+      tokens = [t for s in segments for t in s[row] if t > 0][:length]
+      np.testing.assert_array_equal(got[row], tokens + [0] * (length - len(tokens)))
+
+
+def test_entailment_reward_cuts_the_premise_so_the_hypothesis_fits():
+  reward = rewards.EntailmentReward(CLASSIFIER, BYTES, target='1', premise_prefix='p:',
+                                    hypothesis_prefix=' h:', input_length=12)
+  encode = lambda s: list(BYTES.encode(s))
+  inputs = jnp.asarray([encode('abcdefgh') + [0, 0], encode('ab') + [0] * 8])
+  samples = jnp.asarray([encode('xyz') + [1, 0], encode('xy') + [1, 9, 9]])
+  weights = jnp.asarray([[1, 1, 1, 1, 0], [1, 1, 1, 0, 0]], jnp.float32)
+  got = np.asarray(reward.classifier_inputs(inputs, samples, weights))
+  # Row 0: 12 - 2 (p:) - 3 ( h:) - 4 (xyz + EOS) leaves 3 premise tokens.
+  want0 = encode('p:abc h:xyz') + [1]
+  want1 = encode('p:ab h:xy') + [1]
+  np.testing.assert_array_equal(got[0], want0 + [0] * (12 - len(want0)))
+  np.testing.assert_array_equal(got[1], want1 + [0] * (12 - len(want1)))
+
+
+def test_entailment_reward_is_the_classifiers_probability_of_the_target():
+  reward = rewards.EntailmentReward(CLASSIFIER, BYTES, target='yes', input_length=40)
+  shapes = reward.input_shapes()
+  params = CLASSIFIER.init(jax.random.PRNGKey(3), jnp.ones(shapes['encoder_input_tokens'],
+                                                           jnp.int32),
+                           jnp.ones(shapes['decoder_target_tokens'], jnp.int32),
+                           jnp.ones(shapes['decoder_target_tokens'], jnp.int32),
+                           enable_dropout=False)['params']
+  encode = lambda s: list(BYTES.encode(s))
+  inputs = jnp.asarray([encode('the cat sat'), encode('a dog ran!!')])
+  samples = jnp.asarray([encode('a cat') + [1], encode('dogs') + [1, 0]])
+  weights = (samples > 0).astype(jnp.float32)
+  got = np.asarray(jax.jit(reward.bind(params))(inputs, samples, weights, samples, weights))
+  target = np.asarray([encode('yes') + [1]] * 2)
+  classifier_inputs = np.asarray(reward.classifier_inputs(inputs, samples, weights))
+  logits = CLASSIFIER.apply({'params': params}, classifier_inputs,
+                            np.pad(target, ((0, 0), (1, 0)))[:, :-1], target,
+                            enable_dropout=False)
+  token = np.take_along_axis(scipy_log_softmax(np.asarray(logits, np.float64), -1),
+                             target[..., None], -1)[..., 0]
+  np.testing.assert_allclose(got, np.exp(token.sum(-1)), rtol=1e-5)
+  assert np.all((got > 0) & (got < 1))
+
+
+def test_a_model_reward_gets_its_params_from_the_reward_model_collection():
+  reward = rewards.EntailmentReward(CLASSIFIER, BYTES, input_length=24)
+  student = network.Transformer(dataclasses.replace(CLASSIFIER.config, emb_dim=4, head_dim=2))
+  model = models.GKDModel(student, CLASSIFIER, BYTES, BYTES, gkd=objective.GKDConfig(
+      divergence='jsd', beta=0.9, lmbda=1.0, alpha=0.5, reward=reward))
+  batch = {'encoder_input_tokens': jnp.asarray([list(BYTES.encode('12+3'))] * 2),
+           'decoder_target_tokens': jnp.asarray([list(BYTES.encode('15')) + [1]] * 2)}
+  batch['decoder_input_tokens'] = jnp.pad(batch['decoder_target_tokens'],
+                                          ((0, 0), (1, 0)))[:, :-1]
+  batch['decoder_loss_weights'] = (batch['decoder_target_tokens'] > 0).astype(jnp.float32)
+  variables = model.get_initial_variables(
+      jax.random.PRNGKey(0), {name: value.shape for name, value in batch.items()})
+  assert variables[models.REWARD_MODEL_COLLECTION]['token_embedder']['embedding'].shape == (
+      384, 8)
+  mutables = {name: variables[name] for name in models.FROZEN_COLLECTIONS}
+  loss, (metrics, returned) = jax.jit(model.loss_fn)(
+      variables['params'], batch, jax.random.PRNGKey(1), mutables)
+  assert np.isfinite(float(loss)) and set(returned) == set(models.FROZEN_COLLECTIONS)
+  assert 0.0 < float(metrics['reward'].compute()) < 1.0
+  with pytest.raises(ValueError, match="flax_mutables\\['reward_model'\\]"):
+    model.loss_fn(variables['params'], batch, jax.random.PRNGKey(1),
+                  {models.TEACHER_COLLECTION: variables[models.TEACHER_COLLECTION]})

@@ -60,6 +60,7 @@ EXPECTED_SPECS = {
     'paper_fig2_xsum_temperature': ('t5x', 2, 5, 1),
     'paper_fig2_xsum_greedy': ('t5x', 2, 5, 1),
     'paper_fig3_xsum_data_efficiency': ('t5x', 2, 4 * 4, 1),
+    'paper_fig5_xsum_rlef': ('gkd_t5x', 4, 2 * 4, 1),
     'paper_fig4_xsum_quality_diversity': ('gkd_t5x', 2, 5, 1),
     'paper_fig6_wmt_small': ('t5x', 2, 15, 3),
     'paper_fig6_wmt_base': ('t5x', 2, 15, 3),
@@ -216,11 +217,13 @@ def describe(runner, kind, got):
     if runner == 't5x':
       restore = got['checkpoint_cfg'].restore
       out['initial'], out['restore_mode'] = restore.path, restore.mode
-      out['teacher_path'] = gin.get_bindings(
-          't5x_integration.TeacherTrainStateInitializer')['teacher_checkpoint_path']
+      initializer = gin.get_bindings('t5x_integration.TeacherTrainStateInitializer')
+      out['teacher_path'] = initializer['teacher_checkpoint_path']
+      out['reward_path'] = initializer['reward_checkpoint_path']
     else:
       out['initial'] = got['initial_checkpoint_path']
       out['teacher_path'] = got['teacher_checkpoint_path']
+      out['reward_path'] = got['reward_checkpoint_path']
     schedule = gin.query_parameter('optimizers.adafactor.learning_rate').scoped_configurable_fn()
     warmup, lr = macro('WARMUP_STEPS'), macro('LEARNING_RATE')
     out['lr'] = lr
@@ -326,6 +329,9 @@ def _convert(command, runner):
     if SWEEP_ROOT in value:
       value = "'/sweeps/checkpoint'"
     bindings.append((key, value))
+  if any(f.endswith('/rlef.gin') for f in files):
+    # The entailment classifier is the user's (no public T5X checkpoint): given with --set.
+    bindings.append(('ENTAILMENT_CLASSIFIER_CHECKPOINT', "'/sweeps/classifier'"))
   if kind == 'train':
     bindings.insert(0, ('MODEL_DIR', "'/sweeps/model_dir'"))
   else:
@@ -352,7 +358,7 @@ def spec_configs(runner):
 
 def needs_initial_checkpoint(path):
   """The paper's distillation files, which require INITIAL_CHECKPOINT_PATH (paper_base.gin)."""
-  return re.fullmatch(r'gin/experiments/(xsum|wmt|gsm8k)/gkd\.gin', path) is not None
+  return re.fullmatch(r'gin/experiments/(xsum|wmt|gsm8k)/(gkd|rlef)\.gin', path) is not None
 
 
 def file_configs(runner):
@@ -368,7 +374,9 @@ def file_configs(runner):
       configs.append(dict(common, kind=kind, bindings=outputs))
       if needs_initial_checkpoint(path):
         configs.append(dict(common, kind=kind, with_initial=True, bindings=outputs + [
-            ('INITIAL_CHECKPOINT_PATH', "'/sft_student'")]))
+            ('INITIAL_CHECKPOINT_PATH', "'/sft_student'")] + (
+                [('ENTAILMENT_CLASSIFIER_CHECKPOINT', "'/classifier'")]
+                if path.endswith('/rlef.gin') else [])))
   return configs
 
 
@@ -410,8 +418,6 @@ def test_every_figure_panel_has_a_spec():
   assert names == set(EXPECTED_SPECS)
   for path in PAPER_SPECS:
     assert json.loads(path.read_text())['name'] == path.stem
-  # Fig. 5 (RL + GKD with an entailment reward) has none: that reward does not exist yet.
-  assert not any('fig5' in name for name in names)
 
 
 @pytest.mark.parametrize('path', PAPER_SPECS, ids=lambda p: p.stem)
@@ -592,7 +598,12 @@ def _check_train(result, task, run, bindings, runner, spec_runner, where):
         assert gkd['beta'] == beta, where
     if 'lambda' in labels:
       assert gkd['lmbda'] == float(labels['lambda']), where
-    assert gkd['alpha'] == 1.0, where
+    if 'alpha' in labels:  # Fig. 5: RL + on-policy GKD with JSD(0.9)
+      assert (gkd['divergence'], gkd['beta'], gkd['lmbda'], gkd['alpha']) == (
+          'jsd', 0.9, 1.0, float(labels['alpha'])), where
+      assert result['reward_path'] == '/sweeps/classifier', where
+    else:
+      assert gkd['alpha'] == 1.0, where
     # XSum learning rate (A.1 text): small 1e-3, except 3e-4 with reverse KL; else the table's.
     lr = 0.001 if (task == 'xsum' and size == 'small'
                    and gkd['divergence'] != 'reverse_kl') else table['lr']

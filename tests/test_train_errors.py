@@ -92,6 +92,29 @@ def test_missing_teacher_checkpoint(tmp_path):
     train_with(tmp_path, 'gkd', 'TEACHER_CHECKPOINT_PATH="/no/such/dir"')
 
 
+ENTAILMENT_REWARD = [
+    'REWARD = @rewards.EntailmentReward()',
+    'rewards.EntailmentReward.module = @reward_model/network.Transformer()',
+    'reward_model/network.Transformer.config = %ARITHMETIC_STUDENT',
+    'rewards.EntailmentReward.vocabulary = %VOCABULARY',
+    'rewards.EntailmentReward.input_length = 48']
+
+
+def test_model_reward_needs_its_checkpoint(tmp_path, teacher_path):
+  """RL + GKD with an entailment classifier: REWARD_CHECKPOINT_PATH is required and checked."""
+  gin_utils.parse_gin(['gin/runs/train.gin', 'gin/experiments/arithmetic/gkd.gin',
+                       'gin/methods/rl_gkd.gin', TINY],
+                      [f'MODEL_DIR="{tmp_path / "run"}"',
+                       f'TEACHER_CHECKPOINT_PATH="{teacher_path}"', *ENTAILMENT_REWARD],
+                      finalize=False)
+  with pytest.raises(ValueError, match='REWARD_CHECKPOINT_PATH is not set'):
+    train_lib.train()  # pylint: disable=no-value-for-parameter
+  gin.bind_parameter('train.train.reward_checkpoint_path', '/no/such/classifier')
+  with pytest.raises(checkpoints.CheckpointError,
+                     match="REWARD_CHECKPOINT_PATH = '/no/such/classifier' does not exist"):
+    train_lib.train()  # pylint: disable=no-value-for-parameter
+
+
 def test_missing_initial_checkpoint(tmp_path):
   with pytest.raises(checkpoints.CheckpointError, match='INITIAL_CHECKPOINT_PATH'):
     train_with(tmp_path, 'student_sft', f'INITIAL_CHECKPOINT_PATH="{tmp_path}"')
