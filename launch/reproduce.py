@@ -125,6 +125,10 @@ def plan(specs: Sequence[Mapping], root: str, python: str = sys.executable) -> P
           key = (module, tuple(files), tuple(sorted(bindings.items())))
           if key in evaluated:
             continue
+          if output_dir in evaluated.values():
+            raise ValueError(f'{run.name}: evaluation {command.log_name!r} writes to '
+                             f'{output_dir}, where another evaluation of the same run (in '
+                             'another spec, with other settings) writes: give it its own label.')
           evaluated[key] = output_dir
           own = [train_dir] if train_dir in train_dirs else []
           jobs.append(Job(f'{run.name}: {command.log_name.replace("_", " ", 1)}', 'eval', argv,

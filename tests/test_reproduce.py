@@ -1,0 +1,239 @@
+"""launch/reproduce.py: the merged plan of the reproduction specs, and a real end-to-end run.
+
+  * the shipped specs (launch/sweeps/reproduction/) merge into one plan in which every
+    distinct training appears once: the SFT students once per size, the Fig. 4 students as the
+    grid's on-policy ones, and a merged run directory is a link to a training with the same
+    command up to MODEL_DIR; every job only reads trainings planned before it;
+  * their gin configs build the method each label names (one subprocess);
+  * two small specs that share references and a point run for real (tiny networks, a few
+    steps, one worker): each shared training once, the links, evaluations, resumption (a
+    second call runs nothing), the figures, CSVs and tables.md;
+  * the effect size is Cohen's d with the pooled standard deviation.
+"""
+
+import json
+import math
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / 'launch'))
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+import reproduce
+import sweep
+
+SPECS = sorted((ROOT / 'launch' / 'sweeps' / 'reproduction').glob('*.json'))
+TINY = 'tests/testdata/tiny_arithmetic.gin'
+G = 'gin/experiments/arithmetic/'
+
+
+def load_all():
+  return [sweep.load_spec(str(path)) for path in SPECS]
+
+
+def bindings_of(job):
+  return reproduce._parse_argv(job.argv)[2]  # pylint: disable=protected-access
+
+
+def test_shipped_specs_merge_into_one_plan_of_distinct_trainings(tmp_path):
+  specs = load_all()
+  assert {spec['name'] for spec in specs} == {
+      'repro_fig7_grid_s', 'repro_fig7_grid_xs', 'repro_fig9_methods_s', 'repro_fig9_methods_xs',
+      'repro_fig8_lambda_s', 'repro_fig4_quality_diversity_s', 'repro_fig3_data_efficiency_s',
+      'repro_fig5_rl_s'}
+  root = str(tmp_path)
+  plan = reproduce.plan(specs, root)
+  trainings = [job for job in plan.jobs if job.kind == 'train']
+  # 2 SFT students; grids 2 x 15; methods 2 x 3 new (SFT continued, SeqKD, f-distill);
+  # Fig. 8: lambda 0.25 and 0.75 x 2; Fig. 3: 5% and 25% x 2; Fig. 5: 2 x 5; all x 3 seeds.
+  assert len(trainings) == 2 + 3 * (30 + 6 + 4 + 4 + 10)
+  assert len({job.output_dir for job in plan.jobs}) == len(plan.jobs)
+  sft = [job for job in trainings if job.output_dir.endswith('ref_student_sft')]
+  assert len(sft) == 2
+  assert {bindings_of(job).get('STUDENT_CONFIG') for job in sft} == {
+      None, '%ARITHMETIC_STUDENT_XS'}
+  # Every merged directory is a link to a planned training with the same command up to paths.
+  trained = {job.output_dir: job for job in trainings}
+  for alias, target in plan.links.items():
+    assert target in trained and alias not in trained
+  by_dir = {}
+  for spec in specs:
+    for run in sweep.expand(spec, root, python=sys.executable):
+      by_dir[run.model_dir] = run
+  for alias, target in plan.links.items():
+    mine = reproduce._parse_argv(  # pylint: disable=protected-access
+        [reproduce._rename(a, plan.links)  # pylint: disable=protected-access
+         for a in by_dir[alias].commands[0].argv])
+    theirs = reproduce._parse_argv(trained[target].argv)  # pylint: disable=protected-access
+    assert mine[:2] == theirs[:2]
+    assert ({k: v for k, v in mine[2].items() if k != 'MODEL_DIR'}
+            == {k: v for k, v in theirs[2].items() if k != 'MODEL_DIR'})
+  # Fig. 4's students are the grid's on-policy ones; every job reads earlier trainings only.
+  fig4 = [d for d in plan.links if '/repro_fig7_grid_s/lambda_1.0__' in d]
+  assert len(fig4) == 15
+  seen = set()
+  for job in plan.jobs:
+    assert all(need in seen for need in job.needs), job.name
+    if job.kind == 'train':
+      seen.add(job.output_dir)
+  # The distillation runs share one budget (reproduction.gin, last of the experiment files).
+  for job in trainings:
+    files = reproduce._parse_argv(job.argv)[1]  # pylint: disable=protected-access
+    if not job.output_dir.endswith('ref_student_sft'):
+      assert G + 'reproduction.gin' in files, job.name
+      assert files.index(G + 'reproduction.gin') >= 2
+    else:
+      assert bindings_of(job)['TRAIN_STEPS'] == '3000'
+
+
+def test_shipped_specs_build_the_methods_their_labels_name(tmp_path):
+  configs = {}
+  expected = []
+  for spec in load_all():
+    for run in sweep.expand(spec, str(tmp_path), seeds=[0]):
+      for command in run.commands:
+        if command.kind != 'train':
+          continue
+        _, files, bindings = reproduce._parse_argv(command.argv)  # pylint: disable=protected-access
+        key = json.dumps([files, sorted(bindings.items())])
+        configs.setdefault(key, len(configs))
+        expected.append((run, configs[key]))
+  script = textwrap.dedent("""
+      import json, sys
+      import gin
+      from gkd_t5x import gin_utils
+      from gkd_t5x import tasks  # registers the tasks
+      out = []
+      for files, bindings in json.load(sys.stdin):
+        gin.clear_config()
+        gin_utils.parse_gin(files, [f'{k} = {v}' for k, v in bindings], finalize=False)
+        def q(name):
+          value = gin.query_parameter(name)
+          while isinstance(value, gin.config.ConfigurableReference):
+            value = value.scoped_configurable_fn()
+          return value
+        config, teacher = q('%GKD'), q('%TEACHER_CONFIG')
+        out.append(dict(divergence=config.divergence, beta=config.beta, alpha=config.alpha,
+                        lmbda=config.lmbda.start, fixed_data=config.fixed_data,
+                        steps=q('%TRAIN_STEPS'), batch=q('%BATCH_SIZE'),
+                        student=q('%STUDENT_CONFIG').emb_dim,
+                        teacher=teacher and teacher.emb_dim, task=q('%MIXTURE_OR_TASK_NAME')))
+      print(json.dumps(out))
+  """)
+  result = subprocess.run([sys.executable, '-c', script], cwd=ROOT, capture_output=True,
+                          text=True, input=json.dumps([[f, b] for f, b in map(
+                              json.loads, configs)]),
+                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3'), timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  built = json.loads(result.stdout.splitlines()[-1])
+  methods = {'SFT (continued)': ('cross_entropy', 0.0, 'targets'),
+             'Supervised KD': ('forward_kl', 0.0, 'targets'),
+             'SeqKD': ('cross_entropy', 0.0, 'teacher_samples'),
+             'ImitKD': ('forward_kl', 0.5, 'targets'),
+             'f-distill': ('total_variation', 0.5, 'teacher_samples'),
+             'GKD (on-policy)': ('forward_kl', 1.0, 'targets')}
+  divergences = {'FKL': ('forward_kl', None), 'JSD(0.1)': ('jsd', 0.1),
+                 'JSD(0.5)': ('jsd', 0.5), 'JSD(0.9)': ('jsd', 0.9), 'RKL': ('reverse_kl', None)}
+  for run, index in expected:
+    got, where = built[index], run.name
+    size = 32 if '_xs/' in run.name else 64
+    assert got['student'] == size, where
+    if run.reference is not None:
+      assert (got['steps'], got['batch'], got['divergence']) == (3000, 64, 'cross_entropy')
+      continue
+    assert (got['steps'], got['batch']) == (200, 32), where
+    labels = run.labels
+    if 'method' in labels:
+      assert (got['divergence'], got['lmbda'], got['fixed_data']) == methods[
+          labels['method']], where
+    if 'divergence' in labels:
+      divergence, beta = divergences[labels['divergence']]
+      assert got['divergence'] == divergence and (beta is None or got['beta'] == beta), where
+    if 'lambda' in labels:
+      assert got['lmbda'] == float(labels['lambda']), where
+    if 'data_percent' in labels:
+      suffix = {'5': '_train5pct', '25': '_train25pct', '100': ''}[labels['data_percent']]
+      assert got['task'] == 'arithmetic_sum3_2digit' + suffix, where
+    if 'alpha' in labels:
+      assert (got['divergence'], got['beta'], got['lmbda'], got['alpha']) == (
+          'jsd', 0.9, 1.0, float(labels['alpha'])), where
+      # RLEF*: the regularizer is the SFT student itself.
+      assert got['teacher'] == (64 if labels['regularizer'].startswith('self') else 128), where
+    else:
+      assert got['alpha'] == 1.0, where
+
+
+def tiny_spec(name, lambdas):
+  return {
+      'name': name, 'runner': 'gkd_t5x', 'gin_files': [G + 'gkd.gin', TINY],
+      'bindings': {'INITIAL_CHECKPOINT_PATH': "'{ref:student_sft}'",
+                   'TEACHER_CHECKPOINT_PATH': "'{ref:teacher}'", 'TRAIN_STEPS': '3'},
+      'references': {
+          'teacher': {'gin_files': [G + 'teacher.gin', TINY], 'bindings': {'TRAIN_STEPS': '3'}},
+          'student_sft': {'gin_files': [G + 'student_sft.gin', TINY],
+                          'bindings': {'TRAIN_STEPS': '3'}}},
+      'axes': [{'name': 'lambda', 'values': [{'label': lam, 'bindings': {'LMBDA': lam}}
+                                             for lam in lambdas]}],
+      'seeds': [0], 'evaluations': [{'label': 'greedy', 'bindings': {}}],
+      'plot': {'kind': 'bars', 'metric': 'accuracy', 'x': 'lambda',
+               'references': ['teacher', 'student_sft'], 'evaluation': 'greedy'}}
+
+
+def test_two_specs_sharing_runs_train_each_once_resume_and_draw(tmp_path, capsys):
+  specs_dir = tmp_path / 'specs'
+  specs_dir.mkdir()
+  for spec in (tiny_spec('tiny_a', ['1.0', '0.0']), tiny_spec('tiny_b', ['0.0'])):
+    (specs_dir / f'{spec["name"]}.json').write_text(json.dumps(spec))
+  root, out = tmp_path / 'runs', tmp_path / 'figures'
+  args = ['--specs', str(specs_dir), '--root', str(root), '--out', str(out), '--workers', '1']
+  assert reproduce.main(args) == 0
+  log = capsys.readouterr().out
+  # tiny_a: teacher, SFT student, lambda 1 and 0, each trained and evaluated once; tiny_b's
+  # references and its point are tiny_a's.
+  assert '8 jobs (4 trainings), 0 done already' in log
+  assert log.count(': train done') == 4 and log.count(': eval greedy done') == 4
+  for name in ('ref_teacher', 'ref_student_sft', 'lambda_0.0/seed_0'):
+    link = root / 'tiny_b' / name
+    assert link.is_symlink(), name
+    assert link.resolve() == (root / 'tiny_a' / name).resolve()
+  for run_dir in (root / 'tiny_a' / 'lambda_1.0' / 'seed_0', root / 'tiny_b' / 'lambda_0.0' /
+                  'seed_0'):
+    assert (run_dir / reproduce.TRAINED).exists()
+    assert (run_dir / 'eval_greedy' / 'metrics.json').exists()
+    assert (run_dir / 'logs' / 'train.log').read_text().count('step 3/3') == 1
+  for name in ('tiny_a', 'tiny_b'):
+    assert (out / f'{name}.png').read_bytes()[:4] == b'\x89PNG'
+    assert (out / f'{name}.csv').exists()
+  tables = (out / 'tables.md').read_text()
+  assert '### tiny_a' in tables and '### tiny_b' in tables
+  # Resumed: nothing runs again.
+  assert reproduce.main(args) == 0
+  log = capsys.readouterr().out
+  assert '8 jobs (4 trainings), 8 done already' in log and ' done in ' not in log
+
+
+def test_print_lists_the_merged_jobs_and_links(tmp_path, capsys):
+  assert reproduce.main(['--root', str(tmp_path), '--print', '--only', 'repro_fig5_rl_s']) == 0
+  lines = capsys.readouterr().out.splitlines()
+  jobs = [line for line in lines if line and not line.startswith(('  ', 'link '))]
+  assert any(line.endswith('ref_start: eval greedy_vs_teacher') for line in jobs)
+  # --only keeps the trainings a chosen job reads (the SFT student and the teacher's eval).
+  assert any(line.endswith('ref_student_sft: train') for line in jobs)
+  assert all('repro_fig5_rl_s' in line or 'ref_student_sft' in line for line in jobs)
+
+
+def test_effect_size_is_cohens_d_with_the_pooled_deviation():
+  a, b = [1.0, 2.0, 3.0], [2.0, 4.0, 6.0, 8.0]
+  mean = lambda x: sum(x) / len(x)
+  var = lambda x: sum((v - mean(x)) ** 2 for v in x) / (len(x) - 1)
+  pooled = math.sqrt((2 * var(a) + 3 * var(b)) / 5)
+  got = reproduce.effect_size(mean(b), math.sqrt(var(b)), 4, mean(a), math.sqrt(var(a)), 3)
+  assert got == pytest.approx((mean(b) - mean(a)) / pooled)
+  assert reproduce.effect_size(2.0, 0.0, 3, 1.0, 0.0, 3) is None
+  assert reproduce.effect_size(2.0, 1.0, 1, 1.0, 1.0, 1) is None
