@@ -4,7 +4,8 @@ r"""Runs the small-scale reproduction of the paper (launch/sweeps/reproduction/)
         [--specs DIR] [--only REGEX] [--print] [--figures-only]
 
 One command for every figure panel of a directory of sweep specs (launch/sweeps/README.md):
-  1. expands each spec (`sweep.expand`), then merges the runs of all specs: a training whose
+  1. expands each spec (`sweep.expand`; the specs in file name order, so a file name prefix
+     sets which runs come first), then merges the runs of all specs: a training whose
      command equals an earlier one's up to its MODEL_DIR (after the earlier run directories it
      reads are renamed to their first copy) is trained once, and the later run directory is a
      symbolic link to the first; so the SFT students are trained once for every spec that
@@ -203,6 +204,10 @@ def _execute(job: Job) -> Tuple[bool, float]:
 
 def _link(links: Mapping[str, str]) -> None:
   for alias, target in links.items():
+    if os.path.isdir(alias) and not os.path.islink(alias) and not os.path.lexists(target):
+      # Trained as the first copy under an earlier order of the specs: it moves.
+      os.makedirs(os.path.dirname(target), exist_ok=True)
+      os.rename(alias, target)
     if not os.path.lexists(alias):
       os.makedirs(os.path.dirname(alias), exist_ok=True)
       os.symlink(os.path.relpath(target, os.path.dirname(alias)), alias)

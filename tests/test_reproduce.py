@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT / 'launch'))
 import reproduce
 import sweep
 
-SPECS = sorted((ROOT / 'launch' / 'sweeps' / 'reproduction').glob('*.json'))
+SPECS = sorted((ROOT / 'launch' / 'sweeps' / 'reproduction').glob('*.json'))  # in run order
 TINY = 'tests/testdata/tiny_arithmetic.gin'
 G = 'gin/experiments/arithmetic/'
 
