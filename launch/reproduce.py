@@ -203,16 +203,30 @@ def _execute(job: Job) -> Tuple[bool, float]:
 
 
 def _link(links: Mapping[str, str]) -> None:
+  """Makes every merged run directory a link to its first copy.
+
+  Run directories left by an earlier order of the specs are mended first: a first copy that is
+  now a link is removed, and a trained directory that is now a later copy moves to the first
+  copy's place.
+  """
+  real = lambda path: os.path.isdir(path) and not os.path.islink(path)
+  for target in set(links.values()):
+    if os.path.islink(target):
+      os.unlink(target)
   for alias, target in links.items():
-    if os.path.isdir(alias) and not os.path.islink(alias) and not os.path.lexists(target):
-      # Trained as the first copy under an earlier order of the specs: it moves.
+    if real(alias) and not os.path.lexists(target):
       os.makedirs(os.path.dirname(target), exist_ok=True)
       os.rename(alias, target)
+  for alias, target in links.items():
+    relative = os.path.relpath(target, os.path.dirname(alias))
+    if os.path.islink(alias) and os.readlink(alias) != relative:
+      os.unlink(alias)
     if not os.path.lexists(alias):
       os.makedirs(os.path.dirname(alias), exist_ok=True)
-      os.symlink(os.path.relpath(target, os.path.dirname(alias)), alias)
-    elif os.path.realpath(alias) != os.path.realpath(target):
-      raise RuntimeError(f'{alias} exists but is not a link to {target}; remove it.')
+      os.symlink(relative, alias)
+    elif not os.path.islink(alias):
+      raise RuntimeError(f'{alias} and {target} both hold a run of the same training; remove '
+                         'one of them.')
 
 
 def run(plan_: Plan, workers: int, cache_dir: str) -> int:
