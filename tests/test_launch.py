@@ -36,14 +36,13 @@ sys.path.insert(0, str(ROOT / 'launch'))
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import figures
 import sweep
+from spec_labels import DIVERGENCES
 import tpu_pod
 
 SPECS = sorted((ROOT / 'launch' / 'sweeps').glob('*.json'))
 TEACHER = 'launch/checkpoints/arithmetic_sum3_2digit_teacher'
 GKD = 'gin/experiments/arithmetic/gkd.gin'
 PNG_HEADER = b'\x89PNG\r\n\x1a\n'
-DIVERGENCES = {'FKL': ('forward_kl', None), 'JSD(0.1)': ('jsd', 0.1), 'JSD(0.5)': ('jsd', 0.5),
-               'JSD(0.9)': ('jsd', 0.9), 'RKL': ('reverse_kl', None)}
 
 
 def load(name):

@@ -45,11 +45,14 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / 'launch'))
 
 import sweep  # pylint: disable=g-import-not-at-top,wrong-import-position
+from spec_labels import DIVERGENCES  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 PAPER_SPECS = sorted((ROOT / 'launch' / 'sweeps' / 'paper').glob('*.json'))
 EXPERIMENT_FILES = sorted(str(path.relative_to(ROOT))
                           for path in (ROOT / 'gin' / 'experiments').rglob('*.gin'))
 HAS_T5X = importlib.util.find_spec('t5x') is not None
+# Files parsed after an experiment's own to change some of its settings (not runnable alone).
+OVERLAY_FILES = ('gin/experiments/arithmetic/reproduction.gin',)
 SWEEP_ROOT = '/sweeps'
 
 # Spec name -> (runner, references, points, seeds): runs = references + points x seeds.
@@ -125,8 +128,6 @@ METHODS = {
     'GKD (on-policy)': ('jsd', 0.1, 1.0, 'targets'),     # Fig. 3: JSD(0.1), our choice
     'GKD (supervised)': ('jsd', 0.1, 0.0, 'targets'),
 }
-DIVERGENCES = {'FKL': ('forward_kl', None), 'JSD(0.1)': ('jsd', 0.1), 'JSD(0.5)': ('jsd', 0.5),
-               'JSD(0.9)': ('jsd', 0.9), 'RKL': ('reverse_kl', None)}
 
 # In place of the T5 vocabulary (read from GCS on first use): a small local one. Its size only
 # has to fit the networks' 32128 logits; small, it keeps the calculator's per-token table of
@@ -255,8 +256,8 @@ for config in request['configs']:
     if runner == 't5x':
       sys.modules['__main__'] = SCRIPTS[kind]  # as `python -m t5x.<kind>` would have it
     gin.clear_config()
-    # An include-only file (a base.gin without a method or task) is not a complete config:
-    # parsed (every binding names a known parameter), not finalized.
+    # An include-only file (a base.gin without a method or task) or an overlay is not a
+    # complete config: parsed (every binding names a known parameter), not finalized.
     gin_utils.parse_gin(files, bindings, search_paths=SEARCH[runner], finalize=not partial)
     if partial:
       results.append(dict(ok=True, required=[]))
@@ -368,7 +369,7 @@ def file_configs(runner):
   configs = []
   for path in EXPERIMENT_FILES:
     common = dict(runner=runner, files=[path], tiny_vocab=task_of([path]) != 'arithmetic',
-                  partial=path.endswith('base.gin'))
+                  partial=path.endswith('base.gin') or path in OVERLAY_FILES)
     for kind, outputs in (('train', [('MODEL_DIR', "'/m'")]),
                           ('eval', [('CHECKPOINT_PATH', "'/c'"), ('EVAL_OUTPUT_DIR', "'/e'")])):
       configs.append(dict(common, kind=kind, bindings=outputs))

@@ -27,6 +27,7 @@ sys.path.insert(0, str(ROOT / 'launch'))
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import reproduce
 import sweep
+from spec_labels import DIVERGENCES
 
 SPECS = sorted((ROOT / 'launch' / 'sweeps' / 'reproduction').glob('*.json'))  # in run order
 TINY = 'tests/testdata/tiny_arithmetic.gin'
@@ -138,8 +139,6 @@ def test_shipped_specs_build_the_methods_their_labels_name(tmp_path):
              'ImitKD': ('forward_kl', 0.5, 'targets'),
              'f-distill': ('total_variation', 0.5, 'teacher_samples'),
              'GKD (on-policy)': ('forward_kl', 1.0, 'targets')}
-  divergences = {'FKL': ('forward_kl', None), 'JSD(0.1)': ('jsd', 0.1),
-                 'JSD(0.5)': ('jsd', 0.5), 'JSD(0.9)': ('jsd', 0.9), 'RKL': ('reverse_kl', None)}
   for run, index in expected:
     got, where = built[index], run.name
     size = 32 if '_xs/' in run.name else 64
@@ -153,7 +152,7 @@ def test_shipped_specs_build_the_methods_their_labels_name(tmp_path):
       assert (got['divergence'], got['lmbda'], got['fixed_data']) == methods[
           labels['method']], where
     if 'divergence' in labels:
-      divergence, beta = divergences[labels['divergence']]
+      divergence, beta = DIVERGENCES[labels['divergence']]
       assert got['divergence'] == divergence and (beta is None or got['beta'] == beta), where
     if 'lambda' in labels:
       assert got['lmbda'] == float(labels['lambda']), where
@@ -237,3 +236,20 @@ def test_effect_size_is_cohens_d_with_the_pooled_deviation():
   assert got == pytest.approx((mean(b) - mean(a)) / pooled)
   assert reproduce.effect_size(2.0, 0.0, 3, 1.0, 0.0, 3) is None
   assert reproduce.effect_size(2.0, 1.0, 1, 1.0, 1.0, 1) is None
+
+
+def test_links_are_mended_when_the_order_of_the_specs_changes(tmp_path):
+  a, b, c = (str(tmp_path / name / 'run') for name in ('a', 'b', 'c'))
+  reproduce._link({b: a, c: a})  # pylint: disable=protected-access
+  os.makedirs(a)
+  (pathlib.Path(a) / reproduce.TRAINED).write_text('')
+  # Now c comes first: a's training moves there, a and b become links to it.
+  reproduce._link({a: c, b: c})  # pylint: disable=protected-access
+  assert not os.path.islink(c) and (pathlib.Path(c) / reproduce.TRAINED).exists()
+  for alias in (a, b):
+    assert os.path.islink(alias) and os.path.realpath(alias) == os.path.realpath(c)
+  reproduce._link({a: c, b: c})  # pylint: disable=protected-access  # idempotent
+  os.unlink(b)
+  os.makedirs(b)
+  with pytest.raises(RuntimeError, match='both hold a run'):
+    reproduce._link({a: c, b: c})  # pylint: disable=protected-access
