@@ -253,3 +253,27 @@ def test_links_are_mended_when_the_order_of_the_specs_changes(tmp_path):
   os.makedirs(b)
   with pytest.raises(RuntimeError, match='both hold a run'):
     reproduce._link({a: c, b: c})  # pylint: disable=protected-access
+
+
+def test_claim_verdicts_follow_the_effect_size_rule(tmp_path):
+  import claims  # pylint: disable=g-import-not-at-top
+  claim = claims.Claim('Fig. X', 'a beats b', 'spec', 'accuracy', 'greedy', 'a', 'b')
+  row = lambda mean, std: claims.Row(mean, std, 3)
+  assert claims.verdict(claim, row(12.0, 1.0), row(10.0, 1.0))[1:] == (2.0, 'reproduced')
+  assert claims.verdict(claim, row(10.5, 1.0), row(10.0, 1.0))[2] == 'not reproduced'
+  assert claims.verdict(claim, row(8.0, 1.0), row(10.0, 1.0))[2] == 'reversed'
+  lower = claims.Claim('Fig. X', 'a is lower', 'spec', 'divergence', 'greedy', 'a', 'b', sign=-1)
+  assert claims.verdict(lower, row(8.0, 1.0), row(10.0, 1.0))[2] == 'reproduced'
+  with open(tmp_path / 'spec.csv', 'w') as f:
+    f.write('point,reference,evaluation,metric,mean,std,n_seeds\n'
+            'a,,greedy,accuracy,12.0,1.0,3\nb,,greedy,accuracy,10.0,1.0,3\n')
+  text = claims.table(str(tmp_path), [claim, lower])
+  assert '| Fig. X | a beats b | 12.00 ± 1.00 | 10.00 ± 1.00 | +2.00 | +2.0 | reproduced |' in text
+  assert text.splitlines()[-1].endswith('| missing |')
+  # Every shipped claim names points of its spec.
+  specs = {spec['name']: spec for spec in load_all()}
+  for claim in claims.CLAIMS:
+    points = {run.point for run in sweep.expand(specs[claim.spec], '/r')}
+    assert {claim.first, claim.second} <= points, claim
+    evaluations = [e['label'] for e in specs[claim.spec]['evaluations']]
+    assert claim.evaluation in evaluations, claim
