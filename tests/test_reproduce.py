@@ -76,8 +76,9 @@ def test_shipped_specs_merge_into_one_plan_of_distinct_trainings(tmp_path):
     assert ({k: v for k, v in mine[2].items() if k != 'MODEL_DIR'}
             == {k: v for k, v in theirs[2].items() if k != 'MODEL_DIR'})
   # Fig. 4's students are the grid's on-policy ones; every job reads earlier trainings only.
-  fig4 = [d for d in plan.links if '/repro_fig7_grid_s/lambda_1.0__' in d]
+  fig4 = [d for d in plan.links if '/repro_fig4_quality_diversity_s/divergence_' in d]
   assert len(fig4) == 15
+  assert all('/repro_fig7_grid_s/lambda_1.0__' in plan.links[d] for d in fig4)
   seen = set()
   for job in plan.jobs:
     assert all(need in seen for need in job.needs), job.name
