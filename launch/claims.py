@@ -66,52 +66,52 @@ def _grid(size: str) -> List[Claim]:
 
 CLAIMS: Tuple[Claim, ...] = tuple(
     _methods('s') + _methods('xs') + _grid('s') + _grid('xs') + [
-        Claim('Fig. 8', f'{div}: λ=1 beats λ=0', 'repro_fig8_lambda_s', 'accuracy', 'greedy',
+        Claim('Fig. 8', f'{div}: λ=1 beats λ=0', 'repro_fig8_lambda_xs', 'accuracy', 'greedy',
               f'lambda_1.0__divergence_{div}', f'lambda_0.0__divergence_{div}')
         for div in ('FKL', 'RKL')] + [
         Claim('Fig. 8', f'{div}: λ=0.25 beats λ=0 (gains start by 25% on-policy data)',
-              'repro_fig8_lambda_s', 'accuracy', 'greedy', f'lambda_0.25__divergence_{div}',
+              'repro_fig8_lambda_xs', 'accuracy', 'greedy', f'lambda_0.25__divergence_{div}',
               f'lambda_0.0__divergence_{div}')
         for div in ('FKL', 'RKL')] + [
         Claim('Fig. 4', 'RKL samples are less diverse than FKL\'s at T=1 (higher Self-BLEU)',
-              'repro_fig4_quality_diversity_s', 'self_bleu', 'T=1.0', 'divergence_RKL',
+              'repro_fig4_quality_diversity_xs', 'self_bleu', 'T=1.0', 'divergence_RKL',
               'divergence_FKL'),
         Claim('Fig. 4', 'JSD(0.9) samples are less diverse than FKL\'s at T=1',
-              'repro_fig4_quality_diversity_s', 'self_bleu', 'T=1.0', 'divergence_JSD_0.9',
+              'repro_fig4_quality_diversity_xs', 'self_bleu', 'T=1.0', 'divergence_JSD_0.9',
               'divergence_FKL'),
         Claim('Fig. 4', 'mode-seeking RKL gives better quality than FKL at T=1',
-              'repro_fig4_quality_diversity_s', 'accuracy', 'T=1.0', 'divergence_RKL',
+              'repro_fig4_quality_diversity_xs', 'accuracy', 'T=1.0', 'divergence_RKL',
               'divergence_FKL'),
         Claim('Fig. 4', 'at T=0.1 the quality gap RKL - FKL shrinks (RKL still >= FKL)',
-              'repro_fig4_quality_diversity_s', 'accuracy', 'T=0.1', 'divergence_RKL',
+              'repro_fig4_quality_diversity_xs', 'accuracy', 'T=0.1', 'divergence_RKL',
               'divergence_FKL'),
     ] + [
         Claim('Fig. 3', f'{pct}% of the data: on-policy GKD beats supervised KD',
-              'repro_fig3_data_efficiency_s', 'accuracy', 'greedy',
+              'repro_fig3_data_efficiency_xs', 'accuracy', 'greedy',
               f'data_percent_{pct}__method_GKD_on-policy',
               f'data_percent_{pct}__method_Supervised_KD')
         for pct in ('5', '25', '100')] + [
         Claim('Fig. 3', 'on-policy GKD on 5% of the data beats supervised KD on 100%',
-              'repro_fig3_data_efficiency_s', 'accuracy', 'greedy',
+              'repro_fig3_data_efficiency_xs', 'accuracy', 'greedy',
               'data_percent_5__method_GKD_on-policy', 'data_percent_100__method_Supervised_KD'),
         Claim('Fig. 3', 'on-policy GKD on 5% beats supervised KD on 100% (T=1 sampling, as '
-              'the paper evaluates)', 'repro_fig3_data_efficiency_s', 'accuracy', 'T=1.0',
+              'the paper evaluates)', 'repro_fig3_data_efficiency_xs', 'accuracy', 'T=1.0',
               'data_percent_5__method_GKD_on-policy', 'data_percent_100__method_Supervised_KD'),
     ] + [
         Claim('Fig. 5', 'more distillation weight α brings the student closer to the teacher '
-              '(α=0.5 vs α=0.05: lower JSD(0.9))', 'repro_fig5_rl_s', 'divergence',
+              '(α=0.5 vs α=0.05: lower JSD(0.9))', 'repro_fig5_rl_xs', 'divergence',
               'greedy_vs_teacher', 'regularizer_teacher_GKD__alpha_0.5',
               'regularizer_teacher_GKD__alpha_0.05', sign=-1),
         Claim('Fig. 5', 'more distillation weight α lowers the reward gain (α=0.5 vs 0.05)',
-              'repro_fig5_rl_s', 'sequence_accuracy', 'greedy_vs_teacher',
+              'repro_fig5_rl_xs', 'sequence_accuracy', 'greedy_vs_teacher',
               'regularizer_teacher_GKD__alpha_0.5', 'regularizer_teacher_GKD__alpha_0.05',
               sign=-1),
         Claim('Fig. 5', 'RL + GKD (α=0.1) stays closer to the teacher than RLEF* (α=0.1)',
-              'repro_fig5_rl_s', 'divergence', 'greedy_vs_teacher',
+              'repro_fig5_rl_xs', 'divergence', 'greedy_vs_teacher',
               'regularizer_teacher_GKD__alpha_0.1', 'regularizer_self_RLEF__alpha_0.1',
               sign=-1),
         Claim('Fig. 5', 'RL + GKD (α=0.1) raises the reward over the SFT start',
-              'repro_fig5_rl_s', 'sequence_accuracy', 'greedy_vs_teacher',
+              'repro_fig5_rl_xs', 'sequence_accuracy', 'greedy_vs_teacher',
               'regularizer_teacher_GKD__alpha_0.1', 'ref_start'),
     ])
 

@@ -46,8 +46,8 @@ def test_shipped_specs_merge_into_one_plan_of_distinct_trainings(tmp_path):
   specs = load_all()
   assert {spec['name'] for spec in specs} == {
       'repro_fig7_grid_s', 'repro_fig7_grid_xs', 'repro_fig9_methods_s', 'repro_fig9_methods_xs',
-      'repro_fig8_lambda_s', 'repro_fig4_quality_diversity_s', 'repro_fig3_data_efficiency_s',
-      'repro_fig5_rl_s'}
+      'repro_fig8_lambda_xs', 'repro_fig4_quality_diversity_xs', 'repro_fig3_data_efficiency_xs',
+      'repro_fig5_rl_xs'}
   root = str(tmp_path)
   plan = reproduce.plan(specs, root)
   trainings = [job for job in plan.jobs if job.kind == 'train']
@@ -76,9 +76,9 @@ def test_shipped_specs_merge_into_one_plan_of_distinct_trainings(tmp_path):
     assert ({k: v for k, v in mine[2].items() if k != 'MODEL_DIR'}
             == {k: v for k, v in theirs[2].items() if k != 'MODEL_DIR'})
   # Fig. 4's students are the grid's on-policy ones; every job reads earlier trainings only.
-  fig4 = [d for d in plan.links if '/repro_fig4_quality_diversity_s/divergence_' in d]
+  fig4 = [d for d in plan.links if '/repro_fig4_quality_diversity_xs/divergence_' in d]
   assert len(fig4) == 15
-  assert all('/repro_fig7_grid_s/lambda_1.0__' in plan.links[d] for d in fig4)
+  assert all('/repro_fig7_grid_xs/lambda_1.0__' in plan.links[d] for d in fig4)
   seen = set()
   for job in plan.jobs:
     assert all(need in seen for need in job.needs), job.name
@@ -164,7 +164,7 @@ def test_shipped_specs_build_the_methods_their_labels_name(tmp_path):
       assert (got['divergence'], got['beta'], got['lmbda'], got['alpha']) == (
           'jsd', 0.9, 1.0, float(labels['alpha'])), where
       # RLEF*: the regularizer is the SFT student itself.
-      assert got['teacher'] == (64 if labels['regularizer'].startswith('self') else 128), where
+      assert got['teacher'] == (size if labels['regularizer'].startswith('self') else 128), where
     else:
       assert got['alpha'] == 1.0, where
 
@@ -219,13 +219,13 @@ def test_two_specs_sharing_runs_train_each_once_resume_and_draw(tmp_path, capsys
 
 
 def test_print_lists_the_merged_jobs_and_links(tmp_path, capsys):
-  assert reproduce.main(['--root', str(tmp_path), '--print', '--only', 'repro_fig5_rl_s']) == 0
+  assert reproduce.main(['--root', str(tmp_path), '--print', '--only', 'repro_fig5_rl_xs']) == 0
   lines = capsys.readouterr().out.splitlines()
   jobs = [line for line in lines if line and not line.startswith(('  ', 'link '))]
   assert any(line.endswith('ref_start: eval greedy_vs_teacher') for line in jobs)
   # --only keeps the trainings a chosen job reads (the SFT student and the teacher's eval).
   assert any(line.endswith('ref_student_sft: train') for line in jobs)
-  assert all('repro_fig5_rl_s' in line or 'ref_student_sft' in line for line in jobs)
+  assert all('repro_fig5_rl_xs' in line or 'ref_student_sft' in line for line in jobs)
 
 
 def test_effect_size_is_cohens_d_with_the_pooled_deviation():
