@@ -36,6 +36,7 @@ import multiprocessing
 import os
 import re
 import sys
+import threading
 import time
 import traceback
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
@@ -141,8 +142,17 @@ def plan(specs: Sequence[Mapping], root: str, python: str = sys.executable) -> P
 # --------------------------------------------------------------------------------- workers
 
 
+def _exit_with_parent(parent: int) -> None:
+  # A worker whose driver is gone (killed, interrupted) stops at once instead of finishing its
+  # job, so that no orphan writes into run directories the next driver schedules afresh.
+  while os.getppid() == parent:
+    time.sleep(1.0)
+  os._exit(1)  # pylint: disable=protected-access
+
+
 def _init_worker(cache_dir: str) -> None:
   """Runs once per worker process, before JAX or TensorFlow is imported."""
+  threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
   os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                              ' --xla_cpu_multi_thread_eigen=false'
                              ' intra_op_parallelism_threads=1').strip()
