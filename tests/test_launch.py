@@ -721,6 +721,9 @@ def test_lines_and_tradeoff_figures(tmp_path):
       {'name': 'tradeoff', 'kind': 'tradeoff', 'x_metric': 'accuracy',
        'y_metric': 'sequence_accuracy', 'points': 'lam', 'baseline': 'student',
        'references': ['teacher'], 'evaluation': 'greedy'},
+      {'name': 'curves', 'kind': 'tradeoff', 'x_metric': 'accuracy',
+       'y_metric': 'sequence_accuracy', 'points': 'lam', 'series': 'div',
+       'baseline': 'student', 'evaluation': 'greedy'},
   ]
   root = tmp_path / 'root'
   for run in sweep.expand(spec, str(root)):
@@ -744,6 +747,7 @@ def test_lines_and_tradeoff_figures(tmp_path):
   assert float(rows[('ref_student', 'greedy', 'accuracy')]['mean']) == 70.0
   assert_png(out / 'synthetic_lines.png')
   assert_png(out / 'synthetic_tradeoff.png')
+  assert_png(out / 'synthetic_curves.png')
   assert not (out / 'synthetic.png').exists()
 
 
