@@ -3,7 +3,8 @@ r"""The paper's claims, checked against the small-scale reproduction's CSVs.
     python launch/claims.py [--figures results/figures]
 
 Reads the CSVs that `launch/reproduce.py` (through `launch/figures.py`) writes, and prints one
-markdown row per claim: the two quantities compared (mean +- std over seeds), their
+markdown row per claim: the two quantities compared (mean +- std over n seeds; a reference
+such as the SFT start is one run, n = 1), their
 difference, the effect size d (the difference over the pooled standard deviation of one seed,
 `reproduce.effect_size`) and a verdict by a fixed rule:
 
@@ -158,7 +159,7 @@ def table(figures: str, claims: Sequence[Claim] = CLAIMS) -> str:
       lines.append(f'| {claim.figure} | {claim.text} | | | | | missing |')
       continue
     difference, d, word = verdict(claim, first, second)
-    show = lambda row: f'{row.mean:.2f} ± {row.std:.2f}'
+    show = lambda row: f'{row.mean:.2f} ± {row.std:.2f} (n={row.n})'
     lines.append(f'| {claim.figure} | {claim.text} | {show(first)} | {show(second)} | '
                  f'{difference:+.2f} | {"" if d is None else f"{d:+.1f}"} | {word} |')
   return '\n'.join(lines)

@@ -272,7 +272,8 @@ def test_claim_verdicts_follow_the_effect_size_rule(tmp_path):
     f.write('point,reference,evaluation,metric,mean,std,n_seeds\n'
             'a,,greedy,accuracy,12.0,1.0,3\nb,,greedy,accuracy,10.0,1.0,3\n')
   text = claims.table(str(tmp_path), [claim, lower])
-  assert '| Fig. X | a beats b | 12.00 ± 1.00 | 10.00 ± 1.00 | +2.00 | +2.0 | reproduced |' in text
+  assert ('| Fig. X | a beats b | 12.00 ± 1.00 (n=3) | 10.00 ± 1.00 (n=3) | +2.00 | +2.0 | '
+          'reproduced |') in text
   assert text.splitlines()[-1].endswith('| missing |')
   # Every shipped claim names points of its spec.
   specs = {spec['name']: spec for spec in load_all()}
