@@ -34,8 +34,8 @@ from gkd_t5x import trainer
 @gin.configurable
 def evaluate(*, model: models.GKDModel, checkpoint_path: str, dataset_cfg: data.DatasetConfig,
              output_dir: str, teacher_checkpoint_path: Optional[str] = None,
-             reward_checkpoint_path: Optional[str] = None, model_partitions: int = 1, num_examples: Optional[int] = None,
-             random_seed: int = 0) -> Dict[str, float]:
+             reward_checkpoint_path: Optional[str] = None, model_partitions: int = 1,
+             num_examples: Optional[int] = None, random_seed: int = 0) -> Dict[str, float]:
   """Metrics of the checkpoint's student on one split, written to `output_dir`.
 
   Args:

@@ -83,8 +83,7 @@ class Evaluator:
                 else jnp.zeros(tokens.shape[:1]))
       return tokens, reward
 
-    reward = model.gkd.reward
-    self._scores_reward = reward is not None and (
+    self._scores_reward = model.gkd.reward is not None and (
         model.reward_module is None or models.REWARD_MODEL_COLLECTION in frozen_shardings)
     self._reward_totals = [0.0, 0]
     with partitioning.activate(self._mesh, self._rules):
