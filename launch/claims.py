@@ -159,9 +159,10 @@ def table(figures: str, claims: Sequence[Claim] = CLAIMS) -> str:
       lines.append(f'| {claim.figure} | {claim.text} | | | | | missing |')
       continue
     difference, d, word = verdict(claim, first, second)
-    show = lambda row: f'{row.mean:.2f} ± {row.std:.2f} (n={row.n})'
+    digits = 4 if abs(first.mean) < 1 else 2  # divergences are small numbers
+    show = lambda row: f'{row.mean:.{digits}f} ± {row.std:.{digits}f} (n={row.n})'
     lines.append(f'| {claim.figure} | {claim.text} | {show(first)} | {show(second)} | '
-                 f'{difference:+.2f} | {"" if d is None else f"{d:+.1f}"} | {word} |')
+                 f'{difference:+.{digits}f} | {"" if d is None else f"{d:+.1f}"} | {word} |')
   return '\n'.join(lines)
 
 
