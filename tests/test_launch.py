@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT / 'launch'))
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import figures
 import sweep
-from spec_labels import DIVERGENCES
+from spec_labels import DIVERGENCES, check_divergence
 import tpu_pod
 
 SPECS = sorted((ROOT / 'launch' / 'sweeps').glob('*.json'))
@@ -228,10 +228,7 @@ def test_spec_gin_configs_build_the_named_methods(tmp_path):
       fields = method_fields[labels['method']]
       assert (config['divergence'], config['lmbda'], config['fixed_data']) == fields, where
     if 'divergence' in labels:
-      divergence, beta = DIVERGENCES[labels['divergence']]
-      assert config['divergence'] == divergence, where
-      if beta is not None:
-        assert config['beta'] == beta, where
+      check_divergence(config, labels['divergence'], where)
     if 'lambda' in labels:
       assert config['lmbda'] == float(labels['lambda']), where
     if 'data_percent' in labels:

@@ -45,7 +45,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / 'launch'))
 
 import sweep  # pylint: disable=g-import-not-at-top,wrong-import-position
-from spec_labels import DIVERGENCES  # pylint: disable=g-import-not-at-top,wrong-import-position
+from spec_labels import DIVERGENCES, check_divergence  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 PAPER_SPECS = sorted((ROOT / 'launch' / 'sweeps' / 'paper').glob('*.json'))
 EXPERIMENT_FILES = sorted(str(path.relative_to(ROOT))
@@ -593,10 +593,7 @@ def _check_train(result, task, run, bindings, runner, spec_runner, where):
       if beta is not None:
         assert gkd['beta'] == beta, where
     if 'divergence' in labels:
-      divergence, beta = DIVERGENCES[labels['divergence']]
-      assert gkd['divergence'] == divergence, where
-      if beta is not None:
-        assert gkd['beta'] == beta, where
+      check_divergence(gkd, labels['divergence'], where)
     if 'lambda' in labels:
       assert gkd['lmbda'] == float(labels['lambda']), where
     if 'alpha' in labels:  # Fig. 5: RL + on-policy GKD with JSD(0.9)
