@@ -171,13 +171,17 @@ class GKDModel(_ModelBase):
       reward.
     """
     input_types = input_types or {}
-    student_rng, teacher_rng, reward_rng = jax.random.split(rng, 3)
+    student_rng, teacher_rng = jax.random.split(rng)
+    # Derived, not a third split: the student's and teacher's keys stay those of a model
+    # without a reward network.
+    reward_rng = jax.random.fold_in(teacher_rng, 1)
 
     def init(module, key, shapes):
-      encoder_inputs = jnp.ones(shapes['encoder_input_tokens'],
-                                input_types.get('encoder_input_tokens', jnp.int32))
-      targets = jnp.ones(shapes['decoder_target_tokens'], jnp.int32)
-      return module.init(key, encoder_inputs, targets, targets, enable_dropout=False)
+      inputs = {name: jnp.ones(shapes[name], input_types.get(name, jnp.int32))
+                for name in ('encoder_input_tokens', 'decoder_input_tokens',
+                             'decoder_target_tokens')}
+      return module.init(key, inputs['encoder_input_tokens'], inputs['decoder_input_tokens'],
+                         inputs['decoder_target_tokens'], enable_dropout=False)
 
     variables = dict(init(self.module, student_rng, input_shapes))
     frozen = [(TEACHER_COLLECTION, self.teacher_module, teacher_rng, input_shapes)]
@@ -266,8 +270,8 @@ class GKDModel(_ModelBase):
                        'coin and the on-policy samples from it. Use eval_fn for evaluation.')
     loss, stats = objective.gkd_loss(
         self._objective(flax_mutables), bind(self.module, params), self._teacher(flax_mutables),
-        batch, dropout_rng,
-        step=step, student_dropout=self.module.config.dropout_rate > 0, eos_id=self._eos_id)
+        batch, dropout_rng, step=step, student_dropout=self.module.config.dropout_rate > 0,
+        eos_id=self._eos_id)
     metrics = self._metrics(loss, stats, batch)
     if flax_mutables is None:
       return loss, metrics

@@ -187,8 +187,9 @@ class EntailmentReward:
 
   def input_shapes(self, batch_size: int = 1) -> Dict[str, Tuple[int, int]]:
     """The classifier's feature shapes, for initializing its params."""
+    target = (batch_size, len(self._tokens[2]))
     return {'encoder_input_tokens': (batch_size, self.input_length),
-            'decoder_target_tokens': (batch_size, len(self._tokens[2]))}
+            'decoder_input_tokens': target, 'decoder_target_tokens': target}
 
   def classifier_inputs(self, inputs: Array, samples: Array, sample_weights: Array) -> Array:
     """[B, input_length] 'premise: x hypothesis: y' tokens of inputs [B, I] and samples [B, L]."""
