@@ -43,8 +43,10 @@ class Claim:
   sign: int = 1      # +1: first > second is claimed; -1: first < second
 
 
-def _methods(size: str) -> List[Claim]:
-  spec, figure = f'repro_fig9_methods_{size}', 'Figs. 1, 9'
+def _methods(size: str, task: str = '') -> List[Claim]:
+  """Figs. 1 / 9 on the first task (task '') or on the second (task 'chain5')."""
+  spec = f'repro_{task + "_" if task else ""}fig9_methods_{size}'
+  figure = 'Figs. 1, 9' + (f' ({task})' if task else '')
   gkd = 'method_GKD_on-policy'
   who = {'s': '0.25M', 'xs': '0.07M'}[size]
   return [Claim(figure, f'{who} student: on-policy GKD beats {name}', spec, 'accuracy',
@@ -54,6 +56,20 @@ def _methods(size: str) -> List[Claim]:
                               ('supervised KD', 'method_Supervised_KD'),
                               ('SeqKD', 'method_SeqKD'), ('ImitKD', 'method_ImitKD'),
                               ('f-distill', 'method_f-distill'))]
+
+
+def _data_efficiency(size: str, task: str = '') -> List[Claim]:
+  """Fig. 3 on the first task (task '') or on the second (task 'chain5')."""
+  spec = f'repro_{task + "_" if task else ""}fig3_data_efficiency_{size}'
+  figure = 'Fig. 3' + (f' ({task})' if task else '')
+  return [
+      Claim(figure, f'{pct}% of the data: on-policy GKD beats supervised KD', spec, 'accuracy',
+            'greedy', f'data_percent_{pct}__method_GKD_on-policy',
+            f'data_percent_{pct}__method_Supervised_KD')
+      for pct in ('5', '25', '100')] + [
+      Claim(figure, 'on-policy GKD on 5% of the data beats supervised KD on 100%', spec,
+            'accuracy', 'greedy', 'data_percent_5__method_GKD_on-policy',
+            'data_percent_100__method_Supervised_KD')]
 
 
 def _grid(size: str) -> List[Claim]:
@@ -86,15 +102,7 @@ CLAIMS: Tuple[Claim, ...] = tuple(
         Claim('Fig. 4', 'at T=0.1 the quality gap RKL - FKL shrinks (RKL still >= FKL)',
               'repro_fig4_quality_diversity_xs', 'accuracy', 'T=0.1', 'divergence_RKL',
               'divergence_FKL'),
-    ] + [
-        Claim('Fig. 3', f'{pct}% of the data: on-policy GKD beats supervised KD',
-              'repro_fig3_data_efficiency_xs', 'accuracy', 'greedy',
-              f'data_percent_{pct}__method_GKD_on-policy',
-              f'data_percent_{pct}__method_Supervised_KD')
-        for pct in ('5', '25', '100')] + [
-        Claim('Fig. 3', 'on-policy GKD on 5% of the data beats supervised KD on 100%',
-              'repro_fig3_data_efficiency_xs', 'accuracy', 'greedy',
-              'data_percent_5__method_GKD_on-policy', 'data_percent_100__method_Supervised_KD'),
+    ] + _data_efficiency('xs') + [
         Claim('Fig. 3', 'on-policy GKD on 5% beats supervised KD on 100% (T=1 sampling, as '
               'the paper evaluates)', 'repro_fig3_data_efficiency_xs', 'accuracy', 'T=1.0',
               'data_percent_5__method_GKD_on-policy', 'data_percent_100__method_Supervised_KD'),
@@ -114,7 +122,7 @@ CLAIMS: Tuple[Claim, ...] = tuple(
         Claim('Fig. 5', 'RL + GKD (α=0.1) raises the reward over the SFT start',
               'repro_fig5_rl_xs', 'sequence_accuracy', 'greedy_vs_teacher',
               'regularizer_teacher_GKD__alpha_0.1', 'ref_start'),
-    ])
+    ] + _methods('s', 'chain5') + _data_efficiency('s', 'chain5') + _methods('xs', 'chain5'))
 
 
 @dataclasses.dataclass

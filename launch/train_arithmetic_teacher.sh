@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
-# Trains the arithmetic teacher that the quickstart ships in
-# launch/checkpoints/arithmetic_sum3_2digit_teacher (gin/experiments/arithmetic/teacher.gin:
-# 4000 steps, about 15 minutes on 2 CPU cores), then exports its params (no optimizer state).
+# Trains a shipped arithmetic teacher, then exports its params (no optimizer state):
+#   - launch/checkpoints/arithmetic_sum3_2digit_teacher, the quickstart's (the defaults:
+#     gin/experiments/arithmetic/teacher.gin, 4000 steps, about 15 minutes on 2 CPU cores);
+#   - launch/checkpoints/arithmetic_chain5_teacher, the reproduction's second task's
+#     (gin/experiments/arithmetic/chain5_teacher.gin, 4000 steps, about 30 minutes).
 #
-#   bash launch/train_arithmetic_teacher.sh [RUN_DIR] [EXPORT_DIR]
+#   bash launch/train_arithmetic_teacher.sh [RUN_DIR] [EXPORT_DIR] [GIN_FILE]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN_DIR=${1:-/tmp/gkd_arithmetic_teacher}
 EXPORT_DIR=${2:-launch/checkpoints/arithmetic_sum3_2digit_teacher}
+GIN_FILE=${3:-gin/experiments/arithmetic/teacher.gin}
 mkdir -p "$RUN_DIR"
 python3 -m gkd_t5x.train --gin_file=gin/runs/train.gin \
-  --gin_file=gin/experiments/arithmetic/teacher.gin --gin.MODEL_DIR="'$RUN_DIR'" \
+  --gin_file="$GIN_FILE" --gin.MODEL_DIR="'$RUN_DIR'" \
   2> "$RUN_DIR/train.log"
 rm -rf "$EXPORT_DIR"
 python3 launch/export_params.py --checkpoint="$RUN_DIR" --output="$EXPORT_DIR" \

@@ -269,18 +269,33 @@ def _to_str(text, **unused_kwargs) -> str:
 def register_arithmetic_task(name: str, *, num_terms: int, max_value: int,
                              operators: Sequence[str] = ('+',), num_train: int,
                              num_validation: int = 1000, num_test: int = 1000, seed: int = 0,
-                             train_fraction: float = 1.0) -> seqio.Task:
-  """Registers (once) and returns the seqio task `name`; arguments as in `generate_splits`.
+                             train_fraction: float = 1.0,
+                             shuffle_whole_split: bool = False) -> seqio.Task:
+  """Registers (once) and returns the seqio task `name`.
 
-  Registering the same name again with identical arguments returns the registered task (so that
-  reloading this module is harmless); with different arguments, or over a task that this
-  function did not register, it raises ValueError.
+  Args:
+    name: the task's name.
+    num_terms, max_value, operators, num_train, num_validation, num_test, seed, train_fraction:
+      as in `generate_splits`.
+    shuffle_whole_split: when seqio reads the task shuffled, permute the whole split (a new
+      permutation each epoch, from seqio's seed) before seqio's own shuffle. seqio shuffles
+      through a buffer of 1,000 examples, so without this a shuffled read starts with the
+      first problems of the stream: a task that keeps a train fraction then reads the same
+      examples as the full task until it runs out of them (a data-efficiency comparison shorter
+      than one epoch of the fraction compares identical streams).
+
+  Returns:
+    The task. Registering the same name again with identical arguments returns the registered
+    task (so that reloading this module is harmless); with different arguments, or over a task
+    that this function did not register, it raises ValueError.
   """
   operators = _check_args(num_terms, max_value, operators, num_train, num_validation, num_test,
                           train_fraction)
-  config = dict(num_terms=int(num_terms), max_value=int(max_value), operators=operators,
-                num_train=int(num_train), num_validation=int(num_validation),
-                num_test=int(num_test), seed=int(seed), train_fraction=float(train_fraction))
+  split_config = dict(num_terms=int(num_terms), max_value=int(max_value), operators=operators,
+                      num_train=int(num_train), num_validation=int(num_validation),
+                      num_test=int(num_test), seed=int(seed),
+                      train_fraction=float(train_fraction))
+  config = dict(split_config, shuffle_whole_split=bool(shuffle_whole_split))
   if name in seqio.TaskRegistry.names():
     task = seqio.TaskRegistry.get(name)
     registered = getattr(task, '_gkd_arithmetic_config', None)
@@ -290,17 +305,19 @@ def register_arithmetic_task(name: str, *, num_terms: int, max_value: int,
                      f'({registered}); requested {config}.')
 
   def dataset_fn(split: str, shuffle_files: bool, seed: Optional[int] = None) -> tf.data.Dataset:
-    # The whole split is one in-memory "file", so there are no files to shuffle and the order is
-    # the fixed stream order; with shuffle=True, seqio shuffles the examples itself (with `seed`).
-    del shuffle_files, seed
+    # The whole split is one in-memory "file" in the fixed stream order; seqio's shuffle (with
+    # `seed`) mixes it through its bounded buffer, after the whole-split permutation if asked.
     if split not in SPLITS:
       raise ValueError(f'split must be one of {SPLITS}, got {split!r}.')
-    examples = generate_splits(**config)[split]
+    examples = generate_splits(**split_config)[split]
     inputs, targets = zip(*examples)
-    return tf.data.Dataset.from_tensor_slices({
+    dataset = tf.data.Dataset.from_tensor_slices({
         'inputs': tf.constant(inputs, dtype=tf.string),
         'targets': tf.constant(targets, dtype=tf.string),
     })
+    if shuffle_files and shuffle_whole_split:
+      dataset = dataset.shuffle(len(examples), seed=seed, reshuffle_each_iteration=True)
+    return dataset
 
   vocabulary = seqio.ByteVocabulary()
   task = seqio.TaskRegistry.add(
@@ -342,4 +359,11 @@ register_arithmetic_task('arithmetic_sum3_2digit_train5pct', train_fraction=0.05
                          **ARITHMETIC_SUM3_2DIGIT)
 register_arithmetic_task('arithmetic_sum3_2digit_train25pct', train_fraction=0.25,
                          **ARITHMETIC_SUM3_2DIGIT)
-register_arithmetic_task('arithmetic_chain5', **ARITHMETIC_CHAIN5)
+# The chain5 tasks, the second task of the small-scale reproduction (results/README.md), permute
+# their whole train split when shuffled; the sum3 tasks keep seqio's buffered shuffle, with
+# which the reproduction's first task was trained.
+register_arithmetic_task('arithmetic_chain5', shuffle_whole_split=True, **ARITHMETIC_CHAIN5)
+register_arithmetic_task('arithmetic_chain5_train5pct', train_fraction=0.05,
+                         shuffle_whole_split=True, **ARITHMETIC_CHAIN5)
+register_arithmetic_task('arithmetic_chain5_train25pct', train_fraction=0.25,
+                         shuffle_whole_split=True, **ARITHMETIC_CHAIN5)

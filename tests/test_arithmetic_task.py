@@ -123,7 +123,8 @@ def test_registered_tasks():
   names = seqio.TaskRegistry.names()
   for name in ('arithmetic_sum3', 'arithmetic_sum3_train5pct', 'arithmetic_sum3_train25pct',
                'arithmetic_sum3_2digit', 'arithmetic_sum3_2digit_train5pct',
-               'arithmetic_sum3_2digit_train25pct', 'arithmetic_chain5'):
+               'arithmetic_sum3_2digit_train25pct', 'arithmetic_chain5',
+               'arithmetic_chain5_train5pct', 'arithmetic_chain5_train25pct'):
     assert name in names
   source = seqio.get_mixture_or_task('arithmetic_sum3_train5pct').source
   assert source.num_input_examples('train') == 2500
@@ -169,6 +170,29 @@ def test_seqio_other_splits_and_shuffle():
   train = task.get_dataset(lengths, split='train', shuffle=False).take(3).as_numpy_iterator()
   expected = arithmetic.generate_splits(**SUM3)['train'][:3]
   assert [ex['targets_pretokenized'].decode() for ex in train] == [t for _, t in expected]
+
+
+def _first_train_positions(name, lengths, config, count=200):
+  """Positions in the full train stream of the first `count` examples of a shuffled read."""
+  position = {inputs: i for i, (inputs, _) in
+              enumerate(arithmetic.generate_splits(**config)['train'])}
+  ds = seqio.get_mixture_or_task(name).get_dataset(lengths, split='train', shuffle=True, seed=3)
+  return [position[ex['inputs_pretokenized'].decode()]
+          for ex in ds.take(count).as_numpy_iterator()]
+
+
+def test_whole_split_shuffle_reaches_the_whole_split():
+  # seqio's buffered shuffle (the sum3 tasks) starts within the first buffer of the stream, so
+  # a fraction task reads what the full task reads; chain5 permutes the whole split first.
+  buffered = _first_train_positions('arithmetic_sum3', arithmetic.ARITHMETIC_SUM3_FEATURE_LENGTHS,
+                                    SUM3)
+  assert max(buffered) < 1000 + 200
+  lengths = arithmetic.ARITHMETIC_CHAIN5_FEATURE_LENGTHS
+  full = _first_train_positions('arithmetic_chain5', lengths, CHAIN5)
+  quarter = _first_train_positions('arithmetic_chain5_train25pct', lengths, CHAIN5)
+  assert max(full) > 25000  # P(all 200 in the first half) = 2 ** -200
+  assert max(quarter) < 12500 < max(full)
+  assert len(set(full)) == len(full)
 
 
 def test_metric_fns_through_seqio_postprocess():

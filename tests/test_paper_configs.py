@@ -52,7 +52,9 @@ EXPERIMENT_FILES = sorted(str(path.relative_to(ROOT))
                           for path in (ROOT / 'gin' / 'experiments').rglob('*.gin'))
 HAS_T5X = importlib.util.find_spec('t5x') is not None
 # Files parsed after an experiment's own to change some of its settings (not runnable alone).
-OVERLAY_FILES = ('gin/experiments/arithmetic/reproduction.gin',)
+OVERLAY_FILES = ('gin/experiments/arithmetic/reproduction.gin',
+                 'gin/experiments/arithmetic/chain5.gin',
+                 'gin/experiments/arithmetic/chain5_reproduction.gin')
 SWEEP_ROOT = '/sweeps'
 
 # Spec name -> (runner, references, points, seeds): runs = references + points x seeds.

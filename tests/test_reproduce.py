@@ -27,6 +27,7 @@ sys.path.insert(0, str(ROOT / 'launch'))
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import reproduce
 import sweep
+from gkd_t5x import checkpoints
 from spec_labels import check_divergence
 
 SPECS = sorted((ROOT / 'launch' / 'sweeps' / 'reproduction').glob('*.json'))  # in run order
@@ -47,18 +48,26 @@ def test_shipped_specs_merge_into_one_plan_of_distinct_trainings(tmp_path):
   assert {spec['name'] for spec in specs} == {
       'repro_fig7_grid_s', 'repro_fig7_grid_xs', 'repro_fig9_methods_s', 'repro_fig9_methods_xs',
       'repro_fig8_lambda_xs', 'repro_fig4_quality_diversity_xs', 'repro_fig3_data_efficiency_xs',
-      'repro_fig5_rl_xs'}
+      'repro_fig5_rl_xs', 'repro_chain5_fig9_methods_s', 'repro_chain5_fig3_data_efficiency_s',
+      'repro_chain5_fig9_methods_xs'}
+  # Each task's teacher is shipped as an exported checkpoint.
+  teachers = {spec['references']['teacher']['checkpoint'] for spec in specs}
+  assert teachers == {'launch/checkpoints/arithmetic_sum3_2digit_teacher',
+                      'launch/checkpoints/arithmetic_chain5_teacher'}
+  for teacher in teachers:
+    assert checkpoints.resolve_step_dir(str(ROOT / teacher), 'teacher').name == 'checkpoint_4000'
   root = str(tmp_path)
   plan = reproduce.plan(specs, root)
   trainings = [job for job in plan.jobs if job.kind == 'train']
-  # 2 SFT students; grids 2 x 15; methods 2 x 3 new (SFT continued, SeqKD, f-distill);
-  # Fig. 8: lambda 0.25 and 0.75 x 2; Fig. 3: 5% and 25% x 2; Fig. 5: 2 x 5; all x 3 seeds.
-  assert len(trainings) == 2 + 3 * (30 + 6 + 4 + 4 + 10)
+  # Per task, 2 SFT students. sum3_2digit: grids 2 x 15; methods 2 x 3 new (SFT continued,
+  # SeqKD, f-distill); Fig. 8: lambda 0.25 and 0.75 x 2; Fig. 3: 5% and 25% x 2; Fig. 5: 2 x 5.
+  # chain5: methods 2 x 6; Fig. 3: 5% and 25% x 2. All x 3 seeds.
+  assert len(trainings) == 2 + 3 * (30 + 6 + 4 + 4 + 10) + 2 + 3 * (12 + 4)
   assert len({job.output_dir for job in plan.jobs}) == len(plan.jobs)
   sft = [job for job in trainings if job.output_dir.endswith('ref_student_sft')]
-  assert len(sft) == 2
-  assert {bindings_of(job).get('STUDENT_CONFIG') for job in sft} == {
-      None, '%ARITHMETIC_STUDENT_XS'}
+  assert len(sft) == 4
+  assert sorted(str(bindings_of(job).get('STUDENT_CONFIG')) for job in sft) == [
+      '%ARITHMETIC_STUDENT_XS', '%ARITHMETIC_STUDENT_XS', 'None', 'None']
   # Every merged directory is a link to a planned training with the same command up to paths.
   trained = {job.output_dir: job for job in trainings}
   for alias, target in plan.links.items():
@@ -87,14 +96,14 @@ def test_shipped_specs_merge_into_one_plan_of_distinct_trainings(tmp_path):
     assert all(need in seen for need in job.needs), job.name
     if job.kind == 'train':
       seen.add(job.output_dir)
-  # The distillation runs share one budget (reproduction.gin, last of the experiment files).
+  # The distillation runs of a task share one budget, parsed after the method's files:
+  # reproduction.gin, or on the second task chain5_reproduction.gin (which includes it).
   for job in trainings:
     files = reproduce._parse_argv(job.argv)[1]  # pylint: disable=protected-access
     if not job.output_dir.endswith('ref_student_sft'):
-      assert G + 'reproduction.gin' in files, job.name
-      assert files.index(G + 'reproduction.gin') >= 2
-    else:
-      assert bindings_of(job)['TRAIN_STEPS'] == '3000'
+      budget = G + ('chain5_' if '/repro_chain5_' in job.output_dir else '') + 'reproduction.gin'
+      assert budget in files, job.name
+      assert files.index(budget) >= 2
 
 
 def test_shipped_specs_build_the_methods_their_labels_name(tmp_path):
@@ -118,17 +127,25 @@ def test_shipped_specs_build_the_methods_their_labels_name(tmp_path):
       for files, bindings in json.load(sys.stdin):
         gin.clear_config()
         gin_utils.parse_gin(files, [f'{k} = {v}' for k, v in bindings], finalize=False)
-        def q(name):
-          value = gin.query_parameter(name)
+        def q(name, **default):
+          try:
+            value = gin.query_parameter(name)
+          except ValueError:
+            if default:
+              return default['unbound']
+            raise
           while isinstance(value, gin.config.ConfigurableReference):
             value = value.scoped_configurable_fn()
           return value
         config, teacher = q('%GKD'), q('%TEACHER_CONFIG')
+        schedule = 'optimizers.linear_warmup_constant_schedule'
         out.append(dict(divergence=config.divergence, beta=config.beta, alpha=config.alpha,
                         lmbda=config.lmbda.start, fixed_data=config.fixed_data,
                         steps=q('%TRAIN_STEPS'), batch=q('%BATCH_SIZE'),
                         student=q('%STUDENT_CONFIG').emb_dim,
-                        teacher=teacher and teacher.emb_dim, task=q('%MIXTURE_OR_TASK_NAME')))
+                        teacher=teacher and teacher.emb_dim, task=q('%MIXTURE_OR_TASK_NAME'),
+                        target_length=q('%TASK_FEATURE_LENGTHS')['targets'],
+                        cooldown_end=q(f'{schedule}.cooldown_end', unbound=None)))
       print(json.dumps(out))
   """)
   result = subprocess.run([sys.executable, '-c', script], cwd=ROOT, capture_output=True,
@@ -147,9 +164,15 @@ def test_shipped_specs_build_the_methods_their_labels_name(tmp_path):
     got, where = built[index], run.name
     size = 32 if '_xs/' in run.name else 64
     assert got['student'] == size, where
+    task, length = (('arithmetic_chain5', 56) if '_chain5_' in run.name
+                    else ('arithmetic_sum3_2digit', 32))
+    assert got['task'].startswith(task) and got['target_length'] == length, where
     if run.reference is not None:
       assert (got['steps'], got['batch'], got['divergence']) == (3000, 64, 'cross_entropy')
+      # The second task's SFT students end converged (a cooldown to rate 0 at their last step).
+      assert got['cooldown_end'] == (3000 if task == 'arithmetic_chain5' else None), where
       continue
+    assert got['cooldown_end'] == (200 if task == 'arithmetic_chain5' else None), where
     assert (got['steps'], got['batch']) == (200, 32), where
     labels = run.labels
     if 'method' in labels:
@@ -161,7 +184,7 @@ def test_shipped_specs_build_the_methods_their_labels_name(tmp_path):
       assert got['lmbda'] == float(labels['lambda']), where
     if 'data_percent' in labels:
       suffix = {'5': '_train5pct', '25': '_train25pct', '100': ''}[labels['data_percent']]
-      assert got['task'] == 'arithmetic_sum3_2digit' + suffix, where
+      assert got['task'] == task + suffix, where
     if 'alpha' in labels:
       assert (got['divergence'], got['beta'], got['lmbda'], got['alpha']) == (
           'jsd', 0.9, 1.0, float(labels['alpha'])), where
