@@ -243,6 +243,20 @@ def test_two_specs_sharing_runs_train_each_once_resume_and_draw(tmp_path, capsys
   assert '8 jobs (4 trainings), 8 done already' in log and ' done in ' not in log
 
 
+def test_probes_start_from_the_reproductions_trained_students(tmp_path):
+  # A probe (launch/sweeps/probes/) runs beyond the reproduction's budget from its students,
+  # named through {root}: each must be a training of the reproduction's plan under that root.
+  root = str(tmp_path)
+  trained = {job.output_dir for job in reproduce.plan(load_all(), root).jobs
+             if job.kind == 'train'}
+  probes = sorted((ROOT / 'launch' / 'sweeps' / 'probes').glob('*.json'))
+  assert probes
+  for path in probes:
+    runs = sweep.expand(sweep.load_spec(str(path)), root)
+    starts = {run.checkpoint for run in runs if run.reference == 'student_sft'}
+    assert starts and starts <= trained, path.name
+
+
 def test_print_lists_the_merged_jobs_and_links(tmp_path, capsys):
   assert reproduce.main(['--root', str(tmp_path), '--print', '--only', 'repro_fig5_rl_xs']) == 0
   lines = capsys.readouterr().out.splitlines()
