@@ -43,10 +43,17 @@ class Claim:
   sign: int = 1      # +1: first > second is claimed; -1: first < second
 
 
+def _panel(name: str, figure: str, task: str) -> Tuple[str, str]:
+  """(the CSV's name, the figure label) of panel `repro_<name>` on the first task (task '') or
+  on another (e.g. 'chain5': `repro_chain5_<name>`, labelled '<figure> (chain5)')."""
+  if not task:
+    return f'repro_{name}', figure
+  return f'repro_{task}_{name}', f'{figure} ({task})'
+
+
 def _methods(size: str, task: str = '') -> List[Claim]:
   """Figs. 1 / 9 on the first task (task '') or on the second (task 'chain5')."""
-  spec = f'repro_{task + "_" if task else ""}fig9_methods_{size}'
-  figure = 'Figs. 1, 9' + (f' ({task})' if task else '')
+  spec, figure = _panel(f'fig9_methods_{size}', 'Figs. 1, 9', task)
   gkd = 'method_GKD_on-policy'
   who = {'s': '0.25M', 'xs': '0.07M'}[size]
   return [Claim(figure, f'{who} student: on-policy GKD beats {name}', spec, 'accuracy',
@@ -60,8 +67,7 @@ def _methods(size: str, task: str = '') -> List[Claim]:
 
 def _data_efficiency(size: str, task: str = '') -> List[Claim]:
   """Fig. 3 on the first task (task '') or on the second (task 'chain5')."""
-  spec = f'repro_{task + "_" if task else ""}fig3_data_efficiency_{size}'
-  figure = 'Fig. 3' + (f' ({task})' if task else '')
+  spec, figure = _panel(f'fig3_data_efficiency_{size}', 'Fig. 3', task)
   return [
       Claim(figure, f'{pct}% of the data: on-policy GKD beats supervised KD', spec, 'accuracy',
             'greedy', f'data_percent_{pct}__method_GKD_on-policy',

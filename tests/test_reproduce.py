@@ -127,12 +127,12 @@ def test_shipped_specs_build_the_methods_their_labels_name(tmp_path):
       for files, bindings in json.load(sys.stdin):
         gin.clear_config()
         gin_utils.parse_gin(files, [f'{k} = {v}' for k, v in bindings], finalize=False)
-        def q(name, **default):
+        def q(name, optional=False):
           try:
             value = gin.query_parameter(name)
-          except ValueError:
-            if default:
-              return default['unbound']
+          except ValueError:  # not bound
+            if optional:
+              return None
             raise
           while isinstance(value, gin.config.ConfigurableReference):
             value = value.scoped_configurable_fn()
@@ -145,7 +145,7 @@ def test_shipped_specs_build_the_methods_their_labels_name(tmp_path):
                         student=q('%STUDENT_CONFIG').emb_dim,
                         teacher=teacher and teacher.emb_dim, task=q('%MIXTURE_OR_TASK_NAME'),
                         target_length=q('%TASK_FEATURE_LENGTHS')['targets'],
-                        cooldown_end=q(f'{schedule}.cooldown_end', unbound=None)))
+                        cooldown_end=q(f'{schedule}.cooldown_end', optional=True)))
       print(json.dumps(out))
   """)
   result = subprocess.run([sys.executable, '-c', script], cwd=ROOT, capture_output=True,
