@@ -3,22 +3,31 @@
 import setuptools
 
 # Versions tested together on CPU (Python 3.11); t5x itself is not on PyPI (see README).
+# Every distribution the code imports is named here, also where another one brings it today:
+# tensorflow 2.21 stopped bringing tensorboard, which clu's metric writers import
+# (tests/test_dependencies.py checks the code's imports against this list).
 INSTALL_REQUIRES = [
+    # The core: model, objective, train step (what the accelerator machines have, and gin).
     'jax==0.10.2',
     'flax==0.12.8',
     'optax==0.2.8',
     'orbax-checkpoint==0.12.8',
     'chex==0.1.92',
+    'gin-config==0.5.0',
+    'numpy==2.4.6',
+    'absl-py==2.5.1',
+    'etils[epath]==1.15.0',
+    # Data, evaluation, metrics and metric writers.
     'seqio==0.0.20',
     'tensorflow==2.21.0',
     'tensorflow-text==2.21.1',
     'tensorflow-datasets==4.9.10',
-    'gin-config==0.5.0',
     'clu==0.0.12',
+    'tensorboard==2.21.0',
     'rouge-score==0.1.2',
     'sacrebleu==2.6.0',
+    # Figures.
     'matplotlib==3.11.2',
-    'numpy',
 ]
 
 setuptools.setup(
@@ -32,7 +41,9 @@ setuptools.setup(
     package_dir={'gkd_t5x': 'gkd_t5x', 'gkd_t5x.tasks': 'tasks'},
     install_requires=INSTALL_REQUIRES,
     extras_require={
-        'test': ['pytest==9.0.3', 'pytest-xdist==3.8.0'],
+        # scipy and tensorstore are independent references in tests (log-softmax; T5X's
+        # checkpoint format).
+        'test': ['pytest==9.0.3', 'pytest-xdist==3.8.0', 'scipy==1.17.1', 'tensorstore==0.1.86'],
         # What t5x, airio and jestimator import beyond the pins above. They are not on PyPI:
         # install them with --no-deps from the commits the README names.
         't5x': ['fiddle==0.3.1', 'cached-property==2.0.1', 'grain==0.2.12',

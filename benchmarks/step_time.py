@@ -55,11 +55,11 @@ import jax
 from jax.extend import core as jax_core
 import jax.numpy as jnp
 import numpy as np
-import seqio
 
 from gkd_t5x import models
 from gkd_t5x import network
 from gkd_t5x import objective
+from gkd_t5x import vocabularies
 
 EOS_ID = 1
 MATMUL_SIZE = 2048
@@ -231,7 +231,7 @@ def make_batch(bench: Bench) -> Dict[str, jnp.ndarray]:
 
 
 def make_model(bench: Bench, lmbda: float) -> models.GKDModel:
-  vocabulary = seqio.PassThroughVocabulary(bench.vocab_size, eos_id=EOS_ID)
+  vocabulary = vocabularies.TokenIdVocabulary(bench.vocab_size, eos_id=EOS_ID)
   return models.GKDModel(
       network.Transformer(bench.student.t5_config(bench.vocab_size)),
       network.Transformer(bench.teacher.t5_config(bench.vocab_size)), vocabulary, vocabulary,

@@ -20,6 +20,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from gkd_t5x import averages
 from gkd_t5x import data
 from gkd_t5x import models
 from gkd_t5x import partitioning
@@ -68,13 +69,7 @@ class Evaluator:
     replicated = partitioning.replicated(mesh)
 
     def loss_fn(params, teacher, batch):
-      _, metrics = model.eval_fn(params, batch, teacher)
-      real = jnp.sum(jnp.any(batch['decoder_loss_weights'] > 0, axis=-1))
-      # A metric with no count (e.g. sample statistics: evaluation never samples) has no value.
-      defined = {name: metric.count > 0 for name, metric in metrics.items()}
-      values = {name: jnp.where(defined[name], metric.compute(), 0.0)
-                for name, metric in metrics.items()}
-      return values, defined, real
+      return model.eval_fn(params, batch, teacher)[1]
 
     def predict_fn(params, frozen, batch, rng):
       tokens, _ = model.predict_batch_with_aux(params, batch, rng)
@@ -102,20 +97,17 @@ class Evaluator:
       yield data.pad_batch(batch, batch_size), len(next(iter(batch.values())))
 
   def loss(self, params: PyTree, frozen: Mapping[str, PyTree]) -> Dict[str, float]:
-    """The split's mean loss metrics, each sequence weighted equally."""
+    """The split's mean loss metrics, each real sequence weighted equally (the padding rows of
+    the last batch count in none), and `num_sequences`, the number of sequences evaluated."""
     dataset = self._seqio_evaluator.cached_model_datasets[self.task_name].map(
         lambda index, features: features)
-    totals: Dict[str, float] = {}
-    counts: Dict[str, int] = {}
+    steps, num_sequences = [], 0
     with partitioning.activate(self._mesh, self._rules):
-      for batch, _ in self._batches(dataset):
-        values, defined, real = jax.device_get(
-            self._loss_step(params, frozen, data.make_global_batch(batch, self._mesh)))
-        for name, value in values.items():
-          if defined[name]:
-            totals[name] = totals.get(name, 0.0) + float(value) * int(real)
-            counts[name] = counts.get(name, 0) + int(real)
-    return {name: total / max(counts[name], 1) for name, total in totals.items()}
+      for batch, num_real in self._batches(dataset):
+        steps.append(self._loss_step(params, frozen, data.make_global_batch(batch, self._mesh)))
+        num_sequences += num_real
+    values = averages.compute_merged(steps) if steps else {}
+    return dict(values, num_sequences=float(num_sequences))
 
   def _predict(self, params: PyTree, frozen: Mapping[str, PyTree], dataset: tf.data.Dataset,
                model_feature_shapes: Any = None) -> List[Tuple[int, Sequence[int]]]:

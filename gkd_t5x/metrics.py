@@ -1,4 +1,4 @@
-"""Text metrics of the paper's tasks, as seqio metric functions, and GSM8K's calculator.
+"""Text metrics of the paper's tasks, as seqio metric functions, and a ROUGE reward.
 
 seqio metric functions take the postprocessed targets and predictions of a whole split, two
 equally long lists of `str`, and return a dict of named floats:
@@ -14,26 +14,25 @@ Every score is in percent (0-100); a metric over zero examples is NaN.
   gsm8k_accuracy    GSM8K: the final numeric answer of the prediction equals the target's
                     ('accuracy').
   gsm8k_calculator_accuracy
-                    the same after Cobbe et al.'s calculator corrected the prediction's
-                    `<<expr=result>>` annotations ('accuracy_with_calculator').
+                    the same after Cobbe et al.'s calculator (`gkd_t5x.calculator`) corrected
+                    the prediction's `<<expr=result>>` annotations ('accuracy_with_calculator').
 
 `self_bleu` (the diversity of Fig. 4) takes K samples per input instead of target/prediction
-pairs, so it is a plain function for the figure scripts, not a seqio metric.
+pairs, so it is a plain function for the figure scripts, not a seqio metric. `rouge_reward` is
+ROUGE as a sequence reward of RL + GKD (`rewards.StringReward`).
 """
 
-import ast
 import decimal
-import fractions
-import math
-import operator
 import re
 import statistics
-from typing import Callable, Dict, List, Optional, Sequence, Union
+from typing import Callable, Dict, List, Optional, Sequence
 
 from rouge_score import rouge_scorer
 import sacrebleu
 
-Number = Union[fractions.Fraction, float]
+from gkd_t5x import calculator as calculator_lib
+from gkd_t5x import rewards
+from gkd_t5x import vocabularies
 
 ROUGE_TYPES = ('rouge1', 'rouge2', 'rougeLsum')
 
@@ -157,124 +156,7 @@ def gsm8k_accuracy(targets: Sequence[str], predictions: Sequence[str]) -> Dict[s
 
 
 # ---------------------------------------------------------------------------------------------
-# GSM8K: the calculator (Cobbe et al. 2021).
-
-# A complete annotation '<<48/2=24>>': the expression and the written result, neither holding
-# '<', '>' or '='.
-_ANNOTATION_RE = re.compile(r'<<([^<>=]*)=([^<>=]*)>>')
-# An annotation left open right after its '=' at the end of a decoding prefix.
-_OPEN_ANNOTATION_RE = re.compile(r'<<([^<>=]*)=\Z')
-# Thousands separators inside an expression ('1,000*3'), as Cobbe et al.'s calculator drops them.
-_THOUSANDS_RE = re.compile(r'(?<=\d),(?=\d)')
-_BINARY_OPS = {
-    ast.Add: operator.add,
-    ast.Sub: operator.sub,
-    ast.Mult: operator.mul,
-    ast.Div: operator.truediv,
-    ast.FloorDiv: operator.floordiv,
-    ast.Mod: operator.mod,
-}
-# Integer powers are exact, so a big exponent could build an enormous number: cap the size of
-# the result (in bits of numerator or denominator) instead of computing it.
-_MAX_POWER_BITS = 4096
-_DECIMALS = 6
-
-
-def _power(base: Number, exponent: Number) -> Number:
-  if isinstance(exponent, fractions.Fraction) and exponent.denominator == 1:
-    if isinstance(base, fractions.Fraction):
-      bits = max(base.numerator.bit_length(), base.denominator.bit_length())
-      if bits * abs(exponent.numerator) > _MAX_POWER_BITS:
-        raise ValueError(f'the power {base}**{exponent} is too large for the calculator.')
-    return base ** int(exponent)
-  result = float(base) ** float(exponent)
-  if isinstance(result, complex):
-    raise ValueError(f'the power {base}**{exponent} is not a real number.')
-  return result
-
-
-def _evaluate_node(node: ast.AST) -> Number:
-  if isinstance(node, ast.Expression):
-    return _evaluate_node(node.body)
-  # type() rather than isinstance(): bool is an int subclass, and True is no number here.
-  if isinstance(node, ast.Constant) and type(node.value) in (int, float):
-    # Through the decimal text, so that 0.1 is exactly 1/10 and 0.1*3 is exactly 0.3.
-    return fractions.Fraction(repr(node.value))
-  if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
-    return -_evaluate_node(node.operand)
-  if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Pow):
-    return _power(_evaluate_node(node.left), _evaluate_node(node.right))
-  if isinstance(node, ast.BinOp) and type(node.op) in _BINARY_OPS:
-    return _BINARY_OPS[type(node.op)](_evaluate_node(node.left), _evaluate_node(node.right))
-  raise ValueError(f'the calculator does not take {type(node).__name__} syntax.')
-
-
-def evaluate_expression(expression: str) -> Number:
-  """The value of an arithmetic expression, computed without Python's eval.
-
-  Allowed: int and decimal literals, + - * / // % **, parentheses and unary minus; thousands
-  separators between digits ('1,000') are dropped. Anything else (names, calls, attributes,
-  strings, comparisons, ...) is rejected before any evaluation. Arithmetic is exact (fractions)
-  except for non-integer powers, which are floats.
-
-  Raises:
-    ValueError: for syntax outside that grammar, division by zero, a power too large to
-      compute, or a non-real or non-finite result.
-  """
-  try:
-    tree = ast.parse(_THOUSANDS_RE.sub('', expression.strip()), mode='eval')
-    value = _evaluate_node(tree)
-  except (SyntaxError, RecursionError) as e:
-    raise ValueError(f'not an arithmetic expression: {expression!r}.') from e
-  except (ZeroDivisionError, OverflowError) as e:
-    raise ValueError(f'cannot compute {expression!r}: {e}.') from e
-  if isinstance(value, float) and not math.isfinite(value):
-    raise ValueError(f'{expression!r} is not finite.')
-  return value
-
-
-def format_result(value: Number) -> str:
-  """A calculator result as written in annotations: integers exactly ('24', '-3'), other values
-  rounded to 6 decimals without trailing zeros ('0.5', '0.333333')."""
-  scaled = round(fractions.Fraction(value) * 10 ** _DECIMALS)
-  sign = '-' if scaled < 0 else ''
-  whole, fraction = divmod(abs(scaled), 10 ** _DECIMALS)
-  if not fraction:
-    return f'{sign}{whole}'
-  return f'{sign}{whole}.{fraction:0{_DECIMALS}d}'.rstrip('0')
-
-
-def calculator(text: str) -> str:
-  """`text` with the result of every annotation `<<expr=result>>` recomputed from `expr`.
-
-  '<<2*3=7>>' becomes '<<2*3=6>>'. An annotation whose expression the calculator does not take
-  (see `evaluate_expression`) is left as it is; the text outside annotations never changes.
-  """
-  def correct(match: re.Match) -> str:
-    try:
-      value = evaluate_expression(match.group(1))
-    except ValueError:
-      return match.group(0)
-    return f'<<{match.group(1)}={format_result(value)}>>'
-
-  return _ANNOTATION_RE.sub(correct, text)
-
-
-def complete_calculator_annotation(prefix: str) -> Optional[str]:
-  """The text that closes an annotation `prefix` ends inside, or None.
-
-  If `prefix` ends with an open annotation right after its '=' ('... <<48/2='), returns the
-  computed result followed by '>>' ('24>>'), which a decoder forces instead of sampling (Cobbe et
-  al.'s calculator at decoding time). None if `prefix` does not end that way or the expression
-  is not one the calculator takes.
-  """
-  match = _OPEN_ANNOTATION_RE.search(prefix)
-  if not match:
-    return None
-  try:
-    return format_result(evaluate_expression(match.group(1))) + '>>'
-  except ValueError:
-    return None
+# GSM8K: accuracy with the calculator (Cobbe et al. 2021; `gkd_t5x.calculator`).
 
 
 def _answer_with_calculator(prediction: str) -> Optional[str]:
@@ -286,18 +168,18 @@ def _answer_with_calculator(prediction: str) -> Optional[str]:
   other final answer is read from the corrected text unchanged. The exact "accuracy with
   calculator" forces `complete_calculator_annotation` while decoding.
   """
-  corrected = calculator(prediction)
+  corrected = calculator_lib.calculator(prediction)
   answer = extract_gsm8k_answer(prediction)
-  written = _ANNOTATION_RE.findall(prediction)
+  written = calculator_lib.ANNOTATION_RE.findall(prediction)
   if answer is not None and written and normalize_number(written[-1][1]) == answer:
     # `calculator` keeps every annotation in place, so the last one is still the last one.
-    return normalize_number(_ANNOTATION_RE.findall(corrected)[-1][1])
+    return normalize_number(calculator_lib.ANNOTATION_RE.findall(corrected)[-1][1])
   return extract_gsm8k_answer(corrected)
 
 
 def gsm8k_calculator_accuracy(targets: Sequence[str],
                               predictions: Sequence[str]) -> Dict[str, float]:
-  """Percent of predictions whose final answer after the calculator (`calculator`, and a final
+  """Percent of predictions whose final answer after the calculator (`calculator.calculator`, and a final
   answer copied from the last annotation takes its corrected result) equals the target's."""
   return {'accuracy_with_calculator': _answer_accuracy(targets, predictions,
                                                        _answer_with_calculator)}
@@ -337,3 +219,18 @@ def self_bleu(samples_per_input: Sequence[Sequence[str]]) -> float:
         sacrebleu.sentence_bleu(sample, [other for j, other in enumerate(samples) if j != i]).score
         for i, sample in enumerate(samples)))
   return statistics.fmean(per_input)
+
+
+def rouge_reward(vocabulary: vocabularies.Vocabulary,
+                 rouge_type: str = 'rouge2') -> rewards.StringReward:
+  """F-measure of `rouge_type` ('rouge1', 'rouge2', 'rougeLsum', ...) against the target, as a
+  reward of RL + GKD (scored on the host inside the jitted step). In gin, with dynamic
+  registration: `from gkd_t5x import metrics`, then `REWARD = @metrics.rouge_reward()`."""
+  scorer = rouge_scorer.RougeScorer([rouge_type], use_stemmer=True)
+
+  def score(inputs, predictions, references):
+    del inputs
+    return [scorer.score(ref, pred)[rouge_type].fmeasure
+            for pred, ref in zip(predictions, references)]
+
+  return rewards.StringReward(vocabulary, score)

@@ -20,22 +20,22 @@ Shape letters: B batch, I input length, L target length, V vocabulary.
 import dataclasses
 from typing import Any, Dict, Mapping, Optional, Tuple
 
-from clu import metrics as clu_metrics
 import flax.linen as nn
 import gin
 import jax
 import jax.numpy as jnp
-import seqio
 
+from gkd_t5x import averages
 from gkd_t5x import calculator as calculator_lib
 from gkd_t5x import decoding
 from gkd_t5x import network
 from gkd_t5x import objective
+from gkd_t5x import vocabularies
 
 Array = jnp.ndarray
 PyTree = Any
 Batch = Mapping[str, Array]
-MetricsMap = Dict[str, clu_metrics.Metric]
+MetricsMap = Dict[str, Any]  # {name: Average}
 
 TEACHER_COLLECTION = 'teacher'
 REWARD_MODEL_COLLECTION = 'reward_model'
@@ -46,9 +46,13 @@ DECODE_METHODS = ('greedy', 'sample', 'beam')
 
 try:
   from t5x import models as t5x_models  # pylint: disable=g-import-not-at-top
+  # T5X's trainer merges only clu metrics (`t5x.metrics.is_metric_obj`); t5x depends on clu.
+  from clu import metrics as clu_metrics  # pylint: disable=g-import-not-at-top
   _ModelBase = t5x_models.EncoderDecoderModel
+  _AVERAGE = clu_metrics.Average
 except ImportError:  # t5x is not on PyPI; the standalone trainer needs none of it.
   _ModelBase = object
+  _AVERAGE = averages.Average
 
 
 def bind(module: nn.Module, params: PyTree) -> objective.SequenceModel:
@@ -78,9 +82,10 @@ def bind(module: nn.Module, params: PyTree) -> objective.SequenceModel:
   return objective.SequenceModel(encode, decode, init_cache, decode_step)
 
 
-def _average(value: Array, count: Any = 1.0) -> clu_metrics.Average:
-  return clu_metrics.Average(total=jnp.asarray(value, jnp.float32) * count,
-                             count=jnp.asarray(count, jnp.int32))
+def average(value: Array, count: Any = 1):
+  """The step metric of `value`, the mean of `count` items: an `averages.Average` (clu's
+  under T5X, whose trainer needs clu metrics)."""
+  return averages.weighted(_AVERAGE, value, count)
 
 
 @gin.configurable
@@ -105,11 +110,11 @@ class GKDModel(_ModelBase):
       '<<expr=' the student opens with the calculator's result (`gkd_t5x.calculator`; GSM8K's
       "accuracy with calculator").
   """
-  FEATURE_CONVERTER_CLS = seqio.EncDecFeatureConverter
 
   def __init__(self, module: network.Transformer,
                teacher_module: Optional[network.Transformer],
-               input_vocabulary: seqio.Vocabulary, output_vocabulary: seqio.Vocabulary,
+               input_vocabulary: vocabularies.Vocabulary,
+               output_vocabulary: vocabularies.Vocabulary,
                optimizer_def: Any = None, gkd: objective.GKDConfig = objective.GKDConfig(),
                decode_method: str = 'greedy', decode_temperature: float = 1.0,
                decode_top_k: int = 0, decode_top_p: float = 1.0, beam_size: int = 4,
@@ -151,12 +156,22 @@ class GKDModel(_ModelBase):
                      if calculator else None)
 
   @property
-  def input_vocabulary(self) -> seqio.Vocabulary:
+  def input_vocabulary(self) -> vocabularies.Vocabulary:
     return self._input_vocabulary
 
   @property
-  def output_vocabulary(self) -> seqio.Vocabulary:
+  def output_vocabulary(self) -> vocabularies.Vocabulary:
     return self._output_vocabulary
+
+  @property
+  def FEATURE_CONVERTER_CLS(self):  # pylint: disable=invalid-name
+    """`seqio.EncDecFeatureConverter`, the features `loss_fn` and `predict_batch` take.
+
+    Read by the data layers (T5X's and this project's), which import seqio; looked up only then,
+    so that the model itself runs where seqio is not installed.
+    """
+    import seqio  # pylint: disable=g-import-not-at-top
+    return seqio.EncDecFeatureConverter
 
   # --------------------------------------------------------------------------- initialization
 
@@ -234,18 +249,21 @@ class GKDModel(_ModelBase):
                        f'flax_mutables[{TEACHER_COLLECTION!r}].')
     return bind(self.teacher_module, flax_mutables[TEACHER_COLLECTION])
 
-  def _metrics(self, loss: Array, stats: Mapping[str, Array], batch: Batch) -> MetricsMap:
-    metrics = {name: _average(value) for name, value in stats.items()}
-    metrics['loss'] = _average(loss)
-    num_sequences = batch['decoder_target_tokens'].shape[0]
+  def _metrics(self, loss: Array, stats: Mapping[str, Array]) -> MetricsMap:
+    """{name: Average} of one step: each statistic a mean over the step's real sequences (so
+    that steps and evaluation batches merge into per-sequence means), except the per-step
+    values on_policy_fraction, lmbda and num_sequences."""
+    num_real = stats['num_sequences']
+    per_step = ('on_policy', 'lmbda', 'num_sequences')
+    metrics = {name: average(value, 1 if name in per_step else num_real)
+               for name, value in stats.items()}
+    metrics['loss'] = average(loss, num_real)
     metrics['on_policy_fraction'] = metrics.pop('on_policy')
     if self.gkd.may_be_on_policy:
       # Sample statistics average over on-policy steps only (count 0 on the others).
-      on_policy = stats['on_policy']
-      metrics['sample_length'] = _average(stats['sequence_length'], on_policy)
-      metrics['sample_eos_rate'] = _average(stats['eos_rate'], on_policy)
-    metrics['num_sequences'] = clu_metrics.Average(
-        total=jnp.asarray(num_sequences, jnp.float32), count=jnp.asarray(1, jnp.int32))
+      on_policy = stats['on_policy'].astype(jnp.int32)
+      metrics['sample_length'] = average(stats['sequence_length'], on_policy * num_real)
+      metrics['sample_eos_rate'] = average(stats['eos_rate'], on_policy * num_real)
     return metrics
 
   def loss_fn(self, params: PyTree, batch: Batch, dropout_rng: Optional[Array],
@@ -272,7 +290,7 @@ class GKDModel(_ModelBase):
         self._objective(flax_mutables), bind(self.module, params), self._teacher(flax_mutables),
         batch, dropout_rng, step=step, student_dropout=self.module.config.dropout_rate > 0,
         eos_id=self._eos_id)
-    metrics = self._metrics(loss, stats, batch)
+    metrics = self._metrics(loss, stats)
     if flax_mutables is None:
       return loss, metrics
     return loss, (metrics, flax_mutables)
@@ -288,7 +306,7 @@ class GKDModel(_ModelBase):
     loss, stats = objective.gkd_loss(
         eval_config, bind(self.module, params), self._teacher(flax_mutables), batch,
         jax.random.PRNGKey(0), student_dropout=False, eos_id=self._eos_id)
-    return loss, self._metrics(loss, stats, batch)
+    return loss, self._metrics(loss, stats)
 
   # --------------------------------------------------------------------------- inference
 

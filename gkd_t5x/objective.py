@@ -294,7 +294,8 @@ def gkd_loss(config: GKDConfig, student: SequenceModel, teacher: Optional[Sequen
 
   Returns:
     (scalar loss, dict of scalar statistics: divergence, on_policy, lmbda, sequence_length,
-     eos_rate, and token_agreement with a teacher, reward / reward_baseline / pg_loss with RL).
+     eos_rate, num_sequences, and token_agreement with a teacher, reward / reward_baseline /
+     pg_loss with RL). Rows without any target weight (padding rows) count in none of them.
   """
   if config.needs_teacher and teacher is None:
     raise ValueError(f'divergence {config.divergence!r} with fixed_data {config.fixed_data!r} '
@@ -350,6 +351,10 @@ def gkd_loss(config: GKDConfig, student: SequenceModel, teacher: Optional[Sequen
     on_policy_flag = coin.astype(jnp.float32)
 
   tokens, weights = sequences
+  # A padded row (an evaluation split's last batch) has no target: it is no sequence of the
+  # batch, so neither its on-policy sample nor any statistic may count it.
+  real_B = jnp.any(target_weights > 0, axis=-1)
+  weights = weights * real_B[:, None].astype(weights.dtype)
   uses_batch_targets = not config.may_be_on_policy and config.fixed_data == 'targets'
   decoder_inputs = (batch['decoder_input_tokens'] if uses_batch_targets and
                     'decoder_input_tokens' in batch else shift_right(tokens))
@@ -372,6 +377,7 @@ def gkd_loss(config: GKDConfig, student: SequenceModel, teacher: Optional[Sequen
     agree = jnp.argmax(teacher_logits, -1) == jnp.argmax(student_logits, -1)
     stats['token_agreement'] = jnp.sum(agree * weights) / jnp.maximum(jnp.sum(weights), 1.0)
 
+  real_mean = lambda values_B: divergences.batch_mean(values_B.astype(jnp.float32), real_B)
   per_sequence, valid = divergences.sequence_mean(per_position, weights)
   divergence_value = divergences.batch_mean(per_sequence, valid)
   loss = divergence_value
@@ -384,14 +390,15 @@ def gkd_loss(config: GKDConfig, student: SequenceModel, teacher: Optional[Sequen
     advantage = lax.stop_gradient(reward - baseline)
     pg_loss = -jnp.mean(advantage * sequence_log_prob)
     loss = config.alpha * divergence_value + (1.0 - config.alpha) * pg_loss
-    stats.update(reward=jnp.mean(reward), reward_baseline=jnp.mean(baseline), pg_loss=pg_loss)
+    stats.update(reward=real_mean(reward), reward_baseline=real_mean(baseline), pg_loss=pg_loss)
 
   reached_eos = jnp.any((tokens == eos_id) & (weights > 0), axis=-1)
   stats.update(
       divergence=divergence_value,
       on_policy=on_policy_flag,
       lmbda=lmbda,
-      sequence_length=jnp.mean(jnp.sum(weights, axis=-1)),
-      eos_rate=jnp.mean(reached_eos.astype(jnp.float32)),
+      sequence_length=real_mean(jnp.sum(weights, axis=-1)),
+      eos_rate=real_mean(reached_eos),
+      num_sequences=jnp.sum(real_B.astype(jnp.float32)),
   )
   return loss, stats

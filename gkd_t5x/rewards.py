@@ -6,8 +6,9 @@ A reward maps a batch of sampled sequences to one float32 score per sequence:
          targets [B, T] int32, target_weights [B, T] float32) -> [B] float32
 
 Token-level rewards (`ExactMatchReward`) are jittable and run on the accelerator. String rewards
-(`StringReward`, e.g. `rouge_reward`) decode the tokens with a seqio vocabulary and score the
-strings on the host through `jax.pure_callback`, so they also run inside the jitted train step.
+(`StringReward`, e.g. `metrics.rouge_reward`) decode the tokens with the task's vocabulary and
+score the strings on the host through `jax.pure_callback`, so they also run inside the jitted
+train step. This module imports no text library: the objective takes its `Reward` interface.
 
 Model rewards (`EntailmentReward`, the paper's RLEF reward of Fig. 5) score with a frozen network
 of their own. They carry that network as `module` and take its params through `bind(params)`,
@@ -23,10 +24,8 @@ import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
-from rouge_score import rouge_scorer
-import seqio
-
 from gkd_t5x import network
+from gkd_t5x import vocabularies
 
 Array = jnp.ndarray
 StringScoreFn = Callable[[Sequence[str], Sequence[str], Sequence[str]], Sequence[float]]
@@ -52,7 +51,7 @@ class ExactMatchReward:
                    axis=-1).astype(jnp.float32)
 
 
-def _decode_rows(vocabulary: seqio.Vocabulary, tokens: np.ndarray,
+def _decode_rows(vocabulary: vocabularies.Vocabulary, tokens: np.ndarray,
                  weights: np.ndarray) -> list:
   # Only the weighted tokens belong to the sequence; the vocabulary stops at EOS by itself.
   return [vocabulary.decode([int(t) for t, w in zip(row, row_w) if w > 0])
@@ -64,11 +63,11 @@ class StringReward:
   """A host-side reward over decoded strings: score_fn(inputs, predictions, targets) -> [B].
 
   Attributes:
-    vocabulary: the seqio vocabulary of inputs and outputs.
+    vocabulary: the vocabulary of inputs and outputs.
     score_fn: takes lists of input, prediction and target strings, returns one float each.
   """
 
-  def __init__(self, vocabulary: seqio.Vocabulary, score_fn: StringScoreFn):
+  def __init__(self, vocabulary: vocabularies.Vocabulary, score_fn: StringScoreFn):
     self.vocabulary = vocabulary
     self.score_fn = score_fn
 
@@ -91,20 +90,7 @@ class StringReward:
 
 
 @gin.configurable
-def rouge_reward(vocabulary: seqio.Vocabulary, rouge_type: str = 'rouge2') -> StringReward:
-  """F-measure of `rouge_type` ('rouge1', 'rouge2', 'rougeLsum', ...) against the target."""
-  scorer = rouge_scorer.RougeScorer([rouge_type], use_stemmer=True)
-
-  def score(inputs, predictions, references):
-    del inputs
-    return [scorer.score(ref, pred)[rouge_type].fmeasure
-            for pred, ref in zip(predictions, references)]
-
-  return StringReward(vocabulary, score)
-
-
-@gin.configurable
-def string_exact_match_reward(vocabulary: seqio.Vocabulary,
+def string_exact_match_reward(vocabulary: vocabularies.Vocabulary,
                               normalize: Optional[Callable[[str], str]] = None) -> StringReward:
   """1.0 where normalize(prediction) == normalize(target) (identity by default)."""
   normalize = normalize or (lambda s: s)
@@ -150,13 +136,13 @@ class EntailmentReward:
 
   Attributes:
     module: the classifier `network.Transformer` (its params: `bind`).
-    vocabulary: the seqio vocabulary of student and classifier.
+    vocabulary: the vocabulary of student and classifier.
     target: the string whose probability is the reward.
     premise_prefix, hypothesis_prefix: the classifier's input format.
     input_length: the classifier's encoder length.
   """
 
-  def __init__(self, module: network.Transformer, vocabulary: seqio.Vocabulary,
+  def __init__(self, module: network.Transformer, vocabulary: vocabularies.Vocabulary,
                target: str = '1', premise_prefix: str = 'premise: ',
                hypothesis_prefix: str = ' hypothesis: ', input_length: int = 1024):
     self.module = module

@@ -35,6 +35,7 @@ import gin
 import jax
 import optax
 
+from gkd_t5x import averages
 from gkd_t5x import checkpoints
 from gkd_t5x import data
 from gkd_t5x import evaluation
@@ -78,16 +79,6 @@ def _format_eta(seconds: float) -> str:
   minutes, seconds = divmod(int(seconds), 60)
   hours, minutes = divmod(minutes, 60)
   return f'{hours}h{minutes:02d}m{seconds:02d}s' if hours else f'{minutes}m{seconds:02d}s'
-
-
-def _merge(metrics_list: List[Mapping[str, Any]]) -> Dict[str, float]:
-  """Merges per-step clu `Average`s and computes them; a metric with no count is left out."""
-  merged = dict(metrics_list[0])
-  for metrics in metrics_list[1:]:
-    merged = {name: merged[name].merge(metric) for name, metric in metrics.items()}
-  merged = jax.device_get(merged)
-  return {name: float(metric.compute()) for name, metric in merged.items()
-          if float(metric.count) > 0}
 
 
 def _check_feature_lengths(model: models.GKDModel, lengths: Mapping[str, int]) -> None:
@@ -248,7 +239,7 @@ def _train_loop(model: models.GKDModel, optimizer: optax.GradientTransformation,
       previous_loss = metrics['loss']
       pending.append(metrics)
       if step % log_period == 0 or step == total_steps:
-        values = _merge(pending)
+        values = averages.compute_merged(pending)
         pending = []
         _check_finite(previous_loss, step)
         values.update(progress.update(step))

@@ -13,7 +13,7 @@ live outside the state: inputs of the step, never
 donated, never updated, never saved with the student.
 
 `make_train_step` builds one `jax.jit` with explicit in/out shardings that donates the state:
-    state, frozen, batch -> new state, metrics (clu `Average`s, replicated)
+    state, frozen, batch -> new state, metrics (`averages.Average`s, replicated)
 The step key is `fold_in(seed key, step)`, so a resumed run draws the same coins, samples and
 dropout masks as an uninterrupted one.
 
@@ -29,7 +29,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from clu import metrics as clu_metrics
 from gkd_t5x import checkpoints
 from gkd_t5x import models
 from gkd_t5x import partitioning
@@ -128,7 +127,7 @@ def make_train_step(model: models.GKDModel, optimizer: optax.GradientTransformat
 
   Returns:
     A function of (state, frozen {'teacher': params, ...} or {}, batch {feature: [B, len]})
-    returning (state, {name: clu Average}); the state's buffers are donated.
+    returning (state, {name: `averages.Average`}); the state's buffers are donated.
   """
 
   # The key is an argument, not a constant of the program, so that runs differing only in
@@ -144,8 +143,7 @@ def make_train_step(model: models.GKDModel, optimizer: optax.GradientTransformat
     (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state['target'])
     updates, opt_state = optimizer.update(grads, state['opt_state'], state['target'])
     params = optax.apply_updates(state['target'], updates)
-    metrics = dict(metrics, grad_norm=clu_metrics.Average.from_model_output(
-        optax.global_norm(grads)))
+    metrics = dict(metrics, grad_norm=models.average(optax.global_norm(grads)))
     return {'target': params, 'opt_state': opt_state, 'step': step + 1}, metrics
 
   batch_sharding = partitioning.batch_sharding(layout.mesh)

@@ -21,7 +21,7 @@ cut at 512 loses the end of its question.
 
 Metrics (`gkd_t5x.metrics`), in percent: 'accuracy', the final numeric answer of the raw
 prediction, and 'accuracy_with_calculator', that of the prediction after Cobbe et al.'s
-calculator (`metrics.calculator`; `metrics.complete_calculator_annotation` applies it while
+calculator (`calculator.calculator`; `calculator.complete_calculator_annotation` applies it while
 decoding, the exact form of the paper's "accuracy with calculator").
 
 Registered at import, with `common.DEFAULT_VOCABULARY`:

@@ -1,4 +1,7 @@
-"""Calculator-assisted decoding: forced annotation results inside the jitted decoding loop."""
+"""The calculator: exact expression evaluation, corrected annotations, and calculator-assisted
+decoding (forced annotation results inside the jitted decoding loop)."""
+
+import fractions
 
 import jax
 import jax.numpy as jnp
@@ -87,3 +90,71 @@ def test_model_decodes_with_the_calculator_and_rejects_it_for_beam_search():
   batch = {name: jnp.full(shape, 5, jnp.int32) for name, shape in shapes.items()}
   tokens, aux = jax.jit(model.predict_batch_with_aux)(params, batch)
   assert tokens.shape == (2, 8) and aux['scores'].shape == (2,)
+
+
+@pytest.mark.parametrize('text,corrected', [
+    ('He has <<2*3=7>>7 eggs.', 'He has <<2*3=6>>7 eggs.'),
+    ('<<48/2=23>>', '<<48/2=24>>'),
+    ('<<10/4=2>>', '<<10/4=2.5>>'),
+    ('<<10/3=3>>', '<<10/3=3.333333>>'),
+    ('<<(3+5)*2=13>>', '<<(3+5)*2=16>>'),
+    ('<<2+3*4=20>>', '<<2+3*4=14>>'),
+    ('<<-2**2=4>>', '<<-2**2=-4>>'),
+    ('<<7//2=3.5>> <<7%3=0>> <<2**10=0>>', '<<7//2=3>> <<7%3=1>> <<2**10=1024>>'),
+    ('<<0.1*3=0.31>>', '<<0.1*3=0.3>>'),
+    ('<<1,000*3=300>>', '<<1,000*3=3000>>'),
+    ('<<5-8=3>>', '<<5-8=-3>>'),
+    # Text outside annotations, and correct annotations, are untouched.
+    ('24 is 48/2 = <<48/2=24>>24. #### 24', '24 is 48/2 = <<48/2=24>>24. #### 24'),
+])
+def test_calculator_corrects_annotations(text, corrected):
+  assert calculator.calculator(text) == corrected
+
+
+@pytest.mark.parametrize('expression', [
+    '__import__("os").system("echo hacked")',
+    'x*2',
+    'len("abc")',
+    '(1).__class__',
+    '[1, 2][0]',
+    '1 if 1 else 2',
+    '2 < 3',
+    'True + 1',
+    '"a" * 3',
+    '1 / 0',
+    '2 ** 10 ** 10',
+    '(-8) ** 0.5',
+    '+3',
+    '3 +',
+    '',
+])
+def test_evaluate_expression_rejects_anything_but_arithmetic(expression):
+  with pytest.raises(ValueError):
+    calculator.evaluate_expression(expression)
+  # The calculator leaves such annotations as they are.
+  annotation = f'<<{expression}=1>>'
+  if '=' not in expression and '<' not in expression:
+    assert calculator.calculator(annotation) == annotation
+
+
+def test_evaluate_expression_is_exact():
+  assert calculator.evaluate_expression('0.1 + 0.2') == fractions.Fraction(3, 10)
+  assert calculator.evaluate_expression('1/3 * 3') == 1
+  assert calculator.evaluate_expression('2 ** -2') == fractions.Fraction(1, 4)
+  assert calculator.format_result(fractions.Fraction(-1, 3)) == '-0.333333'
+  assert calculator.format_result(fractions.Fraction(2, 3)) == '0.666667'
+  assert calculator.format_result(2 ** 0.5) == '1.414214'
+
+
+def test_complete_calculator_annotation():
+  assert calculator.complete_calculator_annotation('She sold 48/2 = <<48/2=') == '24>>'
+  assert calculator.complete_calculator_annotation('<<24+48=') == '72>>'
+  assert calculator.complete_calculator_annotation('So <<(1+2)/4=') == '0.75>>'
+  # Not right after the '=' of an open annotation.
+  assert calculator.complete_calculator_annotation('She sold 48/2 = <<48/2=24>>') is None
+  assert calculator.complete_calculator_annotation('She sold 48/2 =') is None
+  assert calculator.complete_calculator_annotation('<<48/2=2') is None
+  assert calculator.complete_calculator_annotation('<<48/2') is None
+  # Not an expression the calculator takes.
+  assert calculator.complete_calculator_annotation('<<open("f")=') is None
+  assert calculator.complete_calculator_annotation('<<1/0=') is None

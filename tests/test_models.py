@@ -10,6 +10,7 @@ from rouge_score import rouge_scorer
 from scipy.special import log_softmax as scipy_log_softmax
 import seqio
 
+from gkd_t5x import metrics
 from gkd_t5x import models
 from gkd_t5x import network
 from gkd_t5x import objective
@@ -117,7 +118,7 @@ def test_rouge_reward_runs_on_the_host_inside_jit():
   to_array = lambda strings: jnp.asarray([encode(s) + [0] * (width - len(encode(s)))
                                           for s in strings])
   samples, targets = to_array(predictions), to_array(references)
-  reward = rewards.rouge_reward(vocabulary, 'rouge2')
+  reward = metrics.rouge_reward(vocabulary, 'rouge2')
   got = jax.jit(lambda s, t: reward(t, s, (s > 0).astype(jnp.float32), t,
                                     (t > 0).astype(jnp.float32)))(samples, targets)
   scorer = rouge_scorer.RougeScorer(['rouge2'], use_stemmer=True)
@@ -203,3 +204,18 @@ def test_a_model_reward_gets_its_params_from_the_reward_model_collection():
   with pytest.raises(ValueError, match="flax_mutables\\['reward_model'\\]"):
     model.loss_fn(variables['params'], batch, jax.random.PRNGKey(1),
                   {models.TEACHER_COLLECTION: variables[models.TEACHER_COLLECTION]})
+
+
+def test_step_averages_merge_as_clus_do():
+  """`averages.Average` (the core's, no clu) merges and computes as `clu.metrics.Average`."""
+  from clu import metrics as clu_metrics  # pylint: disable=g-import-not-at-top
+  from gkd_t5x import averages  # pylint: disable=g-import-not-at-top
+  values, counts = [2.0, 5.0, 1.0], [3, 1, 0]
+  ours = [averages.weighted(averages.Average, v, c) for v, c in zip(values, counts)]
+  theirs = [clu_metrics.Average.from_model_output(jnp.full((c,), v), mask=jnp.ones((c,)))
+            for v, c in zip(values, counts)]
+  merged_ours = ours[0].merge(ours[1]).merge(ours[2])
+  merged_theirs = theirs[0].merge(theirs[1]).merge(theirs[2])
+  np.testing.assert_allclose(merged_ours.compute(), merged_theirs.compute())
+  assert merged_ours.compute() == pytest.approx((2.0 * 3 + 5.0) / 4)
+  assert averages.compute_merged([{'x': ours[2]}]) == {}  # count 0: no value
