@@ -2,7 +2,7 @@
 
 A `DatasetConfig` (T5X's fields and gin names) says which task, split, feature lengths and
 global batch size. `get_dataset` turns it into a `tf.data.Dataset` of global batches of model
-features (the task's feature converter, e.g. `seqio.EncDecFeatureConverter`);
+features (the model's feature converter, `feature_converters.EncDecFeatureConverter`);
 `make_global_batch` keeps this host's rows of a global batch and assembles every host's rows
 into one `jax.Array` per feature, split over the mesh's `data` axis.
 

@@ -2,7 +2,8 @@
 
 `Evaluator` runs, on one split of one task:
   - the loss: `GKDModel.eval_fn` (the divergence to the teacher on the targets, or the
-    cross-entropy for a model without teacher) averaged over the split's sequences;
+    cross-entropy for a model without teacher) averaged over the split's sequences, and with
+    a teacher the divergence on the student's own samples (`GKDModel.on_policy_eval_fn`);
   - inference: `GKDModel.predict_batch_with_aux` decodes every input, and `seqio.Evaluator`
     decodes the tokens, postprocesses them and applies the task's metric functions (for the
     arithmetic task, exact match of the final answer), as T5X's `infer_eval` does.
@@ -26,6 +27,8 @@ from gkd_t5x import models
 from gkd_t5x import partitioning
 
 PyTree = Any
+# fold_in data of the on-policy divergence's key stream (no batch index reaches it).
+_ON_POLICY_STREAM = 2**32 - 1
 
 
 class Evaluator:
@@ -59,6 +62,10 @@ class Evaluator:
     self._mesh = mesh
     self._rules = rules
     self._rng = jax.random.PRNGKey(seed)
+    # The on-policy divergence's samples: fixed keys, so that every evaluation of a run (and
+    # of runs that differ only in their training) samples with the same randomness; a stream
+    # apart from the decoding keys, which fold in the batch index.
+    self._loss_rng = jax.random.fold_in(self._rng, _ON_POLICY_STREAM)
     converter = model.FEATURE_CONVERTER_CLS(pack=False)
     self._seqio_evaluator = seqio.Evaluator(
         mixture_or_task_name=config.mixture_or_task_name, feature_converter=converter,
@@ -68,8 +75,11 @@ class Evaluator:
     batch_sharding = partitioning.batch_sharding(mesh)
     replicated = partitioning.replicated(mesh)
 
-    def loss_fn(params, teacher, batch):
-      return model.eval_fn(params, batch, teacher)[1]
+    def loss_fn(params, teacher, batch, rng):
+      metrics = model.eval_fn(params, batch, teacher)[1]
+      if model.has_on_policy_divergence:
+        metrics.update(model.on_policy_eval_fn(params, batch, rng, teacher))
+      return metrics
 
     def predict_fn(params, frozen, batch, rng):
       tokens, _ = model.predict_batch_with_aux(params, batch, rng)
@@ -83,7 +93,7 @@ class Evaluator:
     self._reward_totals = [0.0, 0]
     with partitioning.activate(self._mesh, self._rules):
       self._loss_step = jax.jit(
-          loss_fn, in_shardings=(param_shardings, frozen_shardings, batch_sharding),
+          loss_fn, in_shardings=(param_shardings, frozen_shardings, batch_sharding, replicated),
           out_shardings=replicated)
       self._predict_step = jax.jit(
           predict_fn, in_shardings=(param_shardings, frozen_shardings, batch_sharding,
@@ -98,13 +108,19 @@ class Evaluator:
 
   def loss(self, params: PyTree, frozen: Mapping[str, PyTree]) -> Dict[str, float]:
     """The split's mean loss metrics, each real sequence weighted equally (the padding rows of
-    the last batch count in none), and `num_sequences`, the number of sequences evaluated."""
+    the last batch count in none), and `num_sequences`, the number of sequences evaluated.
+
+    With a teacher and a divergence (not SFT), also `on_policy_divergence` (with the sampled
+    length and EOS rate): the divergence on the student's own samples of the split's inputs
+    (`GKDModel.on_policy_eval_fn`), drawn with fixed keys.
+    """
     dataset = self._seqio_evaluator.cached_model_datasets[self.task_name].map(
         lambda index, features: features)
     steps, num_sequences = [], 0
     with partitioning.activate(self._mesh, self._rules):
-      for batch, num_real in self._batches(dataset):
-        steps.append(self._loss_step(params, frozen, data.make_global_batch(batch, self._mesh)))
+      for index, (batch, num_real) in enumerate(self._batches(dataset)):
+        steps.append(self._loss_step(params, frozen, data.make_global_batch(batch, self._mesh),
+                                     jax.random.fold_in(self._loss_rng, index)))
         num_sequences += num_real
     values = averages.compute_merged(steps) if steps else {}
     return dict(values, num_sequences=float(num_sequences))

@@ -165,13 +165,14 @@ class GKDModel(_ModelBase):
 
   @property
   def FEATURE_CONVERTER_CLS(self):  # pylint: disable=invalid-name
-    """`seqio.EncDecFeatureConverter`, the features `loss_fn` and `predict_batch` take.
+    """`feature_converters.EncDecFeatureConverter` (seqio's, with a task's own loss weights), the
+    features `loss_fn` and `predict_batch` take.
 
     Read by the data layers (T5X's and this project's), which import seqio; looked up only then,
     so that the model itself runs where seqio is not installed.
     """
-    import seqio  # pylint: disable=g-import-not-at-top
-    return seqio.EncDecFeatureConverter
+    from gkd_t5x import feature_converters  # pylint: disable=g-import-not-at-top
+    return feature_converters.EncDecFeatureConverter
 
   # --------------------------------------------------------------------------- initialization
 
@@ -307,6 +308,38 @@ class GKDModel(_ModelBase):
         eval_config, bind(self.module, params), self._teacher(flax_mutables), batch,
         jax.random.PRNGKey(0), student_dropout=False, eos_id=self._eos_id)
     return loss, self._metrics(loss, stats)
+
+  @property
+  def has_on_policy_divergence(self) -> bool:
+    """Whether `on_policy_eval_fn` applies: a teacher, and a divergence to it (not SFT's
+    cross-entropy)."""
+    return self.teacher_module is not None and self.gkd.divergence != 'cross_entropy'
+
+  def on_policy_eval_fn(self, params: PyTree, batch: Batch, rng: Array,
+                        flax_mutables: Optional[Mapping[str, Any]] = None) -> MetricsMap:
+    """The objective's divergence on the student's own samples of the batch's inputs.
+
+    y ~ p_S(. | x) at the objective's sampling temperature (1 in the paper), no dropout, then
+    D(p_T || p_S)(y | x) (Eq. 2) averaged over the batch's real rows: what on-policy training
+    minimizes, and what the student meets at inference; it can differ from the divergence on
+    the targets (`eval_fn`) when the student's samples leave the data's distribution.
+
+    Returns:
+      {'on_policy_divergence', 'on_policy_sample_length', 'on_policy_eos_rate': Average}.
+    """
+    if not self.has_on_policy_divergence:
+      raise ValueError('GKDModel.on_policy_eval_fn needs a teacher and a divergence other than '
+                       f'cross_entropy; this model has divergence {self.gkd.divergence!r}.')
+    config = dataclasses.replace(
+        self.gkd, lmbda=1.0, fixed_data='targets', alpha=1.0, reward=None,
+        baseline='batch_mean', num_samples_per_input=1)
+    _, stats = objective.gkd_loss(
+        config, bind(self.module, params), self._teacher(flax_mutables), batch, rng,
+        student_dropout=False, eos_id=self._eos_id)
+    num_real = stats['num_sequences']
+    return {f'on_policy_{name}': average(stats[stat], num_real)
+            for name, stat in (('divergence', 'divergence'), ('sample_length', 'sequence_length'),
+                               ('eos_rate', 'eos_rate'))}
 
   # --------------------------------------------------------------------------- inference
 

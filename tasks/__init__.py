@@ -1,7 +1,9 @@
 """seqio task and mixture registrations of gkd_t5x, installed as `gkd_t5x.tasks`.
 
 Importing the package registers every task (seqio style: tasks are data, registered once):
-  `arithmetic`  chain-of-thought arithmetic generated from a seed (offline, byte vocabulary).
+  `arithmetic`  chain-of-thought arithmetic generated from a seed (offline, byte vocabulary),
+                with the on-policy testbed's knobs on its worked steps (`steps`: slips and
+                their corrections, commuted steps).
   `xsum`        XSum summarization and its 1K / 10K / 50K train subsets (TFDS).
   `wmt`         WMT14 English-German translation, `wmt_t2t_ende_v003` (TFDS).
   `gsm8k`       GSM8K with the 4-shot chain-of-thought prompt (TFDS).

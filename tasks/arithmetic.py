@@ -19,7 +19,8 @@ never share a problem, and validation/test do not depend on `num_train` or `trai
 
 Metrics. `final_answer_accuracy` compares the integer after the last '#' of prediction and target
 (a prediction without '#', or with an unparsable answer, is wrong); `sequence_accuracy` is the
-exact match of the whole string. Both are in percent.
+exact match of the whole string; `step_accuracy` and `self_correction` read the steps (below).
+All are in percent.
 
 Features. 'inputs' and 'targets' are tokenized with `seqio.ByteVocabulary()` (one id per UTF-8
 byte, offset by 3: pad 0, EOS 1, unk 2; vocab size 259) and end with EOS, i.e. 1-D int32 arrays
@@ -37,6 +38,18 @@ Registered at import:
   arithmetic_sum3_2digit_train5pct, _train25pct  its 5% / 25% data fractions.
   arithmetic_chain5           5 terms in [0, 99], '+' and '-', 50k / 1k / 1k: a longer chain in
                               which one early mistake spoils every later step and the answer.
+  arithmetic_sum3_2digit_slips{10,30}, arithmetic_chain5_slips{10,30}
+                              the same problems with 10% / 30% of the steps slipped and corrected
+                              ('74+17=11!91;', `steps.inject_slips`): the data of a teacher that
+                              corrects slips (the on-policy testbed's recoverability knob).
+  arithmetic_sum3_2digit_commute50
+                              the same sums with each step's operands swapped half of the time
+                              ('63+85=148;51+148=199;#199'): four valid solutions a problem (the
+                              testbed's target-entropy knob).
+
+Metrics (all tasks): 'accuracy' and 'sequence_accuracy' above; 'step_accuracy', partial credit
+per step value; 'correction_rate', 'self_correction_rate' and 'false_correction_rate', how a
+prediction handles its own arithmetic errors with the slip marker '!' (`self_correction`).
 """
 
 import functools
@@ -46,6 +59,8 @@ from typing import Dict, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import seqio
 import tensorflow as tf
+
+from gkd_t5x.tasks import steps
 
 OPERATORS = ('+', '-', '*')
 SPLITS = ('train', 'validation', 'test')
@@ -63,6 +78,10 @@ ARITHMETIC_SUM3_FEATURE_LENGTHS = {'inputs': 16, 'targets': 40}
 #   arithmetic_sum3_2digit: inputs 9 ('99+99+99='), targets 25 ('99+99=198;198+99=297;#297').
 ARITHMETIC_SUM3_2DIGIT_FEATURE_LENGTHS = {'inputs': 16, 'targets': 32}
 ARITHMETIC_CHAIN5_FEATURE_LENGTHS = {'inputs': 16, 'targets': 56}
+# With slips (`steps.inject_slips`) every step may add a wrong value and the marker: up to 4 + 1
+# bytes a step ('-188' and '!'), 2 steps for sum3_2digit (25 + 10), 4 for chain5 (53 + 20).
+ARITHMETIC_SUM3_2DIGIT_SLIPS_FEATURE_LENGTHS = {'inputs': 16, 'targets': 40}
+ARITHMETIC_CHAIN5_SLIPS_FEATURE_LENGTHS = {'inputs': 16, 'targets': 80}
 
 # Problems are drawn from the stream in chunks of a fixed size (not one that depends on the
 # requested count), so that a split is a prefix-stable function of the seed alone.
@@ -254,6 +273,67 @@ def sequence_accuracy(targets: Sequence[str], predictions: Sequence[str]) -> Dic
   return {'sequence_accuracy': 100.0 * correct / len(targets)}
 
 
+_PREDICTED_STEP = r'(-?\d+)([-+*])(\d+)=(-?\d+)(?:{marker}(-?\d+))?'
+
+
+def _step_pattern(marker: str) -> 're.Pattern':
+  """A step as a prediction may write it: 'a<op>b=first', or 'a<op>b=first<marker>corrected'."""
+  return re.compile(_PREDICTED_STEP.format(marker=re.escape(marker)))
+
+
+def _step_values(text: str, marker: str) -> Sequence[int]:
+  """The values the steps of `text` end with: the corrected value where a slip was corrected."""
+  return [int(corrected or first)
+          for _, _, _, first, corrected in _step_pattern(marker).findall(text)]
+
+
+def step_accuracy(targets: Sequence[str], predictions: Sequence[str], *,
+                  marker: str = '!') -> Dict[str, float]:
+  """Partial credit: the percent of the target's step values that the prediction has at the
+  same step (after its corrections), averaged over examples. A prediction that goes wrong at
+  step k and carries the wrong value on loses the steps from k on; one that recovers loses at
+  most one. NaN if empty."""
+  _check_lengths(targets, predictions)
+  if not targets:
+    return {'step_accuracy': float('nan')}
+  scores = []
+  for target, prediction in zip(targets, predictions):
+    want = _step_values(_to_str(target), marker)
+    got = _step_values(_to_str(prediction), marker)
+    scores.append(sum(g == w for g, w in zip(got, want)) / max(len(want), 1))
+  return {'step_accuracy': 100.0 * float(np.mean(scores))}
+
+
+def self_correction(targets: Sequence[str], predictions: Sequence[str], *,
+                    marker: str = '!') -> Dict[str, float]:
+  """How predictions handle their own arithmetic errors, step by step. Each step
+  'a<op>b=first[<marker>corrected]' is judged against a<op>b as written, so an error counts
+  where it is made, not again in the steps that inherit it:
+
+    correction_rate        percent of predictions that write a correction (the marker);
+    self_correction_rate   percent of erroneous steps (first != a<op>b) followed by the right
+                           correction (NaN without erroneous steps);
+    false_correction_rate  percent of right steps "corrected" anyway (NaN without right steps).
+  """
+  _check_lengths(targets, predictions)
+  errors = fixed = right = spoiled = corrected_rows = 0
+  for prediction in predictions:
+    prediction = _to_str(prediction)
+    corrected_rows += marker in prediction
+    for a, op, b, first, corrected in _step_pattern(marker).findall(prediction):
+      truth = _apply(op, int(a), int(b))
+      if int(first) != truth:
+        errors += 1
+        fixed += bool(corrected) and int(corrected) == truth
+      else:
+        right += 1
+        spoiled += bool(corrected)
+  percent = lambda part, whole: 100.0 * part / whole if whole else float('nan')
+  return {'correction_rate': percent(corrected_rows, len(predictions)),
+          'self_correction_rate': percent(fixed, errors),
+          'false_correction_rate': percent(spoiled, right)}
+
+
 def _to_str(text, **unused_kwargs) -> str:
   """seqio postprocess_fn: metric fns get `str`, also where a caller hands over raw bytes."""
   del unused_kwargs  # `example`, `is_target`: targets and predictions are treated alike.
@@ -270,7 +350,9 @@ def register_arithmetic_task(name: str, *, num_terms: int, max_value: int,
                              operators: Sequence[str] = ('+',), num_train: int,
                              num_validation: int = 1000, num_test: int = 1000, seed: int = 0,
                              train_fraction: float = 1.0,
-                             shuffle_whole_split: bool = False) -> seqio.Task:
+                             shuffle_whole_split: bool = False,
+                             slips: Optional[steps.SlipConfig] = None,
+                             commute_rate: Optional[float] = None) -> seqio.Task:
   """Registers (once) and returns the seqio task `name`.
 
   Args:
@@ -283,6 +365,11 @@ def register_arithmetic_task(name: str, *, num_terms: int, max_value: int,
       first problems of the stream: a task that keeps a train fraction then reads the same
       examples as the full task until it runs out of them (a data-efficiency comparison shorter
       than one epoch of the fraction compares identical streams).
+    slips: write slips and their corrections into the targets of every split
+      (`steps.inject_slips`; the recoverability knob). The metrics read corrections with its
+      marker.
+    commute_rate: write each '+' step with its operands swapped with this probability
+      (`steps.commute_steps`; the target-entropy knob).
 
   Returns:
     The task. Registering the same name again with identical arguments returns the registered
@@ -295,7 +382,8 @@ def register_arithmetic_task(name: str, *, num_terms: int, max_value: int,
                       num_train=int(num_train), num_validation=int(num_validation),
                       num_test=int(num_test), seed=int(seed),
                       train_fraction=float(train_fraction))
-  config = dict(split_config, shuffle_whole_split=bool(shuffle_whole_split))
+  config = dict(split_config, shuffle_whole_split=bool(shuffle_whole_split), slips=slips,
+                commute_rate=commute_rate)
   if name in seqio.TaskRegistry.names():
     task = seqio.TaskRegistry.get(name)
     registered = getattr(task, '_gkd_arithmetic_config', None)
@@ -320,6 +408,9 @@ def register_arithmetic_task(name: str, *, num_terms: int, max_value: int,
     return dataset
 
   vocabulary = seqio.ByteVocabulary()
+  # A clean task's predictions may hold corrections too (a student taught by a teacher that
+  # corrects): read them with the default marker.
+  marker = (slips or steps.SlipConfig()).marker
   task = seqio.TaskRegistry.add(
       name,
       source=seqio.FunctionDataSource(
@@ -331,15 +422,21 @@ def register_arithmetic_task(name: str, *, num_terms: int, max_value: int,
               'test': int(num_test),
           }),
       preprocessors=[
+          *([functools.partial(steps.commute_steps, rate=commute_rate)] if commute_rate else []),
+          *([functools.partial(steps.inject_slips, config=slips)] if slips else []),
           seqio.preprocessors.tokenize,
           seqio.preprocessors.append_eos_after_trim,
+          *([functools.partial(steps.mask_slipped_values, marker=slips.marker)]
+            if slips and not slips.learn_slips else []),
       ],
       output_features={
           'inputs': seqio.Feature(vocabulary=vocabulary, add_eos=True),
           'targets': seqio.Feature(vocabulary=vocabulary, add_eos=True),
       },
       postprocess_fn=_to_str,
-      metric_fns=[final_answer_accuracy, sequence_accuracy])
+      metric_fns=[final_answer_accuracy, sequence_accuracy,
+                  functools.partial(step_accuracy, marker=marker),
+                  functools.partial(self_correction, marker=marker)])
   task._gkd_arithmetic_config = config  # pylint: disable=protected-access
   return task
 
@@ -367,3 +464,16 @@ register_arithmetic_task('arithmetic_chain5_train5pct', train_fraction=0.05,
                          shuffle_whole_split=True, **ARITHMETIC_CHAIN5)
 register_arithmetic_task('arithmetic_chain5_train25pct', train_fraction=0.25,
                          shuffle_whole_split=True, **ARITHMETIC_CHAIN5)
+# The on-policy testbed's recoverability knob (tasks/steps.py): the same problems with a share of
+# the steps written wrong and corrected after '!', the data a teacher that corrects slips is
+# trained on (and the "teacher's kind of data" of the off-policy control). The clean tasks above
+# are what the students' ground truth and evaluation read.
+# The target-entropy knob: every step of a sum written with its operands in either order, so a
+# problem has four valid solutions and the teacher's next-token distribution is not one-hot.
+register_arithmetic_task('arithmetic_sum3_2digit_commute50', commute_rate=0.5,
+                         **ARITHMETIC_SUM3_2DIGIT)
+for _rate in (10, 30):
+  register_arithmetic_task(f'arithmetic_sum3_2digit_slips{_rate}',
+                           slips=steps.SlipConfig(rate=_rate / 100), **ARITHMETIC_SUM3_2DIGIT)
+  register_arithmetic_task(f'arithmetic_chain5_slips{_rate}', shuffle_whole_split=True,
+                           slips=steps.SlipConfig(rate=_rate / 100), **ARITHMETIC_CHAIN5)

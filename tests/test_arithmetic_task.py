@@ -202,7 +202,9 @@ def test_metric_fns_through_seqio_postprocess():
   results = {}
   for metric_fn in task.metric_fns:
     results.update(metric_fn(targets, predictions))
-  assert results == {'accuracy': 50.0, 'sequence_accuracy': 50.0}
+  assert results == {'accuracy': 50.0, 'sequence_accuracy': 50.0, 'step_accuracy': 50.0,
+                     'correction_rate': 0.0, 'self_correction_rate': 0.0,
+                     'false_correction_rate': 0.0}
 
 
 def test_final_answer_accuracy():

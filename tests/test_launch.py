@@ -39,7 +39,9 @@ import sweep
 from spec_labels import DIVERGENCES, check_divergence
 import tpu_pod
 
-SPECS = sorted((ROOT / 'launch' / 'sweeps').glob('*.json'))
+# The CPU-sized panels, and the on-policy testbed's specs.
+SPECS = (sorted((ROOT / 'launch' / 'sweeps').glob('*.json'))
+         + sorted((ROOT / 'launch' / 'sweeps' / 'testbed').glob('*.json')))
 TEACHER = 'launch/checkpoints/arithmetic_sum3_2digit_teacher'
 GKD = 'gin/experiments/arithmetic/gkd.gin'
 PNG_HEADER = b'\x89PNG\r\n\x1a\n'
@@ -177,6 +179,12 @@ def test_spec_gin_configs_build_the_named_methods(tmp_path):
       'GKD (on-policy, JSD(0.9))': ('jsd', 1.0, 'targets'),
       'GKD (supervised)': ('jsd', 0.0, 'targets'),
       'GKD (on-policy)': ('jsd', 1.0, 'targets'),
+      # The on-policy testbed (launch/sweeps/testbed/).
+      'SFT (continued)': ('cross_entropy', 0.0, 'targets'),
+      'Supervised KD (clean)': ('forward_kl', 0.0, 'targets'),
+      'Supervised KD (slips)': ('forward_kl', 0.0, 'targets'),
+      'Supervised KD (clean, RKL)': ('reverse_kl', 0.0, 'targets'),
+      'GKD (on-policy, RKL)': ('reverse_kl', 1.0, 'targets'),
   }
   configs, expected = {}, []
   for path in SPECS:
@@ -231,6 +239,10 @@ def test_spec_gin_configs_build_the_named_methods(tmp_path):
       check_divergence(config, labels['divergence'], where)
     if 'lambda' in labels:
       assert config['lmbda'] == float(labels['lambda']), where
+    if labels.get('method') == 'Supervised KD (slips)':
+      assert config['task'] == 'arithmetic_chain5_slips30', where
+    elif spec_name == 'recovery_positive_control':
+      assert config['task'] == 'arithmetic_chain5', where
     if 'data_percent' in labels:
       assert config['task'] == {'5': 'arithmetic_sum3_2digit_train5pct',
                                 '25': 'arithmetic_sum3_2digit_train25pct',

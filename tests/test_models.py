@@ -219,3 +219,37 @@ def test_step_averages_merge_as_clus_do():
   np.testing.assert_allclose(merged_ours.compute(), merged_theirs.compute())
   assert merged_ours.compute() == pytest.approx((2.0 * 3 + 5.0) / 4)
   assert averages.compute_merged([{'x': ours[2]}]) == {}  # count 0: no value
+
+
+def distillation_model(divergence='forward_kl', lmbda=1.0):
+  return models.GKDModel(STUDENT, STUDENT, VOCABULARY, VOCABULARY,
+                         gkd=objective.GKDConfig(divergence=divergence, lmbda=lmbda))
+
+
+@pytest.mark.parametrize('divergence', ['forward_kl', 'reverse_kl', 'jsd'])
+def test_on_policy_divergence_is_what_an_on_policy_step_minimizes(setup, divergence):
+  """With the step's key, the evaluation metric equals the lambda = 1 training loss; a
+  lambda = 0 model reports the same value (it evaluates the student's samples, not the data),
+  and a student equal to its teacher is at 0."""
+  params, batch = setup
+  teacher = jax.tree_util.tree_map(lambda x: x * 1.5, params)
+  rng = jax.random.PRNGKey(3)
+  on_policy = distillation_model(divergence).on_policy_eval_fn(params, batch, rng,
+                                                               {'teacher': teacher})
+  loss, _ = distillation_model(divergence).loss_fn(params, batch, rng, {'teacher': teacher})[:2]
+  value = float(on_policy['on_policy_divergence'].compute())
+  assert value > 0 and value == pytest.approx(float(loss), rel=1e-6)
+  supervised = distillation_model(divergence, lmbda=0.0).on_policy_eval_fn(
+      params, batch, rng, {'teacher': teacher})
+  assert float(supervised['on_policy_divergence'].compute()) == pytest.approx(value, rel=1e-6)
+  itself = distillation_model(divergence).on_policy_eval_fn(params, batch, rng,
+                                                            {'teacher': params})
+  assert float(itself['on_policy_divergence'].compute()) == pytest.approx(0.0, abs=1e-6)
+  assert 0 < float(on_policy['on_policy_sample_length'].compute()) <= L
+
+
+def test_on_policy_divergence_needs_a_teacher_divergence(setup):
+  params, batch = setup
+  assert not make_model().has_on_policy_divergence
+  with pytest.raises(ValueError, match='cross_entropy'):
+    make_model().on_policy_eval_fn(params, batch, jax.random.PRNGKey(0))

@@ -54,7 +54,9 @@ HAS_T5X = importlib.util.find_spec('t5x') is not None
 # Files parsed after an experiment's own to change some of its settings (not runnable alone).
 OVERLAY_FILES = ('gin/experiments/arithmetic/reproduction.gin',
                  'gin/experiments/arithmetic/chain5.gin',
-                 'gin/experiments/arithmetic/chain5_reproduction.gin')
+                 'gin/experiments/arithmetic/chain5_reproduction.gin',
+                 'gin/experiments/arithmetic/chain5_recovery.gin',
+                 'gin/experiments/arithmetic/chain5_recovery_budget.gin')
 SWEEP_ROOT = '/sweeps'
 
 # Spec name -> (runner, references, points, seeds): runs = references + points x seeds.

@@ -68,7 +68,7 @@ def write_t5x_teacher(directory):
 def test_gkd_model_is_a_t5x_encoder_decoder_model():
   model = make_model()
   assert isinstance(model, t5x_models.EncoderDecoderModel)
-  assert model.FEATURE_CONVERTER_CLS is seqio.EncDecFeatureConverter
+  assert issubclass(model.FEATURE_CONVERTER_CLS, seqio.EncDecFeatureConverter)
   assert model.input_vocabulary is VOCABULARY and model.output_vocabulary is VOCABULARY
   params = model.get_initial_variables(jax.random.PRNGKey(0), SHAPES)['params']
   rng = np.random.RandomState(0)

@@ -114,6 +114,8 @@ def test_gkd_run_writes_metrics_checkpoints_and_predictions(gkd_run):
   assert [step for step, _ in accuracy] == [4, 8, 12]
   assert all(0.0 <= value <= 100.0 for _, value in accuracy)
   assert 'validation/loss' in eval_scalars
+  # The divergence on the student's own samples, beside the one on the targets.
+  assert all(value > 0 for _, value in eval_scalars['validation/on_policy_divergence'])
   lines = [json.loads(line) for line in open(os.path.join(model_dir, 'eval_metrics.jsonl'))]
   assert [line['step'] for line in lines] == [4, 8, 12]
   predictions = [json.loads(line) for line in open(os.path.join(model_dir,

@@ -1,0 +1,43 @@
+"""The feature converter of `GKDModel`: seqio's encoder-decoder features, with a task's own loss
+weights.
+
+It imports seqio and TensorFlow but registers no gin configurable, so that T5X's trainer can
+look it up (`GKDModel.FEATURE_CONVERTER_CLS`) after gin has locked its configuration.
+"""
+
+from typing import Mapping
+
+import seqio
+import tensorflow as tf
+
+# A task feature, aligned with 'targets', that weights each target token's loss (0: the token
+# is context, not a label), e.g. the slipped values of a teacher that corrects slips
+# (`gkd_t5x.tasks.steps.mask_slipped_values`).
+TARGETS_LOSS_WEIGHTS = 'targets_loss_weights'
+
+
+class EncDecFeatureConverter(seqio.EncDecFeatureConverter):
+  """seqio's encoder-decoder features, with the task's own loss weights where it has them.
+
+  A task whose examples carry `TARGETS_LOSS_WEIGHTS` ([targets length] int32, 0 or 1) gets
+  them, times the non-padding mask, as 'decoder_loss_weights'; any other task gets seqio's
+  features unchanged. Packing does not take loss weights.
+  """
+
+  def _convert_features(self, ds: tf.data.Dataset,
+                        task_feature_lengths: Mapping[str, int]) -> tf.data.Dataset:
+    if TARGETS_LOSS_WEIGHTS not in ds.element_spec:
+      return super()._convert_features(ds, task_feature_lengths)
+    if self.pack:
+      raise ValueError(f'A task with {TARGETS_LOSS_WEIGHTS!r} cannot be packed: set pack=False.')
+    lengths = dict(task_feature_lengths)
+    lengths[TARGETS_LOSS_WEIGHTS] = lengths['targets']
+    ds = self._pack_or_pad(ds, lengths)
+
+    def convert(features):
+      converted = dict(self._convert_example(features))
+      converted['decoder_loss_weights'] *= tf.cast(features[TARGETS_LOSS_WEIGHTS],
+                                                   converted['decoder_loss_weights'].dtype)
+      return converted
+
+    return ds.map(convert, num_parallel_calls=tf.data.experimental.AUTOTUNE)
