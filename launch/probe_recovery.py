@@ -27,6 +27,7 @@ from gkd_t5x import gin_utils
 from gkd_t5x import models
 from gkd_t5x import partitioning
 from gkd_t5x import trainer
+from gkd_t5x.tasks import steps
 
 
 def marker_probabilities(log_probs_BxLxV: np.ndarray, targets_BxL: np.ndarray, *,
@@ -53,10 +54,9 @@ def probe(*, model: models.GKDModel, checkpoint_path: str, dataset_cfg: data.Dat
                                partitioning.standard_logical_axis_rules(), shapes)
   params = checkpoints.restore_params(checkpoint_path, layout.abstract_state['target'],
                                       setting='CHECKPOINT_PATH')
-  vocabulary = model.output_vocabulary
-  ids = lambda text: [int(i) for i in vocabulary.encode(text)]
-  token_ids = dict(marker_id=ids(marker)[0], separator_id=ids(';')[0],
-                   digit_ids=np.asarray(ids('0123456789')))
+  token_id = lambda text: steps.single_token_id(model.output_vocabulary, text)
+  token_ids = dict(marker_id=token_id(marker), separator_id=token_id(';'),
+                   digit_ids=np.asarray([token_id(digit) for digit in '0123456789']))
   log_probs_fn = jax.jit(lambda p, b: jax.nn.log_softmax(model.module.apply(
       {'params': p}, b['encoder_input_tokens'], b['decoder_input_tokens'],
       b['decoder_target_tokens'], enable_dropout=False)))

@@ -177,11 +177,12 @@ def slipped_value_weights(ids: np.ndarray, equals_id: int, marker_id: int) -> np
   return weights
 
 
-def _single_token(vocabulary: seqio.Vocabulary, text: str) -> int:
+def single_token_id(vocabulary: seqio.Vocabulary, text: str) -> int:
+  """The id of `text`, which must be one token of `vocabulary` (ValueError otherwise)."""
   ids = list(vocabulary.encode(text))
   if len(ids) != 1:
-    raise ValueError(f'mask_slipped_values needs {text!r} to be one token of the vocabulary of '
-                     f'the targets, got ids {ids}.')
+    raise ValueError(f'{text!r} must be one token of the vocabulary of the targets, got ids '
+                     f'{ids}.')
   return ids[0]
 
 
@@ -190,7 +191,7 @@ def mask_slipped_values(dataset: tf.data.Dataset, output_features: Mapping[str, 
   """seqio preprocessor (on tokenized 'targets'): adds 'targets_loss_weights', 0 on the tokens of
   each slip's wrong value (`slipped_value_weights`)."""
   vocabulary = output_features['targets'].vocabulary
-  equals_id, marker_id = _single_token(vocabulary, '='), _single_token(vocabulary, marker)
+  equals_id, marker_id = single_token_id(vocabulary, '='), single_token_id(vocabulary, marker)
 
   def add_weights(features):
     weights = tf.numpy_function(
