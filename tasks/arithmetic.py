@@ -368,8 +368,9 @@ def register_arithmetic_task(name: str, *, num_terms: int, max_value: int,
     slips: write slips and their corrections into the targets of every split
       (`steps.inject_slips`; the recoverability knob). The metrics read corrections with its
       marker.
-    commute_rate: write each '+' step with its operands swapped with this probability
-      (`steps.commute_steps`; the target-entropy knob).
+    commute_rate: write each commutative step ('+', '*') of non-negative operands with its
+      operands swapped with this probability, in (0, 1] (`steps.commute_steps`; the
+      target-entropy knob).
 
   Returns:
     The task. Registering the same name again with identical arguments returns the registered
@@ -382,6 +383,8 @@ def register_arithmetic_task(name: str, *, num_terms: int, max_value: int,
                       num_train=int(num_train), num_validation=int(num_validation),
                       num_test=int(num_test), seed=int(seed),
                       train_fraction=float(train_fraction))
+  if commute_rate is not None and not 0.0 < commute_rate <= 1.0:
+    raise ValueError(f'commute_rate must be None or in (0, 1], got {commute_rate!r}.')
   config = dict(split_config, shuffle_whole_split=bool(shuffle_whole_split), slips=slips,
                 commute_rate=commute_rate)
   if name in seqio.TaskRegistry.names():

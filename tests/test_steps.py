@@ -63,6 +63,13 @@ def test_commuted_steps_keep_every_value_and_the_answer():
   assert steps.commute_steps_text(chain, rng, 1.0) == chain
 
 
+def test_a_commute_rate_outside_the_unit_interval_fails_at_registration():
+  with pytest.raises(ValueError, match='commute_rate must be'):
+    arithmetic.register_arithmetic_task('never_registered', commute_rate=1.5,
+                                        **arithmetic.ARITHMETIC_SUM3_2DIGIT)
+  assert 'never_registered' not in seqio.TaskRegistry.names()
+
+
 def test_slip_config_names_the_setting_and_its_allowed_values():
   for kwargs, message in [({'rate': 0.0}, 'rate must be in'), ({'kind': 'typo'}, 'kind must be'),
                           ({'marker': '#'}, 'marker must be'), ({'max_offset': 0}, 'max_offset')]:
