@@ -273,18 +273,10 @@ def sequence_accuracy(targets: Sequence[str], predictions: Sequence[str]) -> Dic
   return {'sequence_accuracy': 100.0 * correct / len(targets)}
 
 
-_PREDICTED_STEP = r'(-?\d+)([-+*])(\d+)=(-?\d+)(?:{marker}(-?\d+))?'
-
-
-def _step_pattern(marker: str) -> 're.Pattern':
-  """A step as a prediction may write it: 'a<op>b=first', or 'a<op>b=first<marker>corrected'."""
-  return re.compile(_PREDICTED_STEP.format(marker=re.escape(marker)))
-
-
 def _step_values(text: str, marker: str) -> Sequence[int]:
   """The values the steps of `text` end with: the corrected value where a slip was corrected."""
-  return [int(corrected or first)
-          for _, _, _, first, corrected in _step_pattern(marker).findall(text)]
+  return [int(step['corrected'] or step['value'])
+          for step in steps.step_pattern(marker).finditer(text)]
 
 
 def step_accuracy(targets: Sequence[str], predictions: Sequence[str], *,
@@ -320,14 +312,15 @@ def self_correction(targets: Sequence[str], predictions: Sequence[str], *,
   for prediction in predictions:
     prediction = _to_str(prediction)
     corrected_rows += marker in prediction
-    for a, op, b, first, corrected in _step_pattern(marker).findall(prediction):
-      truth = _apply(op, int(a), int(b))
-      if int(first) != truth:
+    for step in steps.step_pattern(marker).finditer(prediction):
+      truth = _apply(step['op'], int(step['a']), int(step['b']))
+      corrected = step['corrected']
+      if int(step['value']) != truth:
         errors += 1
-        fixed += bool(corrected) and int(corrected) == truth
+        fixed += corrected is not None and int(corrected) == truth
       else:
         right += 1
-        spoiled += bool(corrected)
+        spoiled += corrected is not None
   percent = lambda part, whole: 100.0 * part / whole if whole else float('nan')
   return {'correction_rate': percent(corrected_rows, len(predictions)),
           'self_correction_rate': percent(fixed, errors),

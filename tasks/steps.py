@@ -33,8 +33,17 @@ import seqio
 import tensorflow as tf
 
 SLIP_KINDS = ('digit', 'offset')
-_STEP_RE = re.compile(r'(?P<lhs>-?\d+(?P<op>[-+*])\d+)=(?P<value>-?\d+)')
+# A step 'a<op>b=value': the first operand may be a negative running result, the second is an
+# operand of the problem.
+_STEP = r'(?P<a>-?\d+)(?P<op>[-+*])(?P<b>\d+)=(?P<value>-?\d+)'
+_STEP_RE = re.compile(_STEP)
 _COMMUTATIVE = ('+', '*')
+
+
+def step_pattern(marker: str) -> 're.Pattern':
+  """A step as a model may write it, 'a<op>b=value' or 'a<op>b=value<marker>corrected': groups
+  a, op, b, value and corrected (None without a correction)."""
+  return re.compile(_STEP + f'(?:{re.escape(marker)}(?P<corrected>-?\\d+))?')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,7 +106,8 @@ def inject_slips_text(target: str, rng: np.random.Generator, config: SlipConfig)
     if rng.random() >= config.rate:
       return match.group(0)
     value = int(match.group('value'))
-    return f'{match.group("lhs")}={wrong_value(value, rng, config)}{config.marker}{value}'
+    lhs = f'{match.group("a")}{match.group("op")}{match.group("b")}'
+    return f'{lhs}={wrong_value(value, rng, config)}{config.marker}{value}'
 
   return _STEP_RE.sub(slip, target)
 
@@ -112,20 +122,13 @@ def commute_steps_text(target: str, rng: np.random.Generator, rate: float) -> st
   'b+a=c' with probability `rate`; values and answer are unchanged. The first operand of a step
   after the first is the running result, so a commuted step carries it second."""
   def commute(match: re.Match) -> str:
-    op = match.group('op')
-    left, right = _split_operands(match.group('lhs'), op)
+    a, op, b = match.group('a', 'op', 'b')
     # A negative running result is left first: '40+-73' is no form the tasks write.
-    if op not in _COMMUTATIVE or left.startswith('-') or rng.random() >= rate:
+    if op not in _COMMUTATIVE or a.startswith('-') or rng.random() >= rate:
       return match.group(0)
-    return f'{right}{op}{left}={match.group("value")}'
+    return f'{b}{op}{a}={match.group("value")}'
 
   return _STEP_RE.sub(commute, target)
-
-
-def _split_operands(lhs: str, op: str):
-  # The first operand may carry a leading '-' (a negative running result): split after it.
-  index = lhs.index(op, 1)
-  return lhs[:index], lhs[index + 1:]
 
 
 def _seeded_rng(seed: np.ndarray) -> np.random.Generator:
