@@ -1,6 +1,8 @@
-r"""The paper's claims, checked against the small-scale reproduction's CSVs.
+r"""The paper's claims, checked against the small-scale reproduction's CSVs, and the on-policy
+testbed's.
 
     python launch/claims.py [--figures results/figures]
+    python launch/claims.py --claims testbed --figures results/figures/testbed
 
 Reads the CSVs that `launch/reproduce.py` (through `launch/figures.py`) writes, and prints one
 markdown row per claim: the two quantities compared (mean +- std over n seeds; a reference
@@ -131,6 +133,24 @@ CLAIMS: Tuple[Claim, ...] = tuple(
     ] + _methods('s', 'chain5') + _data_efficiency('s', 'chain5') + _methods('xs', 'chain5'))
 
 
+def _testbed(knob: str, teachers_kind: str) -> List[Claim]:
+  """The positive control of one testbed knob (launch/sweeps/testbed/sum3_<knob>_...): on-policy
+  GKD against each same-budget control, forward KL, greedy and sampled at T = 1."""
+  spec, figure = f'sum3_{knob}_positive_control', f'Testbed ({knob})'
+  controls = (('SFT for the same steps', 'method_SFT_continued'),
+              ('supervised KD on the ground truth', 'method_Supervised_KD_clean'),
+              ('supervised KD on the teacher\'s kind of data',
+               f'method_Supervised_KD_{teachers_kind}'))
+  return [Claim(figure, f'{label}: on-policy GKD beats {name}', spec, 'accuracy', evaluation,
+                'method_GKD_on-policy_FKL', point)
+          for evaluation, label in (('greedy', 'greedy'), ('T=1.0', 'T = 1'))
+          for name, point in controls]
+
+
+TESTBED_CLAIMS: Tuple[Claim, ...] = tuple(
+    _testbed('recovery', 'slips') + _testbed('entropy', 'both_orders'))
+
+
 @dataclasses.dataclass
 class Row:
   mean: float
@@ -183,8 +203,10 @@ def table(figures: str, claims: Sequence[Claim] = CLAIMS) -> str:
 def main(argv: Optional[Sequence[str]] = None) -> int:
   parser = argparse.ArgumentParser(description='The paper\'s claims against the CSVs.')
   parser.add_argument('--figures', default=DEFAULT_FIGURES, help='where the CSVs are')
+  parser.add_argument('--claims', choices=('paper', 'testbed'), default='paper',
+                      help='the paper\'s claims (the reproduction) or the on-policy testbed\'s')
   args = parser.parse_args(argv)
-  print(table(args.figures))
+  print(table(args.figures, CLAIMS if args.claims == 'paper' else TESTBED_CLAIMS))
   return 0
 
 

@@ -49,7 +49,9 @@ Registered at import:
 
 Metrics (all tasks): 'accuracy' and 'sequence_accuracy' above; 'step_accuracy', partial credit
 per step value; 'correction_rate', 'self_correction_rate' and 'false_correction_rate', how a
-prediction handles its own arithmetic errors with the slip marker '!' (`self_correction`).
+prediction handles its own arithmetic errors with the slip marker '!' (`self_correction`);
+'commuted_step_rate', 'reordered_step_rate' and 'reordered_step_accuracy', how often a prediction
+writes a step in another order than the ground truth's and whether it finishes it (`step_order`).
 """
 
 import functools
@@ -327,6 +329,41 @@ def self_correction(targets: Sequence[str], predictions: Sequence[str], *,
           'false_correction_rate': percent(spoiled, right)}
 
 
+def step_order(targets: Sequence[str], predictions: Sequence[str], *,
+               marker: str = '!') -> Dict[str, float]:
+  """How much of a teacher's choice of order a model writes (`steps.commute_steps`, the
+  target-entropy knob), and whether it can finish what it starts. A step is in order when its
+  first operand is the running result (in the first step, the problem's first term, which the
+  target's first step carries first):
+
+    commuted_step_rate       percent of the predictions' steps written with the running result
+                             second ('51+148=' after '...=148;');
+    reordered_step_rate      percent of steps that do not start with the running result
+                             (commuted ones, and ones begun in the other order and not finished);
+    reordered_step_accuracy  percent of those whose value is right for the operands as written
+                             (NaN without any).
+
+  NaN rates without steps."""
+  _check_lengths(targets, predictions)
+  commuted = reordered = reordered_right = total = 0
+  pattern = steps.step_pattern(marker)
+  for target, prediction in zip(targets, predictions):
+    first = pattern.search(_to_str(target))
+    running = first['a'] if first else None
+    for step in pattern.finditer(_to_str(prediction)):
+      total += 1
+      if step['a'] != running:
+        reordered += 1
+        commuted += step['b'] == running
+        value = int(step['corrected'] or step['value'])
+        reordered_right += value == _apply(step['op'], int(step['a']), int(step['b']))
+      running = step['corrected'] or step['value']
+  percent = lambda part, whole: 100.0 * part / whole if whole else float('nan')
+  return {'commuted_step_rate': percent(commuted, total),
+          'reordered_step_rate': percent(reordered, total),
+          'reordered_step_accuracy': percent(reordered_right, reordered)}
+
+
 def _to_str(text, **unused_kwargs) -> str:
   """seqio postprocess_fn: metric fns get `str`, also where a caller hands over raw bytes."""
   del unused_kwargs  # `example`, `is_target`: targets and predictions are treated alike.
@@ -432,7 +469,8 @@ def register_arithmetic_task(name: str, *, num_terms: int, max_value: int,
       postprocess_fn=_to_str,
       metric_fns=[final_answer_accuracy, sequence_accuracy,
                   functools.partial(step_accuracy, marker=marker),
-                  functools.partial(self_correction, marker=marker)])
+                  functools.partial(self_correction, marker=marker),
+                  functools.partial(step_order, marker=marker)])
   task._gkd_arithmetic_config = config  # pylint: disable=protected-access
   return task
 

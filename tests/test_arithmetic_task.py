@@ -202,9 +202,12 @@ def test_metric_fns_through_seqio_postprocess():
   results = {}
   for metric_fn in task.metric_fns:
     results.update(metric_fn(targets, predictions))
+  # No step is written in another order: the share of those that are right is undefined.
+  assert np.isnan(results.pop('reordered_step_accuracy'))
   assert results == {'accuracy': 50.0, 'sequence_accuracy': 50.0, 'step_accuracy': 50.0,
                      'correction_rate': 0.0, 'self_correction_rate': 0.0,
-                     'false_correction_rate': 0.0}
+                     'false_correction_rate': 0.0, 'commuted_step_rate': 0.0,
+                     'reordered_step_rate': 0.0}
 
 
 def test_final_answer_accuracy():

@@ -183,6 +183,7 @@ def test_spec_gin_configs_build_the_named_methods(tmp_path):
       'SFT (continued)': ('cross_entropy', 0.0, 'targets'),
       'Supervised KD (clean)': ('forward_kl', 0.0, 'targets'),
       'Supervised KD (slips)': ('forward_kl', 0.0, 'targets'),
+      'Supervised KD (both orders)': ('forward_kl', 0.0, 'targets'),
       'Supervised KD (clean, RKL)': ('reverse_kl', 0.0, 'targets'),
       'GKD (on-policy, RKL)': ('reverse_kl', 1.0, 'targets'),
   }
@@ -202,6 +203,10 @@ def test_spec_gin_configs_build_the_named_methods(tmp_path):
       import gin, seqio
       from gkd_t5x import gin_utils
       from gkd_t5x import tasks  # registers the tasks
+      def macro(name):
+        value = gin.query_parameter(name)
+        # A macro bound to another macro ('%MIXTURE_OR_TASK_NAME') is a reference to resolve.
+        return value.scoped_configurable_fn() if hasattr(value, 'scoped_configurable_fn') else value
       results = []
       for files, bindings in json.load(sys.stdin):
         gin.clear_config()
@@ -217,6 +222,7 @@ def test_spec_gin_configs_build_the_named_methods(tmp_path):
         results.append(dict(divergence=config.divergence, beta=config.beta,
                             lmbda=config.lmbda.start, fixed_data=config.fixed_data,
                             task=task, registered=task in seqio.TaskRegistry.names(),
+                            eval_task=macro('%EVAL_MIXTURE_OR_TASK_NAME'),
                             **decoding))
       print(json.dumps(results))
   """)
@@ -228,6 +234,15 @@ def test_spec_gin_configs_build_the_named_methods(tmp_path):
   for spec_name, run, command, index in expected:
     config, where = built[index], f'{spec_name} {run.name} {command.log_name}'
     assert config['registered'], where
+    if spec_name in TESTBED_TASKS:
+      # Every model of a testbed spec is evaluated on the clean task; only the off-policy
+      # control on the teacher's kind of data trains on that data.
+      clean, teachers_kind = TESTBED_TASKS[spec_name]
+      assert config['eval_task'] == clean, where
+      trains_on = (teachers_kind if run.labels.get('method') in TEACHERS_KIND_LABELS
+                   else clean)
+      if run.reference is None:
+        assert config['task'] == trains_on, where
     if run.reference is not None:
       assert (config['divergence'], config['lmbda']) == ('cross_entropy', 0.0), where
       continue
@@ -239,10 +254,6 @@ def test_spec_gin_configs_build_the_named_methods(tmp_path):
       check_divergence(config, labels['divergence'], where)
     if 'lambda' in labels:
       assert config['lmbda'] == float(labels['lambda']), where
-    if labels.get('method') == 'Supervised KD (slips)':
-      assert config['task'] == 'arithmetic_chain5_slips30', where
-    elif spec_name == 'recovery_positive_control':
-      assert config['task'] == 'arithmetic_chain5', where
     if 'data_percent' in labels:
       assert config['task'] == {'5': 'arithmetic_sum3_2digit_train5pct',
                                 '25': 'arithmetic_sum3_2digit_train25pct',
@@ -253,6 +264,18 @@ def test_spec_gin_configs_build_the_named_methods(tmp_path):
           'sample', temperature), where
     elif command.kind == 'eval':
       assert config.get('decode_method', 'greedy') == 'greedy', where
+
+
+# The testbed's specs: (the clean task, the teacher's kind of data).
+TESTBED_TASKS = {
+    'recovery_positive_control': ('arithmetic_chain5', 'arithmetic_chain5_slips30'),
+    'sum3_recovery_positive_control': ('arithmetic_sum3_2digit',
+                                       'arithmetic_sum3_2digit_slips30'),
+    'sum3_entropy_positive_control': ('arithmetic_sum3_2digit',
+                                      'arithmetic_sum3_2digit_commute50'),
+    'sum3_entropy_zero': ('arithmetic_sum3_2digit', 'arithmetic_sum3_2digit_commute50'),
+}
+TEACHERS_KIND_LABELS = ('Supervised KD (slips)', 'Supervised KD (both orders)')
 
 
 def test_t5x_runner_commands(tmp_path):

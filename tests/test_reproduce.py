@@ -311,9 +311,11 @@ def test_claim_verdicts_follow_the_effect_size_rule(tmp_path):
   assert ('| Fig. X | a beats b | 12.00 ± 1.00 (n=3) | 10.00 ± 1.00 (n=3) | +2.00 | +2.0 | '
           'reproduced |') in text
   assert text.splitlines()[-1].endswith('| missing |')
-  # Every shipped claim names points of its spec.
-  specs = {spec['name']: spec for spec in load_all()}
-  for claim in claims.CLAIMS:
+  # Every shipped claim, the paper's and the testbed's, names points of its spec.
+  testbed = sorted((ROOT / 'launch' / 'sweeps' / 'testbed').glob('*.json'))
+  specs = {spec['name']: spec
+           for spec in load_all() + [sweep.load_spec(str(path)) for path in testbed]}
+  for claim in claims.CLAIMS + claims.TESTBED_CLAIMS:
     points = {run.point for run in sweep.expand(specs[claim.spec], '/r')}
     assert {claim.first, claim.second} <= points, claim
     evaluations = [e['label'] for e in specs[claim.spec]['evaluations']]

@@ -111,6 +111,26 @@ def test_step_accuracy_and_self_correction_by_hand():
   assert np.isnan(arithmetic.self_correction([target], [target])['self_correction_rate'])
 
 
+def test_step_order_counts_steps_not_begun_with_the_running_result():
+  target = '85+63=148;148+51=199;#199'
+  predictions = ['63+85=148;51+148=199;#199',  # both steps commuted
+                 '85+63=149!148;51+148=199;#199',  # the corrected value is the running result
+                 '85+63=148;148+51=199;#199',  # the target's order
+                 '63+63=126;#126']  # begun in the other order, not finished (and wrong)
+  assert arithmetic.step_order([target] * 4, predictions) == {
+      'commuted_step_rate': pytest.approx(100 * 3 / 7),
+      'reordered_step_rate': pytest.approx(100 * 4 / 7),
+      'reordered_step_accuracy': pytest.approx(100 * 4 / 4)}
+  wrong = arithmetic.step_order([target], ['63+63=127;#127'])
+  assert (wrong['reordered_step_rate'], wrong['reordered_step_accuracy']) == (100.0, 0.0)
+  # commute_steps_text writes the order that step_order reads.
+  rng = np.random.default_rng(0)
+  assert arithmetic.step_order([target], [steps.commute_steps_text(target, rng, 1.0)])[
+      'commuted_step_rate'] == 100.0
+  empty = arithmetic.step_order([target], [''])
+  assert all(np.isnan(value) for value in empty.values())
+
+
 def test_slipped_values_carry_no_loss_weight():
   vocabulary = seqio.ByteVocabulary()
   text = '74+17=11!91;91-89=2;#2'
