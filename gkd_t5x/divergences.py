@@ -141,6 +141,23 @@ def token_cross_entropy(targets: Array, student_logits: Array, *,
   return -jnp.take_along_axis(log_q, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
 
 
+def entropy(logits: Array, *, temperature: float = 1.0) -> Array:
+  """H(P) = -sum_c P(c) log P(c), P = softmax(logits / temperature): how unsure a model is of
+  the next token (0 for a one-hot P, log(vocab) for a uniform one).
+
+  Args:
+    logits: [..., vocab] logits.
+    temperature: softmax temperature (> 0).
+
+  Returns:
+    [...] per-position entropy in nats, float32 (float64 for float64 logits).
+  """
+  if not temperature > 0:
+    raise ValueError(f'temperature must be > 0, got {temperature}.')
+  log_p = _log_probs(logits, temperature)
+  return -jnp.sum(jnp.exp(log_p) * log_p, axis=-1)
+
+
 DIVERGENCES = {
     'forward_kl': forward_kl,
     'reverse_kl': reverse_kl,

@@ -325,7 +325,10 @@ class GKDModel(_ModelBase):
     the targets (`eval_fn`) when the student's samples leave the data's distribution.
 
     Returns:
-      {'on_policy_divergence', 'on_policy_sample_length', 'on_policy_eos_rate': Average}.
+      {'on_policy_divergence', 'on_policy_sample_length', 'on_policy_eos_rate',
+       'on_policy_teacher_entropy', 'on_policy_student_entropy': Average}: the entropies are
+      the models' mean next-token entropies on those samples (compare the evaluation's
+      'teacher_entropy' on the targets).
     """
     if not self.has_on_policy_divergence:
       raise ValueError('GKDModel.on_policy_eval_fn needs a teacher and a divergence other than '
@@ -339,7 +342,8 @@ class GKDModel(_ModelBase):
     num_real = stats['num_sequences']
     return {f'on_policy_{name}': average(stats[stat], num_real)
             for name, stat in (('divergence', 'divergence'), ('sample_length', 'sequence_length'),
-                               ('eos_rate', 'eos_rate'))}
+                               ('eos_rate', 'eos_rate'), ('teacher_entropy', 'teacher_entropy'),
+                               ('student_entropy', 'student_entropy'))}
 
   # --------------------------------------------------------------------------- inference
 

@@ -294,8 +294,9 @@ def gkd_loss(config: GKDConfig, student: SequenceModel, teacher: Optional[Sequen
 
   Returns:
     (scalar loss, dict of scalar statistics: divergence, on_policy, lmbda, sequence_length,
-     eos_rate, num_sequences, and token_agreement with a teacher, reward / reward_baseline /
-     pg_loss with RL). Rows without any target weight (padding rows) count in none of them.
+     eos_rate, num_sequences; with a teacher token_agreement and the teacher's and the
+     student's mean next-token entropy (teacher_entropy, student_entropy, nats, at the loss's
+     temperatures); with RL reward / reward_baseline / pg_loss). Rows without any target weight (padding rows) count in none of them.
   """
   if config.needs_teacher and teacher is None:
     raise ValueError(f'divergence {config.divergence!r} with fixed_data {config.fixed_data!r} '
@@ -374,8 +375,16 @@ def gkd_loss(config: GKDConfig, student: SequenceModel, teacher: Optional[Sequen
     per_position = divergence_fn(teacher_logits, student_logits,
                                  teacher_temperature=config.teacher_temperature,
                                  student_temperature=config.student_temperature)
+    token_mean = lambda values: jnp.sum(values * weights) / jnp.maximum(jnp.sum(weights), 1.0)
     agree = jnp.argmax(teacher_logits, -1) == jnp.argmax(student_logits, -1)
-    stats['token_agreement'] = jnp.sum(agree * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+    # How sure each model is of the next token on these sequences: a teacher that is unsure on
+    # the student's own samples hands that uncertainty to an on-policy student.
+    stats.update(
+        token_agreement=token_mean(agree),
+        teacher_entropy=token_mean(divergences.entropy(
+            teacher_logits, temperature=config.teacher_temperature)),
+        student_entropy=token_mean(divergences.entropy(
+            lax.stop_gradient(student_logits), temperature=config.student_temperature)))
 
   real_mean = lambda values_B: divergences.batch_mean(values_B.astype(jnp.float32), real_B)
   per_sequence, valid = divergences.sequence_mean(per_position, weights)

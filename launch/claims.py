@@ -133,22 +133,27 @@ CLAIMS: Tuple[Claim, ...] = tuple(
     ] + _methods('s', 'chain5') + _data_efficiency('s', 'chain5') + _methods('xs', 'chain5'))
 
 
-def _testbed(knob: str, teachers_kind: str) -> List[Claim]:
+def _testbed(knob: str, teachers_kind: str, divergences: Sequence[str]) -> List[Claim]:
   """The positive control of one testbed knob (launch/sweeps/testbed/sum3_<knob>_...): on-policy
-  GKD against each same-budget control, forward KL, greedy and sampled at T = 1."""
+  GKD against each same-budget control, greedy and sampled at T = 1, for each divergence
+  ('FKL', 'RKL': the off-policy controls' divergence is GKD's)."""
   spec, figure = f'sum3_{knob}_positive_control', f'Testbed ({knob})'
-  controls = (('SFT for the same steps', 'method_SFT_continued'),
-              ('supervised KD on the ground truth', 'method_Supervised_KD_clean'),
-              ('supervised KD on the teacher\'s kind of data',
-               f'method_Supervised_KD_{teachers_kind}'))
-  return [Claim(figure, f'{label}: on-policy GKD beats {name}', spec, 'accuracy', evaluation,
-                'method_GKD_on-policy_FKL', point)
-          for evaluation, label in (('greedy', 'greedy'), ('T=1.0', 'T = 1'))
-          for name, point in controls]
+  claims = []
+  for divergence in divergences:
+    suffix = '' if divergence == 'FKL' else f'_{divergence}'
+    controls = (('SFT for the same steps', 'method_SFT_continued'),
+                ('supervised KD on the ground truth', f'method_Supervised_KD_clean{suffix}'),
+                ('supervised KD on the teacher\'s kind of data',
+                 f'method_Supervised_KD_{teachers_kind}{suffix}'))
+    claims += [Claim(figure, f'{label}, {divergence}: on-policy GKD beats {name}', spec,
+                     'accuracy', evaluation, f'method_GKD_on-policy_{divergence}', point)
+               for evaluation, label in (('greedy', 'greedy'), ('T=1.0', 'T = 1'))
+               for name, point in controls]
+  return claims
 
 
 TESTBED_CLAIMS: Tuple[Claim, ...] = tuple(
-    _testbed('recovery', 'slips') + _testbed('entropy', 'both_orders'))
+    _testbed('recovery', 'slips', ['FKL']) + _testbed('entropy', 'both_orders', ['FKL', 'RKL']))
 
 
 @dataclasses.dataclass

@@ -5,6 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from scipy.special import log_softmax as np_log_softmax
+from scipy.special import softmax
+from scipy.stats import entropy as scipy_entropy
 
 from gkd_t5x import divergences
 
@@ -153,6 +155,20 @@ def test_token_cross_entropy_matches_reference():
   log_q = np_log_softmax(student.astype(np.float64), -1)
   want = -np.take_along_axis(log_q, targets[..., None], -1)[..., 0]
   np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5)
+
+
+def test_entropy_matches_scipy_and_its_bounds():
+  _, logits = random_logits(9, (3, 5, 11), 3.0)
+  for temperature in (1.0, 0.5, 2.0):
+    got = divergences.entropy(jnp.asarray(logits), temperature=temperature)
+    want = scipy_entropy(softmax(logits.astype(np.float64) / temperature, -1), axis=-1)
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-6)
+  # 0 for a one-hot distribution, log(vocab) for a uniform one.
+  np.testing.assert_allclose(
+      np.asarray(divergences.entropy(jnp.array([[1e4, 0.0, 0.0], [0.0, 0.0, 0.0]]))),
+      [0.0, np.log(3.0)], atol=1e-6)
+  with pytest.raises(ValueError, match='temperature must be > 0'):
+    divergences.entropy(jnp.zeros((2, 3)), temperature=0.0)
 
 
 def test_sequence_mean_is_eq2_and_masks_exactly():

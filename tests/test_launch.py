@@ -184,6 +184,7 @@ def test_spec_gin_configs_build_the_named_methods(tmp_path):
       'Supervised KD (clean)': ('forward_kl', 0.0, 'targets'),
       'Supervised KD (slips)': ('forward_kl', 0.0, 'targets'),
       'Supervised KD (both orders)': ('forward_kl', 0.0, 'targets'),
+      'Supervised KD (both orders, RKL)': ('reverse_kl', 0.0, 'targets'),
       'Supervised KD (clean, RKL)': ('reverse_kl', 0.0, 'targets'),
       'GKD (on-policy, RKL)': ('reverse_kl', 1.0, 'targets'),
   }
@@ -275,7 +276,8 @@ TESTBED_TASKS = {
                                       'arithmetic_sum3_2digit_commute50'),
     'sum3_entropy_zero': ('arithmetic_sum3_2digit', 'arithmetic_sum3_2digit_commute50'),
 }
-TEACHERS_KIND_LABELS = ('Supervised KD (slips)', 'Supervised KD (both orders)')
+TEACHERS_KIND_LABELS = ('Supervised KD (slips)', 'Supervised KD (both orders)',
+                        'Supervised KD (both orders, RKL)')
 
 
 def test_t5x_runner_commands(tmp_path):

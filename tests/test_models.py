@@ -246,6 +246,10 @@ def test_on_policy_divergence_is_what_an_on_policy_step_minimizes(setup, diverge
                                                             {'teacher': params})
   assert float(itself['on_policy_divergence'].compute()) == pytest.approx(0.0, abs=1e-6)
   assert 0 < float(on_policy['on_policy_sample_length'].compute()) <= L
+  # A student equal to its teacher is exactly as sure of the next token as the teacher.
+  assert float(itself['on_policy_teacher_entropy'].compute()) == pytest.approx(
+      float(itself['on_policy_student_entropy'].compute()), rel=1e-6)
+  assert float(on_policy['on_policy_teacher_entropy'].compute()) > 0
 
 
 def test_on_policy_divergence_needs_a_teacher_divergence(setup):
