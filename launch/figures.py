@@ -111,6 +111,8 @@ def collect(spec: Mapping, runs: Sequence[sweep.Run]) -> Tuple[Dict[Key, Stat], 
         else:
           value = sweep.run_metric(run, metric, label)
         values.setdefault((run.point, label, metric), {})
+        if value is not None and math.isnan(value):
+          continue  # undefined for this run (a rate over nothing), so not part of the mean
         if value is None:
           where = run.eval_dirs[label] if label is not None else [run.model_dir]
           missing.append(f'{run.name}: {metric}' + (f' ({label})' if label else '') +

@@ -57,7 +57,8 @@ OVERLAY_FILES = ('gin/experiments/arithmetic/reproduction.gin',
                  'gin/experiments/arithmetic/chain5_reproduction.gin',
                  'gin/experiments/arithmetic/chain5_recovery.gin',
                  'gin/experiments/arithmetic/chain5_recovery_budget.gin',
-                 'gin/experiments/arithmetic/sum3_recovery.gin')
+                 'gin/experiments/arithmetic/sum3_recovery.gin',
+                 'gin/experiments/arithmetic/sum3_testbed_budget.gin')
 SWEEP_ROOT = '/sweeps'
 
 # Spec name -> (runner, references, points, seeds): runs = references + points x seeds.
