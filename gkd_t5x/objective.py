@@ -296,7 +296,8 @@ def gkd_loss(config: GKDConfig, student: SequenceModel, teacher: Optional[Sequen
     (scalar loss, dict of scalar statistics: divergence, on_policy, lmbda, sequence_length,
      eos_rate, num_sequences; with a teacher token_agreement and the teacher's and the
      student's mean next-token entropy (teacher_entropy, student_entropy, nats, at the loss's
-     temperatures); with RL reward / reward_baseline / pg_loss). Rows without any target weight (padding rows) count in none of them.
+     temperatures); with RL reward / reward_baseline / pg_loss). Rows without any target
+     weight (padding rows) count in none of them.
   """
   if config.needs_teacher and teacher is None:
     raise ValueError(f'divergence {config.divergence!r} with fixed_data {config.fixed_data!r} '

@@ -275,10 +275,19 @@ def sequence_accuracy(targets: Sequence[str], predictions: Sequence[str]) -> Dic
   return {'sequence_accuracy': 100.0 * correct / len(targets)}
 
 
+def _final_value(step: re.Match) -> str:
+  """The value a step of `steps.step_pattern` ends with: its correction where it has one."""
+  return step['corrected'] or step['value']
+
+
+def _percent(part: int, whole: int) -> float:
+  """100 part / whole; NaN for a share of nothing."""
+  return 100.0 * part / whole if whole else float('nan')
+
+
 def _step_values(text: str, marker: str) -> Sequence[int]:
   """The values the steps of `text` end with: the corrected value where a slip was corrected."""
-  return [int(step['corrected'] or step['value'])
-          for step in steps.step_pattern(marker).finditer(text)]
+  return [int(_final_value(step)) for step in steps.step_pattern(marker).finditer(text)]
 
 
 def step_accuracy(targets: Sequence[str], predictions: Sequence[str], *,
@@ -323,10 +332,9 @@ def self_correction(targets: Sequence[str], predictions: Sequence[str], *,
       else:
         right += 1
         spoiled += corrected is not None
-  percent = lambda part, whole: 100.0 * part / whole if whole else float('nan')
-  return {'correction_rate': percent(corrected_rows, len(predictions)),
-          'self_correction_rate': percent(fixed, errors),
-          'false_correction_rate': percent(spoiled, right)}
+  return {'correction_rate': _percent(corrected_rows, len(predictions)),
+          'self_correction_rate': _percent(fixed, errors),
+          'false_correction_rate': _percent(spoiled, right)}
 
 
 def step_order(targets: Sequence[str], predictions: Sequence[str], *,
@@ -355,13 +363,12 @@ def step_order(targets: Sequence[str], predictions: Sequence[str], *,
       if step['a'] != running:
         reordered += 1
         commuted += step['b'] == running
-        value = int(step['corrected'] or step['value'])
-        reordered_right += value == _apply(step['op'], int(step['a']), int(step['b']))
-      running = step['corrected'] or step['value']
-  percent = lambda part, whole: 100.0 * part / whole if whole else float('nan')
-  return {'commuted_step_rate': percent(commuted, total),
-          'reordered_step_rate': percent(reordered, total),
-          'reordered_step_accuracy': percent(reordered_right, reordered)}
+        reordered_right += int(_final_value(step)) == _apply(step['op'], int(step['a']),
+                                                              int(step['b']))
+      running = _final_value(step)
+  return {'commuted_step_rate': _percent(commuted, total),
+          'reordered_step_rate': _percent(reordered, total),
+          'reordered_step_accuracy': _percent(reordered_right, reordered)}
 
 
 def _to_str(text, **unused_kwargs) -> str:
