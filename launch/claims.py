@@ -152,11 +152,29 @@ def _testbed(spec: str, figure: str, teachers_kind: str,
   return claims
 
 
+KNOBS = ('none', 'target_entropy', 'recoverable_slips', 'horizon', 'capacity_gap')
+
+
+def _knob_study() -> List[Claim]:
+  """The knob study (launch/sweeps/testbed/knob_study.json): on-policy GKD against supervised KD
+  on the ground truth (the on-policy advantage) and against SFT continued, at each knob."""
+  gkd = 'method_GKD_on-policy_FKL__knob_{}'
+  controls = (('supervised KD on the ground truth', 'method_Supervised_KD_ground_truth__knob_{}'),
+              ('SFT for the same steps', 'method_SFT_continued__knob_{}'))
+  return [Claim(f'Knob study ({knob.replace("_", " ")})',
+                f'{label}: on-policy GKD beats {name}', 'knob_study', 'accuracy', evaluation,
+                gkd.format(knob), point.format(knob))
+          for knob in KNOBS
+          for evaluation, label in (('greedy', 'greedy'), ('T=1.0', 'T = 1'))
+          for name, point in controls]
+
+
 TESTBED_CLAIMS: Tuple[Claim, ...] = tuple(
     _testbed('sum3_recovery_positive_control', 'Testbed (recovery)', 'slips') +
     _testbed('sum3_entropy_positive_control', 'Testbed (entropy)', 'both_orders',
              ('FKL', 'RKL')) +
-    _testbed('sum3_entropy_cooled', 'Testbed (entropy, quieter budget)', 'both_orders'))
+    _testbed('sum3_entropy_cooled', 'Testbed (entropy, quieter budget)', 'both_orders') +
+    _knob_study())
 
 
 @dataclasses.dataclass

@@ -182,6 +182,7 @@ def test_spec_gin_configs_build_the_named_methods(tmp_path):
       # The on-policy testbed (launch/sweeps/testbed/).
       'SFT (continued)': ('cross_entropy', 0.0, 'targets'),
       'Supervised KD (clean)': ('forward_kl', 0.0, 'targets'),
+      'Supervised KD (ground truth)': ('forward_kl', 0.0, 'targets'),
       'Supervised KD (slips)': ('forward_kl', 0.0, 'targets'),
       'Supervised KD (both orders)': ('forward_kl', 0.0, 'targets'),
       'Supervised KD (both orders, RKL)': ('reverse_kl', 0.0, 'targets'),
@@ -224,7 +225,7 @@ def test_spec_gin_configs_build_the_named_methods(tmp_path):
                             lmbda=config.lmbda.start, fixed_data=config.fixed_data,
                             task=task, registered=task in seqio.TaskRegistry.names(),
                             eval_task=macro('%EVAL_MIXTURE_OR_TASK_NAME'),
-                            **decoding))
+                            student_emb_dim=macro('%STUDENT_CONFIG').emb_dim, **decoding))
       print(json.dumps(results))
   """)
   result = subprocess.run([sys.executable, '-c', script], cwd=ROOT, capture_output=True,
@@ -244,6 +245,13 @@ def test_spec_gin_configs_build_the_named_methods(tmp_path):
                    else clean)
       if run.reference is None:
         assert config['task'] == trains_on, where
+    if 'knob' in run.labels:
+      # The knob study moves one knob from the sum3 base at a time: the task (and its clean
+      # evaluation) only for the horizon, the student's size only for the capacity gap.
+      knob = run.labels['knob']
+      task = 'arithmetic_chain5' if knob == 'horizon' else 'arithmetic_sum3_2digit'
+      assert (config['task'], config['eval_task']) == (task, task), where
+      assert config['student_emb_dim'] == (32 if knob == 'capacity gap' else 64), where
     if run.reference is not None:
       assert (config['divergence'], config['lmbda']) == ('cross_entropy', 0.0), where
       continue
