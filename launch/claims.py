@@ -26,7 +26,12 @@ import os
 import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
-import reproduce  # launch/, beside this file
+if __name__ == '__main__' and not __package__:
+  # Run as `python launch/claims.py`: the package is in the repository root, not in launch/.
+  sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from launch import reproduce
 
 DEFAULT_FIGURES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                'results', 'figures')

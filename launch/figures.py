@@ -39,7 +39,12 @@ import sys
 import textwrap
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
-import sweep
+if __name__ == '__main__' and not __package__:
+  # Run as `python launch/figures.py`: the package is in the repository root, not in launch/.
+  sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from launch import sweep
 
 # (point, evaluation, metric): evaluation None is the trainer's final evaluation.
 Key = Tuple[str, Optional[str], str]

@@ -41,8 +41,13 @@ import time
 import traceback
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
-import figures  # launch/, beside this file
-import sweep
+if __name__ == '__main__' and not __package__:
+  # Run as `python launch/reproduce.py`: the package is in the repository root, not in launch/.
+  sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from launch import figures
+from launch import sweep
 
 DEFAULT_SPECS = os.path.join(sweep.REPO_ROOT, 'launch', 'sweeps', 'reproduction')
 TRAINED = 'TRAINED'

@@ -53,7 +53,12 @@ import sys
 import time
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-import tpu_pod  # launch/, beside this file (the script's directory is on sys.path)
+if __name__ == '__main__' and not __package__:
+  # Run as `python launch/sweep.py`: the package is in the repository root, not in launch/.
+  sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from launch import tpu_pod
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -30,14 +30,12 @@ import pytest
 
 import gkd_t5x
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / 'launch'))
-
-# pylint: disable=g-import-not-at-top,wrong-import-position
-import figures
-import sweep
+from launch import figures
+from launch import sweep
+from launch import tpu_pod
 from spec_labels import DIVERGENCES, check_divergence
-import tpu_pod
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 # The CPU-sized panels, and the on-policy testbed's specs.
 SPECS = (sorted((ROOT / 'launch' / 'sweeps').glob('*.json'))

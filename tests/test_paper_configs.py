@@ -41,11 +41,10 @@ import sys
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / 'launch'))
+from launch import sweep
+from spec_labels import DIVERGENCES, check_divergence
 
-import sweep  # pylint: disable=g-import-not-at-top,wrong-import-position
-from spec_labels import DIVERGENCES, check_divergence  # pylint: disable=g-import-not-at-top,wrong-import-position
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 PAPER_SPECS = sorted((ROOT / 'launch' / 'sweeps' / 'paper').glob('*.json'))
 EXPERIMENT_FILES = sorted(str(path.relative_to(ROOT))

@@ -21,14 +21,13 @@ import textwrap
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / 'launch'))
-
-# pylint: disable=g-import-not-at-top,wrong-import-position
-import reproduce
-import sweep
 from gkd_t5x import checkpoints
+from launch import claims
+from launch import reproduce
+from launch import sweep
 from spec_labels import check_divergence
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 SPECS = sorted((ROOT / 'launch' / 'sweeps' / 'reproduction').glob('*.json'))  # in run order
 TINY = 'tests/testdata/tiny_arithmetic.gin'
@@ -296,7 +295,6 @@ def test_links_are_mended_when_the_order_of_the_specs_changes(tmp_path):
 
 
 def test_claim_verdicts_follow_the_effect_size_rule(tmp_path):
-  import claims  # pylint: disable=g-import-not-at-top
   claim = claims.Claim('Fig. X', 'a beats b', 'spec', 'accuracy', 'greedy', 'a', 'b')
   row = lambda mean, std: claims.Row(mean, std, 3)
   assert claims.verdict(claim, row(12.0, 1.0), row(10.0, 1.0))[1:] == (2.0, 'reproduced')

@@ -165,8 +165,7 @@ def test_the_feature_converter_reads_a_tasks_loss_weights():
 
 
 def test_marker_probabilities_read_the_positions_after_step_values():
-  sys.path.insert(0, str(ROOT / 'launch'))
-  import probe_recovery  # pylint: disable=g-import-not-at-top
+  from launch import probe_recovery  # pylint: disable=g-import-not-at-top
   vocabulary = seqio.ByteVocabulary()
   targets = np.asarray([vocabulary.encode('1+2=4!3;3+1=4;#4')])
   marker, separator = vocabulary.encode('!')[0], vocabulary.encode(';')[0]
