@@ -8,7 +8,7 @@ Reads the CSVs that `launch/reproduce.py` (through `launch/figures.py`) writes, 
 markdown row per claim: the two quantities compared (mean +- std over n seeds; a reference
 such as the SFT start is one run, n = 1), their
 difference, the effect size d (the difference over the pooled standard deviation of one seed,
-`reproduce.effect_size`) and a verdict by a fixed rule:
+`results.effect_size`) and a verdict by a fixed rule:
 
     reproduced      the difference has the claimed sign and d >= 1
     reversed        the opposite sign and |d| >= 1
@@ -31,10 +31,10 @@ if __name__ == '__main__' and not __package__:
   sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from launch import reproduce
+from launch import REPO_ROOT
+from launch import results
 
-DEFAULT_FIGURES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                               'results', 'figures')
+DEFAULT_FIGURES = os.path.join(REPO_ROOT, 'results', 'figures')
 DIVERGENCES = ('FKL', 'JSD_0.1', 'JSD_0.5', 'JSD_0.9', 'RKL')
 
 
@@ -204,7 +204,7 @@ def read(figures: str, spec: str) -> Dict[Tuple[str, str, str], Row]:
 def verdict(claim: Claim, first: Row, second: Row) -> Tuple[float, Optional[float], str]:
   """(difference, effect size d, verdict) of `first - second` against the claimed sign."""
   difference = first.mean - second.mean
-  d = reproduce.effect_size(first.mean, first.std, first.n, second.mean, second.std, second.n)
+  d = results.effect_size(first.mean, first.std, first.n, second.mean, second.std, second.n)
   if d is None:
     return difference, None, 'reproduced' if difference * claim.sign > 0 else 'not reproduced'
   signed = d * claim.sign

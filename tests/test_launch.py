@@ -1,6 +1,6 @@
 """The launch tooling of the paper's figures, without any training.
 
-  * every spec of launch/sweeps/ expands (launch/sweep.py) into the runs, directories,
+  * every spec of launch/sweeps/ expands (launch/plan.py) into the runs, directories,
     bindings and commands it promises, and its gin files and bindings parse (in one
     subprocess) into the GKD method and decoding each point names;
   * a bad spec stops with a message naming the field;
@@ -31,6 +31,10 @@ import pytest
 import gkd_t5x
 
 from launch import figures
+from launch import plan
+from launch import results
+from launch import runners
+from launch import spec as spec_lib
 from launch import sweep
 from launch import tpu_pod
 from spec_labels import DIVERGENCES, check_divergence
@@ -46,7 +50,7 @@ PNG_HEADER = b'\x89PNG\r\n\x1a\n'
 
 
 def load(name):
-  return sweep.load_spec(str(ROOT / 'launch' / 'sweeps' / f'{name}.json'))
+  return spec_lib.load(str(ROOT / 'launch' / 'sweeps' / f'{name}.json'))
 
 
 # ------------------------------------------------------------------------- shipped specs
@@ -61,51 +65,51 @@ def test_the_paper_panels_have_specs():
 
 @pytest.mark.parametrize('path', SPECS, ids=lambda p: p.stem)
 def test_every_spec_expands_into_its_runs(path, tmp_path, capsys):
-  spec = sweep.load_spec(str(path))
-  runs = sweep.expand(spec, str(tmp_path))
-  references = spec.get('references', {})
-  seeds = spec['seeds']
-  points = math.prod(len(axis['values']) for axis in spec['axes'])
-  num_refs = sum(len(seeds) if ref.get('seeded') else 1 for ref in references.values())
+  spec = spec_lib.load(str(path))
+  runs = plan.expand(spec, str(tmp_path))
+  references = spec.references
+  seeds = spec.seeds
+  points = math.prod(len(axis.values) for axis in spec.axes)
+  num_refs = sum(len(seeds) if ref.seeded else 1 for ref in references.values())
   assert len(runs) == num_refs + points * len(seeds)
   # References first, in the spec's order; then the points, seed-major.
   assert [run.reference for run in runs[:num_refs]] == [
       name for name, ref in references.items()
-      for _ in (seeds if ref.get('seeded') else [None])]
+      for _ in (seeds if ref.seeded else [None])]
   assert [run.seed for run in runs[num_refs:]] == [s for s in seeds for _ in range(points)]
   assert len({run.model_dir for run in runs}) == len(runs)
-  samples = sum(e.get('num_samples', 1) for e in spec.get('evaluations', []))
+  samples = sum(e.num_samples for e in spec.evaluations)
   for run in runs:
-    trained = 'checkpoint' not in references.get(run.reference, {})
+    trained = run.reference is None or references[run.reference].checkpoint is None
     assert [c.kind for c in run.commands] == ['train'] * trained + ['eval'] * samples
     assert run.model_dir == str(tmp_path / run.name)
     for command in run.commands:
-      text = ' '.join(command.argv)
+      text = ' '.join(command.argv())
       assert not re.search(r'\{(root|seed|ref:)', text), text
       assert command.output_dir.startswith(run.model_dir)
-      assert command.argv[:3] == ['python', '-m', f'gkd_t5x.{command.kind}']
-      assert command.argv[3] == f'--gin_file=gin/runs/{command.kind}.gin'
+      assert command.argv()[:3] == ['python', '-m', f'gkd_t5x.{command.kind}']
+      assert command.argv()[3] == f'--gin_file=gin/runs/{command.kind}.gin'
   # Print mode: every command, one per line, in the runs' order.
   assert sweep.main([str(path), '--root', str(tmp_path)]) == 0
   lines = capsys.readouterr().out.splitlines()
   assert [shlex.split(line) for line in lines] == [
-      command.argv for run in runs for command in run.commands]
+      command.argv() for run in runs for command in run.commands]
 
 
 def test_fig7_grid_runs_and_bindings(tmp_path):
-  runs = sweep.expand(load('arithmetic_fig7_grid'), str(tmp_path))
+  runs = plan.expand(load('arithmetic_fig7_grid'), str(tmp_path))
   assert len(runs) == 2 + 15 * 3
   teacher, sft = runs[:2]
   base = tmp_path / 'arithmetic_fig7_grid'
   assert (teacher.reference, teacher.checkpoint, teacher.seed) == ('teacher', TEACHER, None)
   assert teacher.model_dir == str(base / 'ref_teacher')
   assert [c.kind for c in teacher.commands] == ['eval']
-  assert teacher.commands[0].argv == [
+  assert teacher.commands[0].argv() == [
       'python', '-m', 'gkd_t5x.eval', '--gin_file=gin/runs/eval.gin',
       '--gin_file=gin/experiments/arithmetic/teacher.gin', '--gin.EVAL_NUM_EXAMPLES=None',
       f"--gin.CHECKPOINT_PATH='{TEACHER}'",
       f"--gin.EVAL_OUTPUT_DIR='{base / 'ref_teacher' / 'eval_greedy'}'"]
-  assert sft.commands[0].argv == [
+  assert sft.commands[0].argv() == [
       'python', '-m', 'gkd_t5x.train', '--gin_file=gin/runs/train.gin',
       '--gin_file=gin/experiments/arithmetic/student_sft.gin',
       f"--gin.MODEL_DIR='{base / 'ref_student_sft'}'"]
@@ -123,8 +127,8 @@ def test_fig7_grid_runs_and_bindings(tmp_path):
       'LMBDA': '0.5', 'DIVERGENCE': "'jsd'", 'BETA': '0.9'}
   assert run.needs == ['arithmetic_fig7_grid/ref_student_sft', 'arithmetic_fig7_grid/ref_teacher']
   train, evaluation = run.commands
-  assert train.argv[3:5] == ['--gin_file=gin/runs/train.gin', f'--gin_file={GKD}']
-  assert evaluation.argv == [
+  assert train.argv()[3:5] == ['--gin_file=gin/runs/train.gin', f'--gin_file={GKD}']
+  assert evaluation.argv() == [
       'python', '-m', 'gkd_t5x.eval', '--gin_file=gin/runs/eval.gin', f'--gin_file={GKD}',
       '--gin.RANDOM_SEED=2', f"--gin.INITIAL_CHECKPOINT_PATH='{base / 'ref_student_sft'}'",
       f"--gin.TEACHER_CHECKPOINT_PATH='{TEACHER}'", '--gin.LMBDA=0.5',
@@ -134,7 +138,7 @@ def test_fig7_grid_runs_and_bindings(tmp_path):
 
 
 def test_fig8_lambda_sweep(tmp_path):
-  runs = sweep.expand(load('arithmetic_fig8_lambda'), str(tmp_path))
+  runs = plan.expand(load('arithmetic_fig8_lambda'), str(tmp_path))
   assert len(runs) == 2 + 5 * 2 * 3
   assert {(r.bindings['LMBDA'], r.bindings['DIVERGENCE']) for r in runs[2:]} == set(
       itertools.product(['0.0', '0.25', '0.5', '0.75', '1.0'], ["'forward_kl'", "'reverse_kl'"]))
@@ -142,8 +146,8 @@ def test_fig8_lambda_sweep(tmp_path):
 
 def test_seeds_set_gin_file_and_only(tmp_path):
   spec = load('arithmetic_fig4_quality_diversity')
-  runs = sweep.expand(spec, str(tmp_path), seeds=[7], overrides={'TRAIN_STEPS': '20'},
-                      extra_gin_files=['tests/testdata/tiny_arithmetic.gin'])
+  runs = plan.expand(spec, str(tmp_path), seeds=[7], overrides={'TRAIN_STEPS': '20'},
+                     extra_gin_files=['tests/testdata/tiny_arithmetic.gin'])
   assert len(runs) == 2 + 5
   run = runs[-1]
   assert run.name == 'arithmetic_fig4_quality_diversity/divergence_RKL/seed_7'
@@ -154,13 +158,13 @@ def test_seeds_set_gin_file_and_only(tmp_path):
   evals = [c for c in run.commands if c.kind == 'eval']
   assert len(evals) == 16
   assert evals[5].output_dir == os.path.join(run.model_dir, 'eval_T_0.3', 'sample_1')
-  assert evals[5].argv[-4:] == ["--gin.models.GKDModel.decode_method='sample'",
+  assert evals[5].argv()[-4:] == ["--gin.models.GKDModel.decode_method='sample'",
                                 '--gin.models.GKDModel.decode_temperature=0.3',
                                 '--gin.TRAIN_STEPS=20', '--gin.RANDOM_SEED=1']
   assert run.eval_dirs['T=1.0'] == [os.path.join(run.model_dir, 'eval_T_1.0', f'sample_{i}')
                                     for i in range(4)]
   # --only keeps the references the chosen runs read.
-  chosen = sweep.select(sweep.expand(spec, str(tmp_path)), r'divergence_RKL/seed_1$')
+  chosen = plan.select(plan.expand(spec, str(tmp_path)), r'divergence_RKL/seed_1$')
   assert [r.point for r in chosen] == ['ref_teacher', 'ref_student_sft', 'divergence_RKL']
 
 
@@ -189,13 +193,10 @@ def test_spec_gin_configs_build_the_named_methods(tmp_path):
   }
   configs, expected = {}, []
   for path in SPECS:
-    spec = sweep.load_spec(str(path))
-    for run in sweep.expand(spec, str(tmp_path), seeds=[0]):
+    spec = spec_lib.load(str(path))
+    for run in plan.expand(spec, str(tmp_path), seeds=[0]):
       for command in run.commands:
-        files = [arg.split('=', 1)[1] for arg in command.argv if arg.startswith('--gin_file=')]
-        bindings = [arg[len('--gin.'):].split('=', 1) for arg in command.argv
-                    if arg.startswith('--gin.')]
-        key = json.dumps([files, bindings])
+        key = json.dumps([command.gin_files, list(command.gin_bindings().items())])
         configs.setdefault(key, len(configs))
         expected.append((path.stem, run, command, configs[key]))
   script = textwrap.dedent("""
@@ -291,16 +292,17 @@ def test_t5x_runner_commands(tmp_path):
   spec = synthetic_spec()
   spec['runner'] = 't5x'
   spec['references']['teacher']['checkpoint'] = f'{TEACHER}/checkpoint_4000'
-  runs = sweep.expand(spec, 'gs://bucket/sweeps', python='python3')
+  runs = plan.expand(spec_lib.parse(spec), 'gs://bucket/sweeps')
   teacher, student = runs[:2]
-  assert teacher.commands[0].argv[:4] == ['python3', '-m', 't5x.eval',
-                                          '--gin_file=gin/runs/t5x_eval.gin']
+  assert teacher.commands[0].argv('python3')[:4] == ['python3', '-m', 't5x.eval',
+                                                     '--gin_file=gin/runs/t5x_eval.gin']
   # A step directory is restored as it is; a run directory through T5X's 'latest' mode.
-  assert not any('RestoreCheckpointConfig' in a for a in teacher.commands[0].argv)
+  assert not any('RestoreCheckpointConfig' in a for a in teacher.commands[0].argv())
   train, evaluation = student.commands[:2]
-  assert train.argv[:4] == ['python3', '-m', 't5x.train', '--gin_file=gin/runs/t5x_finetune.gin']
-  assert "--gin.MODEL_DIR='gs://bucket/sweeps/synthetic/ref_student'" in train.argv
-  assert "--gin.utils.RestoreCheckpointConfig.mode='latest'" in evaluation.argv
+  assert train.argv('python3')[:4] == ['python3', '-m', 't5x.train',
+                                       '--gin_file=gin/runs/t5x_finetune.gin']
+  assert "--gin.MODEL_DIR='gs://bucket/sweeps/synthetic/ref_student'" in train.argv()
+  assert "--gin.utils.RestoreCheckpointConfig.mode='latest'" in evaluation.argv()
 
 
 # ------------------------------------------------------------------------- validation
@@ -390,25 +392,25 @@ BAD_SPECS = {
 @pytest.mark.parametrize('case', sorted(BAD_SPECS))
 def test_bad_spec_names_the_field(case):
   path, value, message = BAD_SPECS[case]
-  with pytest.raises(sweep.SpecError) as error:
-    sweep.validate(mutate(path, value))
+  with pytest.raises(spec_lib.SpecError) as error:
+    spec_lib.parse(mutate(path, value))
   assert message in str(error.value)
 
 
 def test_plot_kind_specific_checks():
   lines = synthetic_spec(plot={'kind': 'lines', 'metric': 'accuracy', 'x': 'div',
                                'series': 'lam'})
-  with pytest.raises(sweep.SpecError, match=r"plot.x: a lines plot needs numeric labels"):
-    sweep.validate(lines)
+  with pytest.raises(spec_lib.SpecError, match=r"plot.x: a lines plot needs numeric labels"):
+    spec_lib.parse(lines)
   quality = synthetic_spec(plot={'kind': 'quality_diversity', 'metric': 'accuracy',
                                  'series': 'div', 'evaluations': ['greedy']})
   quality['axes'] = quality['axes'][1:]
-  with pytest.raises(sweep.SpecError, match=r"plot.evaluations: 'greedy' is not an evaluation "
-                     r"with num_samples >= 2"):
-    sweep.validate(quality)
+  with pytest.raises(spec_lib.SpecError, match=r"plot.evaluations: 'greedy' is not an "
+                     r"evaluation with num_samples >= 2"):
+    spec_lib.parse(quality)
   tradeoff = synthetic_spec(plot={'kind': 'tradeoff', 'x_metric': 'accuracy', 'points': 'lam'})
-  with pytest.raises(sweep.SpecError) as error:
-    sweep.validate(tradeoff)
+  with pytest.raises(spec_lib.SpecError) as error:
+    spec_lib.parse(tradeoff)
   # Every problem is listed, not only the first.
   assert 'plot.y_metric: missing' in str(error.value)
   assert 'plot.baseline: missing' in str(error.value)
@@ -531,10 +533,21 @@ def test_local_mode_runs_in_order_skips_done_and_stops_at_a_failure(
   assert not (other / 'synthetic' / 'lam_0' / 'seed_1' / 'DONE').exists()
 
 
+def test_a_training_is_finished_by_its_marker_or_by_the_one_reproduce_wrote_before(tmp_path):
+  train = plan.expand(spec_lib.parse(synthetic_spec()), str(tmp_path))[1].commands[0]
+  assert train.kind == 'train' and not runners.finished(train)
+  os.makedirs(train.output_dir)
+  for marker in (runners.DONE, 'TRAINED'):
+    path = os.path.join(train.output_dir, marker)
+    pathlib.Path(path).write_text('')
+    assert runners.finished(train)
+    os.unlink(path)
+
+
 def test_pod_mode_dry_run_sends_every_command_to_all_workers(tmp_path, capsys):
   spec_path = tmp_path / 'spec.json'
   spec_path.write_text(json.dumps(synthetic_spec()))
-  runs = sweep.expand(synthetic_spec(), 'gs://b/sw', multiprocess=True)
+  runs = plan.expand(spec_lib.parse(synthetic_spec()), 'gs://b/sw', multiprocess=True)
   assert sweep.main([str(spec_path), '--root', 'gs://b/sw', '--mode', 'pod', '--tpu', 'v4-32',
                      '--zone', 'us-central2-b', '--project', 'proj', '--dry-run']) == 0
   lines = capsys.readouterr().out.splitlines()
@@ -547,8 +560,8 @@ def test_pod_mode_dry_run_sends_every_command_to_all_workers(tmp_path, capsys):
     assert argv[8] == '--worker=all'
     cd, remote = argv[9][len('--command='):].split(' && ', 1)
     assert cd == 'cd ~/gkd_t5x'
-    assert shlex.split(remote) == command.argv
-    assert ('--multiprocess' in command.argv) == (command.kind == 'train')
+    assert shlex.split(remote) == command.argv()
+    assert ('--multiprocess' in command.argv()) == (command.kind == 'train')
 
 
 # ------------------------------------------------------------------------- tpu_pod
@@ -628,29 +641,29 @@ def assert_png(path):
 
 def test_read_metric_sources(tmp_path):
   write_eval(tmp_path / 'a', {'accuracy': 40.0})
-  assert sweep.read_metric(str(tmp_path / 'a'), 'accuracy') == 40.0
-  assert sweep.read_metric(str(tmp_path / 'a'), 'inference/arithmetic_sum3_2digit/accuracy') == 40
-  assert sweep.read_metric(str(tmp_path / 'a'), 'bleu') is None
-  assert sweep.read_metric(str(tmp_path / 'absent'), 'accuracy') is None
+  assert results.read_metric(str(tmp_path / 'a'), 'accuracy') == 40.0
+  assert results.read_metric(str(tmp_path / 'a'), 'inference/arithmetic_sum3_2digit/accuracy') == 40
+  assert results.read_metric(str(tmp_path / 'a'), 'bleu') is None
+  assert results.read_metric(str(tmp_path / 'absent'), 'accuracy') is None
   # The trainer's JSON lines: the last step; a short name prefers the inference metric.
   (tmp_path / 'b').mkdir()
   (tmp_path / 'b' / 'eval_metrics.jsonl').write_text(
       json.dumps({'step': 10, 'metrics': {'validation/accuracy': 1.0,
                                           'inference/t/accuracy': 70.0}}) + '\n' +
       json.dumps({'step': 5, 'metrics': {'inference/t/accuracy': 50.0}}) + '\n')
-  assert sweep.read_metric(str(tmp_path / 'b'), 'accuracy') == 70.0
-  assert sweep.read_metric(str(tmp_path / 'b'), 'validation/accuracy') == 1.0
+  assert results.read_metric(str(tmp_path / 'b'), 'accuracy') == 70.0
+  assert results.read_metric(str(tmp_path / 'b'), 'validation/accuracy') == 1.0
   # T5X's inference_eval JSON lines; two tasks with the metric are ambiguous.
   (tmp_path / 'c' / 'inference_eval').mkdir(parents=True)
   (tmp_path / 'c' / 'inference_eval' / 'a-metrics.jsonl').write_text(
       '{"step": 3, "accuracy": 12.5}\n{"step": 6, "accuracy": 25.0}\n')
-  assert sweep.read_metric(str(tmp_path / 'c'), 'accuracy') == 25.0
-  assert sweep.eval_finished(str(tmp_path / 'c')) and sweep.eval_finished(str(tmp_path / 'a'))
-  assert not sweep.eval_finished(str(tmp_path / 'b'))
+  assert results.read_metric(str(tmp_path / 'c'), 'accuracy') == 25.0
+  assert results.eval_finished(str(tmp_path / 'c')) and results.eval_finished(str(tmp_path / 'a'))
+  assert not results.eval_finished(str(tmp_path / 'b'))
   (tmp_path / 'c' / 'inference_eval' / 'b-metrics.jsonl').write_text('{"step": 6, '
                                                                       '"accuracy": 1.0}\n')
   with pytest.raises(ValueError, match='several tasks'):
-    sweep.read_metric(str(tmp_path / 'c'), 'accuracy')
+    results.read_metric(str(tmp_path / 'c'), 'accuracy')
 
 
 # Synthetic accuracies of the 2 x 2 grid: (lam, div) -> one value per seed 0, 1, 2.
@@ -661,7 +674,7 @@ GRID = {('0', 'FKL'): [50.0, 52.0, 54.0], ('0', 'JSD(0.9)'): [51.0, 55.0, 53.5],
 def test_heatmap_figure_from_eval_metrics(tmp_path, capsys):
   spec = synthetic_spec()
   root = tmp_path / 'root'
-  for run in sweep.expand(spec, str(root)):
+  for run in plan.expand(spec_lib.parse(spec), str(root)):
     if run.reference == 'student':
       write_eval(run.eval_dirs['greedy'][0], {'accuracy': 45.0})
     elif run.reference is None:
@@ -676,7 +689,7 @@ def test_heatmap_figure_from_eval_metrics(tmp_path, capsys):
   assert 'synthetic/ref_teacher: accuracy (greedy)' in captured.err
   rows = read_csv(out / 'synthetic.csv')
   for (lam, div), values in GRID.items():
-    row = rows[(f'lam_{lam}__div_{sweep.safe(div)}', 'greedy', 'accuracy')]
+    row = rows[(f'lam_{lam}__div_{spec_lib.safe(div)}', 'greedy', 'accuracy')]
     kept = values[:2] if (lam, div) == ('0', 'FKL') else values
     mean, std = mean_std(kept)
     assert (row['lam'], row['div'], row['reference']) == (lam, div, '')
@@ -721,7 +734,7 @@ def test_bars_figure_from_the_trainers_own_evaluation(tmp_path):
   values = {'events': [30.0, 34.0], 'trainer json': [40.0, 41.0], 't5x': [20.0, 26.0],
             'undefined once': [float('nan'), 12.0]}
   tag = 'inference/arithmetic_sum3_2digit/accuracy'
-  for run in sweep.expand(spec, str(root)):
+  for run in plan.expand(spec_lib.parse(spec), str(root)):
     os.makedirs(run.model_dir)
     if run.reference:
       value = 33.0
@@ -746,7 +759,7 @@ def test_bars_figure_from_the_trainers_own_evaluation(tmp_path):
   assert run_figures(spec, root, out, '--strict') == 0
   rows = read_csv(out / 'synthetic.csv')
   for method, seeds in values.items():
-    row = rows[(f'method_{sweep.safe(method)}', '', 'accuracy')]
+    row = rows[(f'method_{spec_lib.safe(method)}', '', 'accuracy')]
     seeds = [seed for seed in seeds if not math.isnan(seed)]
     assert int(row['n_seeds']) == len(seeds)
     if len(seeds) == 1:
@@ -774,7 +787,7 @@ def test_lines_and_tradeoff_figures(tmp_path):
        'baseline': 'student', 'evaluation': 'greedy'},
   ]
   root = tmp_path / 'root'
-  for run in sweep.expand(spec, str(root)):
+  for run in plan.expand(spec_lib.parse(spec), str(root)):
     lam = float(run.labels.get('lam', 2.0))
     seed = run.seed or 0
     for label, offset in (('greedy', 0.0), ('T=1', -5.0)):
@@ -822,7 +835,7 @@ def test_quality_diversity_figure_with_self_bleu(tmp_path, monkeypatch):
                   'references': ['teacher']}
   root = tmp_path / 'root'
   inputs = ['1+2+3=', '4+5+6=', '7+8+9=', '1+1+1=']
-  for run in sweep.expand(spec, str(root)):
+  for run in plan.expand(spec_lib.parse(spec), str(root)):
     for label, directories in run.eval_dirs.items():
       for sample, directory in enumerate(directories):
         write_eval(directory, {'accuracy': 60.0 + sample + (run.seed or 0)})
@@ -856,8 +869,8 @@ def test_self_bleu_of_real_samples(tmp_path):
         json.dumps({'input': f'{i}', 'target': 't', 'prediction': f'12+{i}=1{i};#1{i}'}) + '\n'
         for i in range(5)))
     directories.append(str(directory))
-  assert figures.self_bleu_of(directories) == pytest.approx(100.0)
+  assert results.self_bleu_of(directories) == pytest.approx(100.0)
   (tmp_path / 'sample_2' / 'predictions.jsonl').write_text(
       json.dumps({'input': 'other', 'target': 't', 'prediction': 'p'}) + '\n')
   with pytest.raises(ValueError, match='cannot be aligned'):
-    figures.self_bleu_of(directories)
+    results.self_bleu_of(directories)

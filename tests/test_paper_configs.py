@@ -41,6 +41,8 @@ import sys
 
 import pytest
 
+from launch import plan
+from launch import spec as spec_lib
 from launch import sweep
 from spec_labels import DIVERGENCES, check_divergence
 
@@ -320,12 +322,9 @@ def _convert(command, runner):
   output and checkpoint directories are replaced by fixed values, so the configs that differ
   only by them are parsed once."""
   kind = command.kind
-  files = [arg.split('=', 1)[1] for arg in command.argv if arg.startswith('--gin_file=')][1:]
+  files = list(command.gin_files[1:])
   bindings = []
-  for arg in command.argv:
-    if not arg.startswith('--gin.'):
-      continue
-    key, value = arg[len('--gin.'):].split('=', 1)
+  for key, value in command.gin_bindings().items():
     if key in ('RANDOM_SEED', 'MODEL_DIR', 'EVAL_OUTPUT_DIR', 'CHECKPOINT_PATH'):
       continue
     if kind == 'eval' and key in TRAINING_ONLY:
@@ -350,8 +349,8 @@ def spec_configs(runner):
   """Distinct configs of every paper spec's commands, and where each comes from."""
   configs, uses = {}, []
   for path in PAPER_SPECS:
-    spec = sweep.load_spec(str(path))
-    for run in sweep.expand(spec, SWEEP_ROOT):
+    spec = spec_lib.load(str(path))
+    for run in plan.expand(spec, SWEEP_ROOT):
       for command in run.commands:
         kind, files, bindings = _convert(command, runner)
         key = json.dumps([runner, kind, files, bindings])
@@ -428,11 +427,11 @@ def test_every_figure_panel_has_a_spec():
 
 @pytest.mark.parametrize('path', PAPER_SPECS, ids=lambda p: p.stem)
 def test_paper_spec_expands(path, capsys):
-  spec = sweep.load_spec(str(path))
-  runner, num_refs, points, num_seeds = EXPECTED_SPECS[spec['name']]
-  assert spec.get('runner', 'gkd_t5x') == runner
-  runs = sweep.expand(spec, 'gs://bucket/sweeps')
-  assert len(spec['seeds']) == num_seeds
+  spec = spec_lib.load(str(path))
+  runner, num_refs, points, num_seeds = EXPECTED_SPECS[spec.name]
+  assert spec.runner.name == runner
+  runs = plan.expand(spec, 'gs://bucket/sweeps')
+  assert len(spec.seeds) == num_seeds
   assert len(runs) == num_refs + points * num_seeds
   assert [r.reference is not None for r in runs] == [True] * num_refs + [False] * (
       points * num_seeds)
@@ -442,36 +441,36 @@ def test_paper_spec_expands(path, capsys):
   for run in runs:
     for command in run.commands:
       index = command.kind == 'eval'
-      assert command.argv[:4] == ['python', '-m', modules[runner][index],
-                                  f'--gin_file={run_files[runner][index]}']
-      assert not re.search(r'\{(root|seed|ref:)', ' '.join(command.argv))
+      assert command.argv()[:4] == ['python', '-m', modules[runner][index],
+                                    f'--gin_file={run_files[runner][index]}']
+      assert not re.search(r'\{(root|seed|ref:)', ' '.join(command.argv()))
     if run.reference is None:
       # Every distillation run names its student start and its teacher.
       assert {'INITIAL_CHECKPOINT_PATH', 'TEACHER_CHECKPOINT_PATH'} <= set(run.bindings) or (
-          spec['name'] == 'paper_figA11_flan')  # FLAN: the public FLAN-T5 checkpoints
+          spec.name == 'paper_figA11_flan')  # FLAN: the public FLAN-T5 checkpoints
   assert sweep.main([str(path), '--root', 'gs://bucket/sweeps']) == 0
   lines = capsys.readouterr().out.splitlines()
-  assert [shlex.split(line) for line in lines] == [c.argv for r in runs for c in r.commands]
+  assert [shlex.split(line) for line in lines] == [c.argv() for r in runs for c in r.commands]
 
 
 def _load(name):
-  return sweep.load_spec(str(ROOT / 'launch' / 'sweeps' / 'paper' / f'{name}.json'))
+  return spec_lib.load(str(ROOT / 'launch' / 'sweeps' / 'paper' / f'{name}.json'))
 
 
 def test_fig6_small_grid_runs_and_bindings():
-  runs = sweep.expand(_load('paper_fig6_wmt_small'), '/r')
+  runs = plan.expand(_load('paper_fig6_wmt_small'), '/r')
   teacher, sft, grid = runs[0], runs[1], runs[2:]
   assert len(grid) == 15 * 3
   assert {(r.labels['lambda'], r.labels['divergence'], r.seed) for r in grid} == {
       (lam, div, seed) for lam in ('1.0', '0.5', '0.0') for div in DIVERGENCES
       for seed in (0, 1, 2)}
   # The references train the WMT SFT teacher (T5-XL, 50K steps) and student from LM-adapted T5.
-  assert teacher.commands[0].argv[4:] == [
+  assert teacher.commands[0].argv()[4:] == [
       '--gin_file=gin/experiments/wmt/sft.gin', "--gin.MODEL_DIR='/r/paper_fig6_wmt_small/ref_teacher'",
       '--gin.STUDENT_CONFIG=%T5_1_1_XL',
       '--gin.INITIAL_CHECKPOINT_PATH=%T5_1_1_LM_ADAPTED_XL_CHECKPOINT',
       '--gin.TRAIN_STEPS=%SFT_STEPS_XL']
-  assert sft.commands[0].argv[4:] == ['--gin_file=gin/experiments/wmt/sft.gin',
+  assert sft.commands[0].argv()[4:] == ['--gin_file=gin/experiments/wmt/sft.gin',
                                       "--gin.MODEL_DIR='/r/paper_fig6_wmt_small/ref_student_sft'"]
   run = next(r for r in grid if r.name.endswith('lambda_0.5__divergence_JSD_0.1/seed_2'))
   assert run.gin_files == ['gin/experiments/wmt/gkd.gin']
@@ -487,7 +486,7 @@ def test_fig6_small_grid_runs_and_bindings():
 
 def test_fig4_evaluations_sample_at_four_temperatures():
   spec = _load('paper_fig4_xsum_quality_diversity')
-  runs = sweep.expand(spec, '/r')
+  runs = plan.expand(spec, '/r')
   rkl = runs[-1]
   assert rkl.labels == {'divergence': 'RKL'}
   # Reverse KL trains small at 0.0003, the other divergences at 0.001 (A.1 text).
@@ -498,11 +497,11 @@ def test_fig4_evaluations_sample_at_four_temperatures():
   assert len(evals) == 4 * 4
   for i, command in enumerate(evals):
     temperature, sample = ('0.1', '0.3', '0.5', '1.0')[i // 4], i % 4
-    assert command.argv[-3:] == ["--gin.models.GKDModel.decode_method='sample'",
+    assert command.argv()[-3:] == ["--gin.models.GKDModel.decode_method='sample'",
                                  f'--gin.models.GKDModel.decode_temperature={temperature}',
                                  f'--gin.RANDOM_SEED={sample}']
     assert command.output_dir == f'{rkl.model_dir}/eval_T_{temperature}/sample_{sample}'
-  assert spec['plot']['kind'] == 'quality_diversity'
+  assert spec.plots[0].kind == 'quality_diversity'
 
 
 def test_xsum_temperature_panels_train_with_teacher_temperature_0_1():
@@ -512,15 +511,15 @@ def test_xsum_temperature_panels_train_with_teacher_temperature_0_1():
       ('paper_fig3_xsum_data_efficiency', '0.1', 'T=1.0'),
       ('paper_figA12_xsum_base', '0.1', 'T=1.0'), ('paper_figA13_xsum_base', '1.0', 'greedy')):
     spec = _load(name)
-    assert spec['bindings']['TEACHER_TEMPERATURE'] == temperature, name
-    assert [e['label'] for e in spec['evaluations']] == [evaluation], name
-  runs = sweep.expand(_load('paper_fig3_xsum_data_efficiency'), '/r')
+    assert spec.bindings['TEACHER_TEMPERATURE'] == temperature, name
+    assert [e.label for e in spec.evaluations] == [evaluation], name
+  runs = plan.expand(_load('paper_fig3_xsum_data_efficiency'), '/r')
   assert {r.labels['data_percent']: r.bindings['MIXTURE_OR_TASK_NAME'] for r in runs[2:]} == {
       '0.5': "'xsum_train1k'", '5': "'xsum_train10k'", '25': "'xsum_train50k'", '100': "'xsum'"}
 
 
 def test_fig1_sizes_start_from_their_own_sft_student():
-  runs = sweep.expand(_load('paper_fig1_xsum'), '/r')
+  runs = plan.expand(_load('paper_fig1_xsum'), '/r')
   assert [r.reference for r in runs[:4]] == ['teacher', 'sft_small', 'sft_base', 'sft_large']
   for run in runs[4:]:
     size = run.labels['size']
@@ -530,7 +529,7 @@ def test_fig1_sizes_start_from_their_own_sft_student():
 
 
 def test_figA10_and_figA11_start_from_public_flan_checkpoints():
-  runs = sweep.expand(_load('paper_figA10_gsm8k_self_distillation'), '/r')
+  runs = plan.expand(_load('paper_figA10_gsm8k_self_distillation'), '/r')
   teacher, student = runs[:2]
   assert [c.kind for c in teacher.commands] == ['train', 'eval']
   assert [c.kind for c in student.commands] == ['eval']
@@ -540,8 +539,8 @@ def test_figA10_and_figA11_start_from_public_flan_checkpoints():
     assert run.bindings['TEACHER_CONFIG'] == '%T5_1_1_LARGE'
     # A public step directory: T5X's default 'specific' restore, not the run-directory mode.
     assert 'utils.RestoreCheckpointConfig.mode' not in run.bindings
-  runs = sweep.expand(_load('paper_figA11_flan'), '/r')
-  evaluations = [c.argv for c in runs[-1].commands if c.kind == 'eval']
+  runs = plan.expand(_load('paper_figA11_flan'), '/r')
+  evaluations = [c.argv() for c in runs[-1].commands if c.kind == 'eval']
   assert [argv[-2:] for argv in evaluations] == [
       ["--gin.EVAL_MIXTURE_OR_TASK_NAME='mmlu'", "--gin.EVAL_SPLIT='test'"],
       ["--gin.EVAL_MIXTURE_OR_TASK_NAME='bbh'", "--gin.EVAL_SPLIT='test'"]]
@@ -666,12 +665,12 @@ def test_spec_configs_parse_and_build_what_the_paper_says(parsed, runner):
   for spec, run, command, bindings, key in uses:
     result = by_key[key]
     task = task_of(run.gin_files)
-    where = f'{runner}: {spec["name"]} {run.name} {command.log_name}'
+    where = f'{runner}: {spec.name} {run.name} {command.log_name}'
     if command.kind == 'train':
-      _check_train(result, task, run, bindings, runner, spec.get('runner', 'gkd_t5x'), where)
+      _check_train(result, task, run, bindings, runner, spec.runner.name, where)
     else:
       label = command.log_name.split('_sample_')[0][len('eval_'):].replace('T_', 'T=')
-      _check_eval(result, task, label, run, runner, spec.get('runner', 'gkd_t5x'), where)
+      _check_eval(result, task, label, run, runner, spec.runner.name, where)
 
 
 @pytest.mark.parametrize('runner', RUNNERS)

@@ -23,8 +23,11 @@ import pytest
 
 from gkd_t5x import checkpoints
 from launch import claims
+from launch import plan
 from launch import reproduce
-from launch import sweep
+from launch import results
+from launch import runners
+from launch import spec as spec_lib
 from spec_labels import check_divergence
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -35,70 +38,68 @@ G = 'gin/experiments/arithmetic/'
 
 
 def load_all():
-  return [sweep.load_spec(str(path)) for path in SPECS]
+  return [spec_lib.load(str(path)) for path in SPECS]
 
 
 def bindings_of(job):
-  return reproduce._parse_argv(job.argv)[2]  # pylint: disable=protected-access
+  return job.command.gin_bindings()
 
 
 def test_shipped_specs_merge_into_one_plan_of_distinct_trainings(tmp_path):
   specs = load_all()
-  assert {spec['name'] for spec in specs} == {
+  assert {spec.name for spec in specs} == {
       'repro_fig7_grid_s', 'repro_fig7_grid_xs', 'repro_fig9_methods_s', 'repro_fig9_methods_xs',
       'repro_fig8_lambda_xs', 'repro_fig4_quality_diversity_xs', 'repro_fig3_data_efficiency_xs',
       'repro_fig5_rl_xs', 'repro_chain5_fig9_methods_s', 'repro_chain5_fig3_data_efficiency_s',
       'repro_chain5_fig9_methods_xs'}
   # Each task's teacher is shipped as an exported checkpoint.
-  teachers = {spec['references']['teacher']['checkpoint'] for spec in specs}
+  teachers = {spec.references['teacher'].checkpoint for spec in specs}
   assert teachers == {'launch/checkpoints/arithmetic_sum3_2digit_teacher',
                       'launch/checkpoints/arithmetic_chain5_teacher'}
   for teacher in teachers:
     assert checkpoints.resolve_step_dir(str(ROOT / teacher), 'teacher').name == 'checkpoint_4000'
   root = str(tmp_path)
-  plan = reproduce.plan(specs, root)
-  trainings = [job for job in plan.jobs if job.kind == 'train']
+  merged = plan.merge(specs, root)
+  trainings = [job for job in merged.jobs if job.kind == 'train']
   # Per task, 2 SFT students. sum3_2digit: grids 2 x 15; methods 2 x 3 new (SFT continued,
   # SeqKD, f-distill); Fig. 8: lambda 0.25 and 0.75 x 2; Fig. 3: 5% and 25% x 2; Fig. 5: 2 x 5.
   # chain5: methods 2 x 6; Fig. 3: 5% and 25% x 2. All x 3 seeds.
   assert len(trainings) == 2 + 3 * (30 + 6 + 4 + 4 + 10) + 2 + 3 * (12 + 4)
-  assert len({job.output_dir for job in plan.jobs}) == len(plan.jobs)
+  assert len({job.output_dir for job in merged.jobs}) == len(merged.jobs)
   sft = [job for job in trainings if job.output_dir.endswith('ref_student_sft')]
   assert len(sft) == 4
   assert sorted(str(bindings_of(job).get('STUDENT_CONFIG')) for job in sft) == [
       '%ARITHMETIC_STUDENT_XS', '%ARITHMETIC_STUDENT_XS', 'None', 'None']
   # Every merged directory is a link to a planned training with the same command up to paths.
   trained = {job.output_dir: job for job in trainings}
-  for alias, target in plan.links.items():
+  for alias, target in merged.links.items():
     assert target in trained and alias not in trained
   by_dir = {}
   for spec in specs:
-    for run in sweep.expand(spec, root, python=sys.executable):
+    for run in plan.expand(spec, root):
       by_dir[run.model_dir] = run
-  for alias, target in plan.links.items():
-    mine = reproduce._parse_argv(  # pylint: disable=protected-access
-        [reproduce._rename(a, plan.links)  # pylint: disable=protected-access
-         for a in by_dir[alias].commands[0].argv])
-    theirs = reproduce._parse_argv(trained[target].argv)  # pylint: disable=protected-access
-    assert mine[:2] == theirs[:2]
-    assert ({k: v for k, v in mine[2].items() if k != 'MODEL_DIR'}
-            == {k: v for k, v in theirs[2].items() if k != 'MODEL_DIR'})
+  for alias, target in merged.links.items():
+    mine = by_dir[alias].commands[0].renamed(merged.links)
+    theirs = trained[target].command
+    assert (mine.module, mine.gin_files) == (theirs.module, theirs.gin_files)
+    assert ({k: v for k, v in mine.gin_bindings().items() if k != 'MODEL_DIR'}
+            == {k: v for k, v in theirs.gin_bindings().items() if k != 'MODEL_DIR'})
   # Fig. 4's students are the grid's on-policy ones; every job reads earlier trainings only.
-  fig4 = [d for d in plan.links if '/repro_fig4_quality_diversity_xs/divergence_' in d]
+  fig4 = [d for d in merged.links if '/repro_fig4_quality_diversity_xs/divergence_' in d]
   assert len(fig4) == 15
   for alias in fig4:
     grid = alias.replace('/repro_fig4_quality_diversity_xs/divergence_',
                          '/repro_fig7_grid_xs/lambda_1.0__divergence_')
-    assert plan.links[alias] == plan.links.get(grid, grid)
+    assert merged.links[alias] == merged.links.get(grid, grid)
   seen = set()
-  for job in plan.jobs:
+  for job in merged.jobs:
     assert all(need in seen for need in job.needs), job.name
     if job.kind == 'train':
       seen.add(job.output_dir)
   # The distillation runs of a task share one budget, parsed after the method's files:
   # reproduction.gin, or on the second task chain5_reproduction.gin (which includes it).
   for job in trainings:
-    files = reproduce._parse_argv(job.argv)[1]  # pylint: disable=protected-access
+    files = job.command.gin_files
     if not job.output_dir.endswith('ref_student_sft'):
       budget = G + ('chain5_' if '/repro_chain5_' in job.output_dir else '') + 'reproduction.gin'
       assert budget in files, job.name
@@ -109,12 +110,11 @@ def test_shipped_specs_build_the_methods_their_labels_name(tmp_path):
   configs = {}
   expected = []
   for spec in load_all():
-    for run in sweep.expand(spec, str(tmp_path), seeds=[0]):
+    for run in plan.expand(spec, str(tmp_path), seeds=[0]):
       for command in run.commands:
         if command.kind != 'train':
           continue
-        _, files, bindings = reproduce._parse_argv(command.argv)  # pylint: disable=protected-access
-        key = json.dumps([files, sorted(bindings.items())])
+        key = json.dumps([command.gin_files, sorted(command.gin_bindings().items())])
         configs.setdefault(key, len(configs))
         expected.append((run, configs[key]))
   script = textwrap.dedent("""
@@ -228,7 +228,7 @@ def test_two_specs_sharing_runs_train_each_once_resume_and_draw(tmp_path, capsys
     assert link.resolve() == (root / 'tiny_a' / name).resolve()
   for run_dir in (root / 'tiny_a' / 'lambda_1.0' / 'seed_0', root / 'tiny_b' / 'lambda_0.0' /
                   'seed_0'):
-    assert (run_dir / reproduce.TRAINED).exists()
+    assert (run_dir / runners.DONE).exists()
     assert (run_dir / 'eval_greedy' / 'metrics.json').exists()
     assert (run_dir / 'logs' / 'train.log').read_text().count('step 3/3') == 1
   for name in ('tiny_a', 'tiny_b'):
@@ -246,12 +246,12 @@ def test_probes_start_from_the_reproductions_trained_students(tmp_path):
   # A probe (launch/sweeps/probes/) runs beyond the reproduction's budget from its students,
   # named through {root}: each must be a training of the reproduction's plan under that root.
   root = str(tmp_path)
-  trained = {job.output_dir for job in reproduce.plan(load_all(), root).jobs
+  trained = {job.output_dir for job in plan.merge(load_all(), root).jobs
              if job.kind == 'train'}
   probes = sorted((ROOT / 'launch' / 'sweeps' / 'probes').glob('*.json'))
   assert probes
   for path in probes:
-    runs = sweep.expand(sweep.load_spec(str(path)), root)
+    runs = plan.expand(spec_lib.load(str(path)), root)
     starts = {run.checkpoint for run in runs if run.reference == 'student_sft'}
     assert starts and starts <= trained, path.name
 
@@ -271,27 +271,27 @@ def test_effect_size_is_cohens_d_with_the_pooled_deviation():
   mean = lambda x: sum(x) / len(x)
   var = lambda x: sum((v - mean(x)) ** 2 for v in x) / (len(x) - 1)
   pooled = math.sqrt((2 * var(a) + 3 * var(b)) / 5)
-  got = reproduce.effect_size(mean(b), math.sqrt(var(b)), 4, mean(a), math.sqrt(var(a)), 3)
+  got = results.effect_size(mean(b), math.sqrt(var(b)), 4, mean(a), math.sqrt(var(a)), 3)
   assert got == pytest.approx((mean(b) - mean(a)) / pooled)
-  assert reproduce.effect_size(2.0, 0.0, 3, 1.0, 0.0, 3) is None
-  assert reproduce.effect_size(2.0, 1.0, 1, 1.0, 1.0, 1) is None
+  assert results.effect_size(2.0, 0.0, 3, 1.0, 0.0, 3) is None
+  assert results.effect_size(2.0, 1.0, 1, 1.0, 1.0, 1) is None
 
 
 def test_links_are_mended_when_the_order_of_the_specs_changes(tmp_path):
   a, b, c = (str(tmp_path / name / 'run') for name in ('a', 'b', 'c'))
-  reproduce._link({b: a, c: a})  # pylint: disable=protected-access
+  runners.link_merged_runs({b: a, c: a})
   os.makedirs(a)
-  (pathlib.Path(a) / reproduce.TRAINED).write_text('')
+  (pathlib.Path(a) / runners.DONE).write_text('')
   # Now c comes first: a's training moves there, a and b become links to it.
-  reproduce._link({a: c, b: c})  # pylint: disable=protected-access
-  assert not os.path.islink(c) and (pathlib.Path(c) / reproduce.TRAINED).exists()
+  runners.link_merged_runs({a: c, b: c})
+  assert not os.path.islink(c) and (pathlib.Path(c) / runners.DONE).exists()
   for alias in (a, b):
     assert os.path.islink(alias) and os.path.realpath(alias) == os.path.realpath(c)
-  reproduce._link({a: c, b: c})  # pylint: disable=protected-access  # idempotent
+  runners.link_merged_runs({a: c, b: c})  # idempotent
   os.unlink(b)
   os.makedirs(b)
   with pytest.raises(RuntimeError, match='both hold a run'):
-    reproduce._link({a: c, b: c})  # pylint: disable=protected-access
+    runners.link_merged_runs({a: c, b: c})
 
 
 def test_claim_verdicts_follow_the_effect_size_rule(tmp_path):
@@ -311,10 +311,10 @@ def test_claim_verdicts_follow_the_effect_size_rule(tmp_path):
   assert text.splitlines()[-1].endswith('| missing |')
   # Every shipped claim, the paper's and the testbed's, names points of its spec.
   testbed = sorted((ROOT / 'launch' / 'sweeps' / 'testbed').glob('*.json'))
-  specs = {spec['name']: spec
-           for spec in load_all() + [sweep.load_spec(str(path)) for path in testbed]}
+  specs = {spec.name: spec
+           for spec in load_all() + [spec_lib.load(str(path)) for path in testbed]}
   for claim in claims.CLAIMS + claims.TESTBED_CLAIMS:
-    points = {run.point for run in sweep.expand(specs[claim.spec], '/r')}
+    points = {run.point for run in plan.expand(specs[claim.spec], '/r')}
     assert {claim.first, claim.second} <= points, claim
-    evaluations = [e['label'] for e in specs[claim.spec]['evaluations']]
+    evaluations = [e.label for e in specs[claim.spec].evaluations]
     assert claim.evaluation in evaluations, claim
