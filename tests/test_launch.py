@@ -44,6 +44,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 # The CPU-sized panels, and the on-policy testbed's specs.
 SPECS = (sorted((ROOT / 'launch' / 'sweeps').glob('*.json'))
          + sorted((ROOT / 'launch' / 'sweeps' / 'testbed').glob('*.json')))
+ALL_SPECS = sorted((ROOT / 'launch' / 'sweeps').rglob('*.json'))
 TEACHER = 'launch/checkpoints/arithmetic_sum3_2digit_teacher'
 GKD = 'gin/experiments/arithmetic/gkd.gin'
 PNG_HEADER = b'\x89PNG\r\n\x1a\n'
@@ -94,6 +95,17 @@ def test_every_spec_expands_into_its_runs(path, tmp_path, capsys):
   lines = capsys.readouterr().out.splitlines()
   assert [shlex.split(line) for line in lines] == [
       command.argv() for run in runs for command in run.commands]
+
+
+@pytest.mark.parametrize('path', ALL_SPECS,
+                         ids=lambda p: str(p.relative_to(ROOT / 'launch' / 'sweeps')))
+def test_print_mode_prints_the_plan(path, capsys):
+  """Every spec of launch/sweeps/, the paper's and the reproduction's too: print mode prints
+  the commands of its runs as they render, in order."""
+  runs = plan.expand(spec_lib.load(str(path)), '/r')
+  assert sweep.main([str(path), '--root', '/r']) == 0
+  assert capsys.readouterr().out.splitlines() == [
+      tpu_pod.shell_join(command.argv()) for run in runs for command in run.commands]
 
 
 def test_fig7_grid_runs_and_bindings(tmp_path):

@@ -11,6 +11,7 @@
   * the effect size is Cohen's d with the pooled standard deviation.
 """
 
+import hashlib
 import json
 import math
 import os
@@ -104,6 +105,30 @@ def test_shipped_specs_merge_into_one_plan_of_distinct_trainings(tmp_path):
       budget = G + ('chain5_' if '/repro_chain5_' in job.output_dir else '') + 'reproduction.gin'
       assert budget in files, job.name
       assert files.index(budget) >= 2
+
+
+# The sha256 of the reproduction's merged plan under the root /ROOT, as `launch/reproduce.py
+# --print` lists it (each job's name and command with `python` as the interpreter, then the
+# links), recorded with the code that ran the reproduction. The results page comes from this
+# plan, so any change to it (a spec, a merge rule, the order of bindings) shows here: compare
+# `--print` before and after the change, then record the new digest.
+REPRODUCTION_PLAN_SHA256 = 'bd3c851e41c6cf2a87fa982f99040b9bb8bf977f3638bf97d6952ca1b1190fe7'
+
+
+def plan_lines(merged, python):
+  lines = [f'{job.name}\n  {" ".join(job.command.argv(python))}' for job in merged.jobs]
+  return lines + [f'link {alias} -> {target}' for alias, target in merged.links.items()]
+
+
+def test_the_reproductions_plan_is_the_recorded_one(capsys):
+  merged = plan.merge(load_all(), '/ROOT')
+  assert (len(merged.jobs), len(merged.links)) == (562, 70)
+  digest = hashlib.sha256('\n'.join(plan_lines(merged, 'python')).encode()).hexdigest()
+  assert digest == REPRODUCTION_PLAN_SHA256
+  # --print lists that plan.
+  assert reproduce.main(['--root', '/ROOT', '--print']) == 0
+  assert capsys.readouterr().out.splitlines() == '\n'.join(
+      plan_lines(merged, sys.executable)).splitlines()
 
 
 def test_shipped_specs_build_the_methods_their_labels_name(tmp_path):
