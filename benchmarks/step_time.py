@@ -12,7 +12,7 @@ vocabulary 384; JSD(0.5); dropout off) it builds `models.GKDModel`s and jits
                                    step (lambda = 0), after compilation and warm-up
   ratio_lambda1_over_lambda0       the cost of on-policy data (the paper reports 1.8-2.2x)
   sample_s                         sampling the target length of tokens alone (student, KV
-                                   cache; `objective.sample_sequences`, encoder output given)
+                                   cache; `objective.sample_sequences`, prompt state given)
   teacher_forward_s                one teacher forward pass (encode + teacher-forced decode)
   compile_lambda1_s, compile_lambda0_s   wall time of trace + lower + compile of each step
   matmul_gflops                    float32 matmul throughput measured here, in this run (a
@@ -302,21 +302,20 @@ def run_bench(name: str, bench: Bench, steps: int, warmup: int) -> Dict[str, obj
   model, params, teacher_params = on_policy.model, on_policy.params, on_policy.teacher_params
   inputs = batch['encoder_input_tokens']
   student = lambda p: models.bind(model.module, p)
-  # The sampler's input: the student's encoder output, computed outside the timed function.
-  encoded = jax.jit(lambda p: student(p).encode(inputs, False, None, None))(params)
+  # The sampler's input: the student's prompt state, computed outside the timed function.
+  prompt = jax.jit(lambda p: student(p).read_prompt(inputs))(params)
 
   @jax.jit
   def sample(p, rng):
     return objective.sample_sequences(
-        student(p), encoded, inputs, rng=rng, length=bench.target_length,
+        student(p), prompt, rng=rng, batch_size=bench.batch_size, length=bench.target_length,
         max_decode_length=bench.target_length, temperature=1.0, eos_id=EOS_ID)
 
   @jax.jit
   def teacher_forward(p):
     teacher = models.bind(model.teacher_module, p)
-    return teacher.decode(teacher.encode(inputs, False, None, None), inputs,
-                          batch['decoder_input_tokens'], batch['decoder_target_tokens'], False,
-                          None, None, None)
+    return teacher.logits(teacher.read_prompt(inputs), batch['decoder_input_tokens'],
+                          batch['decoder_target_tokens'])
 
   log(f'[{name}] timing sampling alone and the teacher forward pass')
   sample_s = statistics.median(

@@ -14,13 +14,12 @@ therefore inputs of the jitted step, sharded by the same logical axis rules as t
 outside the optimizer, and returned unchanged, so they are never updated. A model reward
 (`rewards.EntailmentReward`) keeps its classifier's params the same way, in `reward_model`.
 
-Shape letters: B batch, I input length, L target length, V vocabulary.
+Shape letters: B batch, I input length, L target length, E embedding, V vocabulary.
 """
 
 import dataclasses
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, NamedTuple, Optional, Tuple
 
-import flax.linen as nn
 import gin
 import jax
 import jax.numpy as jnp
@@ -55,31 +54,44 @@ except ImportError:  # t5x is not on PyPI; the standalone trainer needs none of 
   _AVERAGE = averages.Average
 
 
-def bind(module: nn.Module, params: PyTree) -> objective.SequenceModel:
-  """Binds `params` to a `network.Transformer` as the objective's `SequenceModel`."""
+class EncodedPrompt(NamedTuple):
+  """A `network.Transformer`'s prompt state: the encoder output [B, I, E], with the input
+  tokens [B, I] and their segment ids [B, I] (None unpacked) that cross-attention masks by."""
+  encoded: Array
+  tokens: Array
+  segment_ids: Optional[Array]
+
+
+def _dropout(dropout_rng: Optional[Array]) -> Dict[str, Any]:
+  return dict(enable_dropout=dropout_rng is not None,
+              rngs=None if dropout_rng is None else {'dropout': dropout_rng})
+
+
+def bind(module: network.Transformer, params: PyTree) -> objective.Policy:
+  """Binds `params` to a `network.Transformer` as the objective's `Policy`, whose prompt state
+  is an `EncodedPrompt`."""
   variables = {'params': params}
   transformer = network.Transformer
 
-  def encode(inputs, enable_dropout, dropout_rng, encoder_segment_ids):
-    rngs = {'dropout': dropout_rng} if enable_dropout else None
-    return module.apply(variables, inputs, encoder_segment_ids, enable_dropout, rngs=rngs,
-                        method=transformer.encode)
+  def read_prompt(inputs, *, segment_ids=None, dropout_rng=None):
+    encoded = module.apply(variables, inputs, segment_ids, method=transformer.encode,
+                           **_dropout(dropout_rng))
+    return EncodedPrompt(encoded, inputs, segment_ids)
 
-  def decode(encoded, inputs, decoder_inputs, targets, enable_dropout, dropout_rng,
-             encoder_segment_ids, decoder_segment_ids):
-    rngs = {'dropout': dropout_rng} if enable_dropout else None
-    return module.apply(variables, encoded, inputs, decoder_inputs, targets, encoder_segment_ids,
-                        decoder_segment_ids, enable_dropout, rngs=rngs,
-                        method=transformer.decode)
-
-  def init_cache(encoded, inputs, max_decode_length):
-    return module.apply(variables, encoded, inputs, max_decode_length,
-                        method=transformer.init_cache)
+  def logits(prompt, continuation_inputs, continuation, *, segment_ids=None, dropout_rng=None):
+    return module.apply(variables, prompt.encoded, prompt.tokens, continuation_inputs,
+                        continuation, prompt.segment_ids, segment_ids, method=transformer.decode,
+                        **_dropout(dropout_rng))
 
   def decode_step(tokens_Bx1, cache, position):
     return module.apply(variables, tokens_Bx1, cache, position, method=transformer.decode_step)
 
-  return objective.SequenceModel(encode, decode, init_cache, decode_step)
+  def start_sampling(prompt, max_decode_length):
+    cache = module.apply(variables, prompt.encoded, prompt.tokens, max_decode_length,
+                         method=transformer.init_cache)
+    return cache, decode_step
+
+  return objective.Policy(read_prompt, logits, start_sampling)
 
 
 def average(value: Array, count: Any = 1):
@@ -353,13 +365,13 @@ class GKDModel(_ModelBase):
     if mutable or other_variables:
       raise ValueError('GKDModel._compute_logits takes no mutable or other variables.')
     student = bind(self.module, params)
-    inputs, targets = batch['encoder_input_tokens'], batch['decoder_target_tokens']
-    decoder_inputs = batch.get('decoder_input_tokens', objective.shift_right(targets))
-    enable_dropout = dropout_rng is not None
-    encoded = student.encode(inputs, enable_dropout, dropout_rng,
-                             batch.get('encoder_segment_ids'))
-    return student.decode(encoded, inputs, decoder_inputs, targets, enable_dropout, dropout_rng,
-                          batch.get('encoder_segment_ids'), batch.get('decoder_segment_ids'))
+    targets = batch['decoder_target_tokens']
+    prompt = student.read_prompt(batch['encoder_input_tokens'],
+                                 segment_ids=batch.get('encoder_segment_ids'),
+                                 dropout_rng=dropout_rng)
+    return student.logits(prompt, batch.get('decoder_input_tokens', objective.shift_right(targets)),
+                          targets, segment_ids=batch.get('decoder_segment_ids'),
+                          dropout_rng=dropout_rng)
 
   def score_batch(self, params: PyTree, batch: Batch, return_intermediates: bool = False):
     """[B] log-likelihood under the student of each target sequence (sum over its weighted
@@ -395,13 +407,11 @@ class GKDModel(_ModelBase):
     student = bind(self.module, params)
     inputs = batch['encoder_input_tokens']
     length = batch['decoder_input_tokens'].shape[1]
-    batch_size = inputs.shape[0]
-    encoded = student.encode(inputs, False, None, None)
-    cache = student.init_cache(encoded, inputs, length)
-    common = dict(batch_size=batch_size, max_decode_length=length, eos_id=self._eos_id)
+    cache, decode_step = student.start_sampling(student.read_prompt(inputs), length)
+    common = dict(batch_size=inputs.shape[0], max_decode_length=length, eos_id=self._eos_id)
     if self.decode_method == 'beam':
       beam_size = max(self.beam_size, num_decodes)
-      out = decoding.beam_search(student.decode_step, cache, beam_size=beam_size,
+      out = decoding.beam_search(decode_step, cache, beam_size=beam_size,
                                  alpha=decoder_params.get('alpha', self.beam_alpha), **common)
       if return_all_decodes:
         return out.tokens, {'scores': out.scores}
@@ -409,12 +419,12 @@ class GKDModel(_ModelBase):
     if num_decodes != 1 or return_all_decodes:
       raise ValueError('num_decodes > 1 and return_all_decodes need decode_method="beam".')
     if self.decode_method == 'greedy':
-      out = decoding.greedy_decode(student.decode_step, cache, forcing=self._forcing, **common)
+      out = decoding.greedy_decode(decode_step, cache, forcing=self._forcing, **common)
       return out.tokens, {'scores': out.log_probs}
     if rng is None:
       raise ValueError('Sampling (decode_method="sample") needs an explicit rng.')
     out = decoding.temperature_sample(
-        student.decode_step, cache, rng=rng,
+        decode_step, cache, rng=rng,
         temperature=decoder_params.get('temperature', self.decode_temperature),
         top_k=decoder_params.get('topk', self.decode_top_k),
         top_p=decoder_params.get('topp', self.decode_top_p), forcing=self._forcing, **common)

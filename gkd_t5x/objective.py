@@ -22,6 +22,13 @@ Every method of the paper is a `GKDConfig` (see `gin/methods/`):
   GKD            lmbda in [0, 1], divergence in {forward_kl, reverse_kl, jsd}
   RL + GKD       lmbda=1, alpha in [0, 1), a reward
 
+The objective knows no architecture: student and teacher are `Policy`s, which read the inputs
+into a prompt state, score given continuations teacher-forced and sample new ones
+(`models.bind` makes one of a `network.Transformer`). One step, `gkd_loss`, runs in stages:
+`choose_sequences` (Algorithm 1's coin between the student's samples and the fixed data), both
+models' teacher-forced logits of those sequences, `divergence_term`, `rl_term` (Eq. 5, with
+alpha < 1) and `sequence_stats`.
+
 Randomness: the step rng is split once, `dropout_rng, coin_rng, sample_rng =
 jax.random.split(rng, 3)`. The coin is a scalar drawn from `coin_rng`; under `jax.jit` over a
 multi-host mesh the step rng is one global value, so every host takes the same branch.
@@ -31,6 +38,7 @@ Shape letters: B batch, I input length, L target length, V vocabulary.
 """
 
 import dataclasses
+import functools
 from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple, Union
 
 import gin
@@ -50,21 +58,33 @@ FIXED_DATA_SOURCES = ('targets', 'teacher_samples')
 BASELINES = ('batch_mean', 'per_input_mean')
 
 
-class SequenceModel(NamedTuple):
-  """An encoder-decoder with its params bound: what the objective needs of a network.
+PromptState = Any
 
-  encode(inputs [B, I], enable_dropout: bool, dropout_rng, encoder_segment_ids [B, I] | None)
-      -> encoded [B, I, E]
-  decode(encoded, inputs [B, I], decoder_inputs [B, L], targets [B, L], enable_dropout: bool,
-         dropout_rng, encoder_segment_ids | None, decoder_segment_ids [B, L] | None)
-      -> logits [B, L, V] float32
-  init_cache(encoded, inputs [B, I], max_decode_length: int) -> cache
-  decode_step: a `decoding.TokensToLogits`, (tokens [B, 1], cache, position) -> ([B, V], cache)
+
+class Policy(NamedTuple):
+  """A sequence model with its params bound: all the objective asks of a network.
+
+  The objective never sees the architecture. A policy reads the inputs x once into a prompt
+  state (an encoder-decoder: its encoder output), then continues from that state either
+  teacher-forced, scoring given continuations y, or token by token, sampling them. Dropout is on
+  exactly when a `dropout_rng` is given, so a flag and a key can never disagree.
+
+  read_prompt(inputs [B, I], *, segment_ids [B, I] | None = None, dropout_rng=None)
+      -> prompt: an opaque pytree holding all that `logits` and `start_sampling` need of x
+         (the inputs themselves too, where attention masks come from them).
+  logits(prompt, continuation_inputs [B, L], continuation [B, L], *,
+         segment_ids [B, L] | None = None, dropout_rng=None) -> [B, L, V] float32
+      teacher-forced next-token logits: position t scores continuation[:, t] given x and
+      continuation_inputs[:, :t + 1], the continuation shifted right (`shift_right`: token 0
+      starts it; packed examples shift within their segment). 0 in `continuation` is padding.
+  start_sampling(prompt, max_decode_length: int) -> (cache, decode_step)
+      a cache for max_decode_length tokens and the `decoding.TokensToLogits` that continues x
+      from it, fed token 0 at position 0. Per-row state belongs in the cache (batch-leading
+      leaves), not in decode_step's closure: beam search repeats and reorders cache rows only.
   """
-  encode: Callable[..., Array]
-  decode: Callable[..., Array]
-  init_cache: Callable[..., Any]
-  decode_step: decoding.TokensToLogits
+  read_prompt: Callable[..., PromptState]
+  logits: Callable[..., Array]
+  start_sampling: Callable[[PromptState, int], Tuple[Any, decoding.TokensToLogits]]
 
 
 @gin.configurable
@@ -221,7 +241,7 @@ def shift_right(tokens: Array, start_id: int = 0) -> Array:
   return jnp.pad(tokens, ((0, 0), (1, 0)), constant_values=start_id)[:, :-1]
 
 
-def sample_sequences(model: SequenceModel, encoded: Array, inputs: Array, *, rng: Array,
+def sample_sequences(policy: Policy, prompt: PromptState, *, rng: Array, batch_size: int,
                      length: int, max_decode_length: int, temperature: float, top_k: int = 0,
                      top_p: float = 1.0, eos_id: int = 1) -> Sequences:
   """Samples y ~ p(. | x) with a KV cache, under stop_gradient, padded to `length`.
@@ -230,10 +250,10 @@ def sample_sequences(model: SequenceModel, encoded: Array, inputs: Array, *, rng
   the teacher-forced pass treats it as padding.
 
   Args:
-    model: the network that samples.
-    encoded: [B, I, E] its encoder output (gradients are stopped here).
-    inputs: [B, I] input tokens.
+    policy: the network that samples.
+    prompt: its `read_prompt` of the inputs x (gradients are stopped here).
     rng: sampling key.
+    batch_size: B.
     length: L, the target length of the batch.
     max_decode_length: tokens to sample, <= L.
     temperature: sampling temperature (0 = greedy).
@@ -243,15 +263,14 @@ def sample_sequences(model: SequenceModel, encoded: Array, inputs: Array, *, rng
   Returns:
     `Sequences` of shape [B, L]; weights cover each sample up to and including its first EOS.
   """
-  encoded = lax.stop_gradient(encoded)
-  cache = model.init_cache(encoded, inputs, max_decode_length)
+  cache, decode_step = policy.start_sampling(lax.stop_gradient(prompt), max_decode_length)
 
   def tokens_to_logits(tokens_Bx1, cache, position):
-    logits_BxV, cache = model.decode_step(tokens_Bx1, cache, position)
+    logits_BxV, cache = decode_step(tokens_Bx1, cache, position)
     return logits_BxV.at[:, 0].set(-1e9), cache
 
   out = decoding.temperature_sample(
-      tokens_to_logits, cache, rng=rng, batch_size=inputs.shape[0],
+      tokens_to_logits, cache, rng=rng, batch_size=batch_size,
       max_decode_length=max_decode_length, temperature=temperature, top_k=top_k, top_p=top_p,
       eos_id=eos_id)
   pad = ((0, 0), (0, length - max_decode_length))
@@ -273,15 +292,185 @@ def _repeat_batch(batch: Batch, times: int) -> Batch:
   return {name: jnp.repeat(value, times, axis=0) for name, value in batch.items()}
 
 
-def gkd_loss(config: GKDConfig, student: SequenceModel, teacher: Optional[SequenceModel],
-             batch: Batch, rng: Array, *, step: Optional[Array] = None,
-             student_dropout: bool = False, eos_id: int = 1) -> Tuple[Array, Dict[str, Array]]:
+def _check_step(config: GKDConfig, teacher: Optional[Policy], batch: Batch) -> None:
+  if config.needs_teacher and teacher is None:
+    raise ValueError(f'divergence {config.divergence!r} with fixed_data {config.fixed_data!r} '
+                     'needs a teacher.')
+  packed = 'decoder_segment_ids' in batch or 'encoder_segment_ids' in batch
+  if packed and config.may_be_on_policy:
+    raise ValueError('On-policy steps sample unpacked sequences: set pack=False in the feature '
+                     'converter (packing only works with lmbda = 0).')
+
+
+def _batch_targets(batch: Batch) -> Sequences:
+  """The batch's own targets and their loss weights (default: every non-padding token)."""
+  targets = batch['decoder_target_tokens']
+  weights = batch.get('decoder_loss_weights', (targets > 0).astype(jnp.float32))
+  return Sequences(targets.astype(jnp.int32), weights.astype(jnp.float32))
+
+
+def _sample_length(config: GKDConfig, length: int) -> int:
+  """How many tokens a step samples: `GKDConfig.max_decode_length`, at most the target length."""
+  max_decode_length = config.max_decode_length or length
+  if max_decode_length > length:
+    raise ValueError(f'GKDConfig.max_decode_length ({max_decode_length}) must not exceed the '
+                     f'target feature length ({length}).')
+  return max_decode_length
+
+
+def _continuation_inputs(config: GKDConfig, batch: Batch, tokens: Array) -> Array:
+  """[B, L] the tokens fed to predict `tokens`: the batch's decoder inputs when the step can only
+  train on the batch's targets (packed examples shift within their segment), else `tokens`
+  shifted right."""
+  if (not config.may_be_on_policy and config.fixed_data == 'targets' and
+      'decoder_input_tokens' in batch):
+    return batch['decoder_input_tokens']
+  return shift_right(tokens)
+
+
+def _real_mean(values_B: Array, real_B: Array) -> Array:
+  return divergences.batch_mean(values_B.astype(jnp.float32), real_B)
+
+
+def choose_sequences(config: GKDConfig, lmbda: Array, student: Policy,
+                     sampling_prompt: Callable[[], PromptState], teacher: Optional[Policy],
+                     teacher_prompt: Optional[PromptState], targets: Sequences, *,
+                     coin_rng: Array, sample_rng: Array,
+                     eos_id: int) -> Tuple[Sequences, Array]:
+  """Stage 1, Algorithm 1's choice of the step's sequences: with probability lambda the
+  student's own samples (on-policy), else the fixed data (`GKDConfig.fixed_data`).
+
+  Args:
+    config: the objective's settings.
+    lmbda: the student data fraction of this step.
+    student: the student policy.
+    sampling_prompt: returns the student's prompt state to sample from; called only where the
+      student samples, so that reading the prompt anew (without dropout) costs a supervised
+      step nothing.
+    teacher, teacher_prompt: the teacher policy and its prompt state, for teacher samples.
+    targets: [B, L] the batch's targets, the fixed data of fixed_data='targets'.
+    coin_rng, sample_rng: the keys of the coin and of sampling.
+    eos_id: end-of-sequence id.
+
+  Returns:
+    ([B, L] sequences, float32 scalar: 1.0 if they are the student's samples, else 0.0).
+  """
+  batch_size, length = targets.tokens.shape
+  sample = functools.partial(sample_sequences, rng=sample_rng, batch_size=batch_size,
+                             length=length, max_decode_length=_sample_length(config, length),
+                             eos_id=eos_id)
+
+  def on_policy() -> Sequences:
+    return sample(student, sampling_prompt(), temperature=config.sampling_temperature,
+                  top_k=config.sampling_top_k, top_p=config.sampling_top_p)
+
+  def fixed() -> Sequences:
+    if config.fixed_data == 'teacher_samples':
+      return sample(teacher, teacher_prompt, temperature=config.teacher_sampling_temperature)
+    return targets
+
+  # A constant lambda of 0 or 1 picks the branch at trace time: a supervised step never
+  # compiles the sampler and an on-policy step never builds the fixed data.
+  if config.always_on_policy:
+    return on_policy(), jnp.ones((), jnp.float32)
+  if not config.may_be_on_policy:
+    return fixed(), jnp.zeros((), jnp.float32)
+  # u ~ U(0, 1), on-policy iff u < lambda (u in [0, 1), so lambda = 1 always is).
+  coin = jax.random.uniform(coin_rng) < lmbda
+  return lax.cond(coin, on_policy, fixed), coin.astype(jnp.float32)
+
+
+def divergence_term(config: GKDConfig, sequences: Sequences, student_logits: Array,
+                    teacher_logits: Optional[Array]) -> Tuple[Array, Dict[str, Array]]:
+  """Stage 2, E_y[D(p_T || p_S)(y|x)]: the token-level divergence averaged over each sequence
+  (Eq. 2), then over the batch's sequences; 'cross_entropy' is the student's negative
+  log-likelihood of the tokens instead, with no teacher.
+
+  Args:
+    config: the objective's settings (divergence, beta, temperatures).
+    sequences: [B, L] the step's sequences; a row without weight counts in nothing.
+    student_logits: [B, L, V] the student's teacher-forced logits of the sequences.
+    teacher_logits: [B, L, V] the teacher's, or None for 'cross_entropy'.
+
+  Returns:
+    (scalar divergence, {token_agreement, teacher_entropy, student_entropy} with a teacher).
+  """
+  tokens, weights = sequences
+  if config.divergence == 'cross_entropy':
+    per_position = divergences.token_cross_entropy(
+        tokens, student_logits, student_temperature=config.student_temperature)
+    stats = {}
+  else:
+    divergence_fn = divergences.get_divergence(config.divergence, config.beta)
+    per_position = divergence_fn(teacher_logits, student_logits,
+                                 teacher_temperature=config.teacher_temperature,
+                                 student_temperature=config.student_temperature)
+    stats = _next_token_stats(config, weights, teacher_logits, student_logits)
+  per_sequence, valid = divergences.sequence_mean(per_position, weights)
+  return divergences.batch_mean(per_sequence, valid), stats
+
+
+def _next_token_stats(config: GKDConfig, weights: Array, teacher_logits: Array,
+                      student_logits: Array) -> Dict[str, Array]:
+  """Means over the weighted tokens: how often the two models' likeliest next tokens agree,
+  and each model's next-token entropy (nats, at the loss's temperatures)."""
+  token_mean = lambda values: jnp.sum(values * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+  agree = jnp.argmax(teacher_logits, -1) == jnp.argmax(student_logits, -1)
+  # How sure each model is of the next token on these sequences: a teacher that is unsure on
+  # the student's own samples hands that uncertainty to an on-policy student.
+  return dict(
+      token_agreement=token_mean(agree),
+      teacher_entropy=token_mean(divergences.entropy(
+          teacher_logits, temperature=config.teacher_temperature)),
+      student_entropy=token_mean(divergences.entropy(
+          lax.stop_gradient(student_logits), temperature=config.student_temperature)))
+
+
+def rl_term(config: GKDConfig, inputs: Array, targets: Sequences, sequences: Sequences,
+            student_logits: Array, real_B: Array) -> Tuple[Array, Dict[str, Array]]:
+  """Stage 3, the REINFORCE term of Eq. 5: pg_loss = -mean_b (r_b - baseline_b) log p_S(y_b|x_b),
+  whose gradient estimates -grad E_y[r(y)] on the step's samples.
+
+  Args:
+    config: the objective's settings (reward, baseline, num_samples_per_input).
+    inputs: [B, I] the inputs x.
+    targets: [B, L] the batch's targets, the references of a reward that compares.
+    sequences: [B, L] the samples y.
+    student_logits: [B, L, V] the student's teacher-forced logits of the samples.
+    real_B: [B] bool, the rows with a target.
+
+  Returns:
+    (scalar pg_loss, {reward, reward_baseline: means over the real rows; pg_loss}).
+  """
+  reward = config.reward(inputs, sequences.tokens, sequences.weights, targets.tokens,
+                         targets.weights)
+  baseline = _baseline(config, reward)
+  token_log_probs = -divergences.token_cross_entropy(sequences.tokens, student_logits)
+  sequence_log_prob = jnp.sum(token_log_probs * sequences.weights, axis=-1)
+  advantage = lax.stop_gradient(reward - baseline)
+  pg_loss = -jnp.mean(advantage * sequence_log_prob)
+  return pg_loss, dict(reward=_real_mean(reward, real_B),
+                       reward_baseline=_real_mean(baseline, real_B), pg_loss=pg_loss)
+
+
+def sequence_stats(sequences: Sequences, real_B: Array, eos_id: int) -> Dict[str, Array]:
+  """Stage 4, what the step trained on: sequence_length and eos_rate, means over the real rows
+  `real_B` [B] (those with a target), and num_sequences, their number."""
+  reached_eos = jnp.any((sequences.tokens == eos_id) & (sequences.weights > 0), axis=-1)
+  return dict(sequence_length=_real_mean(jnp.sum(sequences.weights, axis=-1), real_B),
+              eos_rate=_real_mean(reached_eos, real_B),
+              num_sequences=jnp.sum(real_B.astype(jnp.float32)))
+
+
+def gkd_loss(config: GKDConfig, student: Policy, teacher: Optional[Policy], batch: Batch,
+             rng: Array, *, step: Optional[Array] = None, student_dropout: bool = False,
+             eos_id: int = 1) -> Tuple[Array, Dict[str, Array]]:
   """One step of the GKD objective (Algorithm 1), differentiable in the student's params.
 
   Args:
     config: the objective's settings.
-    student: the student network, params bound (gradients flow through these).
-    teacher: the teacher network, params bound (treated as constants); None only for configs
+    student: the student policy, params bound (gradients flow through these).
+    teacher: the teacher policy, params bound (treated as constants); None only for configs
       with `needs_teacher == False`.
     batch: EncDec features: 'encoder_input_tokens' [B, I], 'decoder_target_tokens' [B, L],
       optionally 'decoder_input_tokens', 'decoder_loss_weights' [B, L] (default: targets > 0)
@@ -289,7 +478,7 @@ def gkd_loss(config: GKDConfig, student: SequenceModel, teacher: Optional[Sequen
     rng: the step key, split into dropout, coin and sampling keys (module docstring).
     step: the training step, for a `LambdaSchedule` that changes over training.
     student_dropout: whether the student's training forward pass applies dropout; if not, the
-      sampler reuses its encoder output instead of encoding the inputs twice.
+      sampler reuses its prompt state instead of reading the inputs twice.
     eos_id: end-of-sequence id.
 
   Returns:
@@ -299,116 +488,46 @@ def gkd_loss(config: GKDConfig, student: SequenceModel, teacher: Optional[Sequen
      temperatures); with RL reward / reward_baseline / pg_loss). Rows without any target
      weight (padding rows) count in none of them.
   """
-  if config.needs_teacher and teacher is None:
-    raise ValueError(f'divergence {config.divergence!r} with fixed_data {config.fixed_data!r} '
-                     'needs a teacher.')
-  packed = 'decoder_segment_ids' in batch or 'encoder_segment_ids' in batch
-  if packed and config.may_be_on_policy:
-    raise ValueError('On-policy steps sample unpacked sequences: set pack=False in the feature '
-                     'converter (packing only works with lmbda = 0).')
+  _check_step(config, teacher, batch)
   dropout_rng, coin_rng, sample_rng = jax.random.split(rng, 3)
   if config.num_samples_per_input > 1:
     batch = _repeat_batch(batch, config.num_samples_per_input)
-  inputs = batch['encoder_input_tokens']
-  targets = batch['decoder_target_tokens']
-  length = targets.shape[1]
-  max_decode_length = config.max_decode_length or length
-  if max_decode_length > length:
-    raise ValueError(f'GKDConfig.max_decode_length ({max_decode_length}) must not exceed the '
-                     f'target feature length ({length}).')
-  target_weights = batch.get('decoder_loss_weights', (targets > 0).astype(jnp.float32))
-  encoder_segments = batch.get('encoder_segment_ids')
-
-  student_encoded = student.encode(inputs, student_dropout, dropout_rng, encoder_segments)
-  teacher_encoded = (lax.stop_gradient(teacher.encode(inputs, False, None, encoder_segments))
-                     if config.needs_teacher else None)
-
-  def on_policy() -> Sequences:
-    encoded = (student.encode(inputs, False, None, None) if student_dropout
-               else student_encoded)
-    return sample_sequences(student, encoded, inputs, rng=sample_rng, length=length,
-                            max_decode_length=max_decode_length,
-                            temperature=config.sampling_temperature,
-                            top_k=config.sampling_top_k, top_p=config.sampling_top_p,
-                            eos_id=eos_id)
-
-  def fixed() -> Sequences:
-    if config.fixed_data == 'teacher_samples':
-      return sample_sequences(teacher, teacher_encoded, inputs, rng=sample_rng, length=length,
-                              max_decode_length=max_decode_length,
-                              temperature=config.teacher_sampling_temperature, eos_id=eos_id)
-    return Sequences(targets.astype(jnp.int32), target_weights.astype(jnp.float32))
+  inputs, input_segments = batch['encoder_input_tokens'], batch.get('encoder_segment_ids')
+  targets = _batch_targets(batch)
+  student_rng = dropout_rng if student_dropout else None
+  student_prompt = student.read_prompt(inputs, segment_ids=input_segments,
+                                       dropout_rng=student_rng)
+  teacher_prompt = (lax.stop_gradient(teacher.read_prompt(inputs, segment_ids=input_segments))
+                    if config.needs_teacher else None)
 
   lmbda = config.lmbda(step)
-  # Constant lambda of 0 or 1 picks the branch at trace time: a supervised step never compiles
-  # the sampler and an on-policy step never builds the fixed batch.
-  if config.always_on_policy:
-    sequences, on_policy_flag = on_policy(), jnp.ones((), jnp.float32)
-  elif not config.may_be_on_policy:
-    sequences, on_policy_flag = fixed(), jnp.zeros((), jnp.float32)
-  else:
-    # Algorithm 1: u ~ U(0, 1), on-policy iff u < lambda (u in [0, 1), so lambda = 1 always is).
-    coin = jax.random.uniform(coin_rng) < lmbda
-    sequences = lax.cond(coin, on_policy, fixed)
-    on_policy_flag = coin.astype(jnp.float32)
-
-  tokens, weights = sequences
+  # The student samples without dropout: from the training pass's prompt state unless that
+  # one has dropout.
+  sampling_prompt = ((lambda: student.read_prompt(inputs)) if student_dropout
+                     else (lambda: student_prompt))
+  sequences, on_policy = choose_sequences(
+      config, lmbda, student, sampling_prompt, teacher, teacher_prompt, targets,
+      coin_rng=coin_rng, sample_rng=sample_rng, eos_id=eos_id)
   # A padded row (an evaluation split's last batch) has no target: it is no sequence of the
   # batch, so neither its on-policy sample nor any statistic may count it.
-  real_B = jnp.any(target_weights > 0, axis=-1)
-  weights = weights * real_B[:, None].astype(weights.dtype)
-  uses_batch_targets = not config.may_be_on_policy and config.fixed_data == 'targets'
-  decoder_inputs = (batch['decoder_input_tokens'] if uses_batch_targets and
-                    'decoder_input_tokens' in batch else shift_right(tokens))
-  decoder_segments = batch.get('decoder_segment_ids')
-  student_logits = student.decode(student_encoded, inputs, decoder_inputs, tokens, student_dropout,
-                                  dropout_rng, encoder_segments, decoder_segments)
+  real_B = jnp.any(targets.weights > 0, axis=-1)
+  sequences = sequences._replace(
+      weights=sequences.weights * real_B[:, None].astype(sequences.weights.dtype))
 
-  stats = {}
-  if config.divergence == 'cross_entropy':
-    per_position = divergences.token_cross_entropy(
-        tokens, student_logits, student_temperature=config.student_temperature)
-  else:
-    teacher_logits = lax.stop_gradient(
-        teacher.decode(teacher_encoded, inputs, decoder_inputs, tokens, False, None,
-                       encoder_segments, decoder_segments))
-    divergence_fn = divergences.get_divergence(config.divergence, config.beta)
-    per_position = divergence_fn(teacher_logits, student_logits,
-                                 teacher_temperature=config.teacher_temperature,
-                                 student_temperature=config.student_temperature)
-    token_mean = lambda values: jnp.sum(values * weights) / jnp.maximum(jnp.sum(weights), 1.0)
-    agree = jnp.argmax(teacher_logits, -1) == jnp.argmax(student_logits, -1)
-    # How sure each model is of the next token on these sequences: a teacher that is unsure on
-    # the student's own samples hands that uncertainty to an on-policy student.
-    stats.update(
-        token_agreement=token_mean(agree),
-        teacher_entropy=token_mean(divergences.entropy(
-            teacher_logits, temperature=config.teacher_temperature)),
-        student_entropy=token_mean(divergences.entropy(
-            lax.stop_gradient(student_logits), temperature=config.student_temperature)))
+  continuation_inputs = _continuation_inputs(config, batch, sequences.tokens)
+  segment_ids = batch.get('decoder_segment_ids')
+  student_logits = student.logits(student_prompt, continuation_inputs, sequences.tokens,
+                                  segment_ids=segment_ids, dropout_rng=student_rng)
+  teacher_logits = None if config.divergence == 'cross_entropy' else lax.stop_gradient(
+      teacher.logits(teacher_prompt, continuation_inputs, sequences.tokens,
+                     segment_ids=segment_ids))
 
-  real_mean = lambda values_B: divergences.batch_mean(values_B.astype(jnp.float32), real_B)
-  per_sequence, valid = divergences.sequence_mean(per_position, weights)
-  divergence_value = divergences.batch_mean(per_sequence, valid)
-  loss = divergence_value
-
+  divergence, stats = divergence_term(config, sequences, student_logits, teacher_logits)
+  loss = divergence
   if config.uses_rl:
-    reward = config.reward(inputs, tokens, weights, targets, target_weights)
-    baseline = _baseline(config, reward)
-    token_log_probs = -divergences.token_cross_entropy(tokens, student_logits)
-    sequence_log_prob = jnp.sum(token_log_probs * weights, axis=-1)
-    advantage = lax.stop_gradient(reward - baseline)
-    pg_loss = -jnp.mean(advantage * sequence_log_prob)
-    loss = config.alpha * divergence_value + (1.0 - config.alpha) * pg_loss
-    stats.update(reward=real_mean(reward), reward_baseline=real_mean(baseline), pg_loss=pg_loss)
-
-  reached_eos = jnp.any((tokens == eos_id) & (weights > 0), axis=-1)
-  stats.update(
-      divergence=divergence_value,
-      on_policy=on_policy_flag,
-      lmbda=lmbda,
-      sequence_length=real_mean(jnp.sum(weights, axis=-1)),
-      eos_rate=real_mean(reached_eos),
-      num_sequences=jnp.sum(real_B.astype(jnp.float32)),
-  )
+    pg_loss, rl_stats = rl_term(config, inputs, targets, sequences, student_logits, real_B)
+    loss = config.alpha * divergence + (1.0 - config.alpha) * pg_loss
+    stats.update(rl_stats)
+  stats.update(divergence=divergence, on_policy=on_policy, lmbda=lmbda,
+               **sequence_stats(sequences, real_B, eos_id))
   return loss, stats

@@ -130,7 +130,7 @@ def on_policy_samples(variables, batch, key, temperature=1.0):
   student = models.bind(STUDENT, variables['params'])
   inputs = batch['encoder_input_tokens']
   return objective.sample_sequences(
-      student, student.encode(inputs, False, None, None), inputs, rng=sample_rng, length=L,
+      student, student.read_prompt(inputs), rng=sample_rng, batch_size=B, length=L,
       max_decode_length=L, temperature=temperature)
 
 
@@ -169,10 +169,10 @@ def test_seqkd_trains_on_teacher_samples(variables):
   loss, _ = model.loss_fn(variables['params'], batch, jax.random.PRNGKey(5),
                           teacher_of(variables))
   teacher = models.bind(TEACHER, variables['teacher'])
-  inputs = batch['encoder_input_tokens']
-  cache = teacher.init_cache(teacher.encode(inputs, False, None, None), inputs, L)
+  cache, decode_step = teacher.start_sampling(
+      teacher.read_prompt(batch['encoder_input_tokens']), L)
   greedy = decoding.greedy_decode(
-      lambda t, c, p: (lambda lg, c: (lg.at[:, 0].set(-1e9), c))(*teacher.decode_step(t, c, p)),
+      lambda t, c, p: (lambda lg, c: (lg.at[:, 0].set(-1e9), c))(*decode_step(t, c, p)),
       cache, batch_size=B, max_decode_length=L)
   sft = make_model(teacher=None, lmbda=0.0, divergence='cross_entropy')
   want, _ = sft.loss_fn(variables['params'], dict(
