@@ -1,8 +1,8 @@
-"""The feature converter of `GKDModel`: seqio's encoder-decoder features, with a task's own loss
-weights.
+"""The feature converters of the GKD models: seqio's encoder-decoder features, with a task's own
+loss weights (`GKDModel`), and seqio's prefix-LM features (`GKDDecoderOnlyModel`).
 
 It imports seqio and TensorFlow but registers no gin configurable, so that T5X's trainer can
-look it up (`GKDModel.FEATURE_CONVERTER_CLS`) after gin has locked its configuration.
+look them up (`FEATURE_CONVERTER_CLS`) after gin has locked its configuration.
 """
 
 from typing import Mapping
@@ -41,3 +41,19 @@ class EncDecFeatureConverter(seqio.EncDecFeatureConverter):
       return converted
 
     return ds.map(convert, num_parallel_calls=tf.data.experimental.AUTOTUNE)
+
+
+class PrefixLMFeatureConverter(seqio.PrefixLMFeatureConverter):
+  """seqio's prefix-LM features: each row the inputs then the targets.
+
+  A task with its own loss weights (`TARGETS_LOSS_WEIGHTS`) is refused: seqio's converter would
+  drop them and put loss on every target token.
+  """
+
+  def _convert_features(self, ds: tf.data.Dataset,
+                        task_feature_lengths: Mapping[str, int]) -> tf.data.Dataset:
+    if TARGETS_LOSS_WEIGHTS in ds.element_spec:
+      raise ValueError(f'A task with {TARGETS_LOSS_WEIGHTS!r} (its own loss weights) is not '
+                       'supported by the prefix-LM features of GKDDecoderOnlyModel; use an '
+                       'encoder-decoder GKDModel.')
+    return super()._convert_features(ds, task_feature_lengths)

@@ -1,11 +1,20 @@
-"""The GKD model on T5X's `BaseModel` protocol.
+"""The GKD models on T5X's `BaseModel` protocol: an encoder-decoder and a decoder-only one.
 
-`GKDModel` holds the student network, the frozen teacher network and the objective's settings
-(`objective.GKDConfig`), and offers what T5X's trainer, evaluator and inference expect:
-`loss_fn`, `eval_fn`, `score_batch`, `predict_batch(_with_aux)` and `get_initial_variables`.
-Where t5x is importable it is a `t5x.models.EncoderDecoderModel`, so `t5x/train.py`,
-`t5x/eval.py` and `t5x/infer.py` take it as they take T5X's own models; without t5x the same
-class serves this project's trainer.
+`GKDModel` (student and teacher `network.Transformer`s) and `GKDDecoderOnlyModel` (student and
+teacher `decoder_only.DecoderOnlyTransformer`s, prefix LMs) hold the student network, the
+frozen teacher network and the objective's settings (`objective.GKDConfig`), and offer what
+T5X's trainer, evaluator and inference expect: `loss_fn`, `eval_fn`, `score_batch`,
+`predict_batch(_with_aux)` and `get_initial_variables`. Where t5x is importable they are a
+`t5x.models.EncoderDecoderModel` and a `t5x.models.DecoderOnlyModel`, so `t5x/train.py`,
+`t5x/eval.py` and `t5x/infer.py` take them as they take T5X's own models; without t5x the same
+classes serve this project's trainer.
+
+Both are `GKDModelBase`, which holds all that does not depend on the architecture; each model
+supplies its network as an `objective.Policy` (`bind`, `bind_decoder_only`) and the
+objective's view of its batch. The decoder-only model reads seqio's prefix-LM features (inputs
+then targets in one row) as a LEFT-padded prompt and the continuation after it
+(`split_prefix_lm_batch`): its on-policy samples are the student's continuations of the
+prompt, which the teacher scores after that same prompt.
 
 The teacher's params are not model params: they live in the variable collection `teacher`
 (with their logical axes in `teacher_axes`), which T5X's train state carries as
@@ -14,18 +23,21 @@ therefore inputs of the jitted step, sharded by the same logical axis rules as t
 outside the optimizer, and returned unchanged, so they are never updated. A model reward
 (`rewards.EntailmentReward`) keeps its classifier's params the same way, in `reward_model`.
 
-Shape letters: B batch, I input length, L target length, E embedding, V vocabulary.
+Shape letters: B batch, I input length, L target length, T prefix-LM row length (I + L),
+P prompt width, E embedding, V vocabulary.
 """
 
 import dataclasses
 from typing import Any, Dict, Mapping, NamedTuple, Optional, Tuple
 
+from absl import logging
 import gin
 import jax
 import jax.numpy as jnp
 
 from gkd_t5x import averages
 from gkd_t5x import calculator as calculator_lib
+from gkd_t5x import decoder_only
 from gkd_t5x import decoding
 from gkd_t5x import network
 from gkd_t5x import objective
@@ -47,10 +59,11 @@ try:
   from t5x import models as t5x_models  # pylint: disable=g-import-not-at-top
   # T5X's trainer merges only clu metrics (`t5x.metrics.is_metric_obj`); t5x depends on clu.
   from clu import metrics as clu_metrics  # pylint: disable=g-import-not-at-top
-  _ModelBase = t5x_models.EncoderDecoderModel
+  _EncoderDecoderBase = t5x_models.EncoderDecoderModel
+  _DecoderOnlyBase = t5x_models.DecoderOnlyModel
   _AVERAGE = clu_metrics.Average
 except ImportError:  # t5x is not on PyPI; the standalone trainer needs none of it.
-  _ModelBase = object
+  _EncoderDecoderBase = _DecoderOnlyBase = object
   _AVERAGE = averages.Average
 
 
@@ -60,6 +73,14 @@ class EncodedPrompt(NamedTuple):
   encoded: Array
   tokens: Array
   segment_ids: Optional[Array]
+
+
+class PrefixLMPrompt(NamedTuple):
+  """A `decoder_only.DecoderOnlyTransformer`'s prompt state: the LEFT-padded prompt [B, P]
+  (T5X's start token 0, then the inputs x, in row b's last n_b columns) and the prompt lengths
+  n_b [B] int32, the start token included."""
+  tokens: Array
+  lengths: Array
 
 
 def _dropout(dropout_rng: Optional[Array]) -> Dict[str, Any]:
@@ -94,62 +115,180 @@ def bind(module: network.Transformer, params: PyTree) -> objective.Policy:
   return objective.Policy(read_prompt, logits, start_sampling)
 
 
+def _refuse_packing(segment_ids: Optional[Array]) -> None:
+  if segment_ids is not None:
+    raise ValueError('A decoder-only policy reads one prompt and one continuation per row: '
+                     'packed examples (segment ids) are not supported; set pack=False.')
+
+
+def bind_decoder_only(module: decoder_only.DecoderOnlyTransformer, params: PyTree, *,
+                      inputs_bidirectional_attention: bool = False) -> objective.Policy:
+  """Binds `params` to a `decoder_only.DecoderOnlyTransformer` as the objective's `Policy`.
+
+  The objective's inputs x [B, I] are LEFT-padded (0 = padding); the prompt is T5X's start
+  token 0 then x, so P = I + 1 (`PrefixLMPrompt`). The prompt's columns run in the same pass
+  as the continuation: `read_prompt` only records the prompt (so its `dropout_rng` has nothing
+  to drop out), `logits` runs prompt + continuation teacher-forced, with dropout when given a
+  key, and returns only the continuation's L positions, so a divergence over them puts zero
+  loss, and zero gradient, on the prompt's own predictions. `start_sampling` prefills the
+  prompt into a cache (no dropout).
+
+  Args:
+    module: the network.
+    params: its params.
+    inputs_bidirectional_attention: the prompt's columns attend to each other in both
+      directions (a prefix LM, T5X's `DecoderOnlyModel` flag of that name); False: causal.
+  """
+  variables = {'params': params}
+  transformer = decoder_only.DecoderOnlyTransformer
+
+  def read_prompt(inputs, *, segment_ids=None, dropout_rng=None):
+    del dropout_rng  # Nothing runs here; `logits` applies dropout to the prompt's columns.
+    _refuse_packing(segment_ids)
+    tokens = jnp.pad(inputs.astype(jnp.int32), ((0, 0), (1, 0)))  # T5X's start token 0 first.
+    lengths = jnp.sum(inputs > 0, axis=-1, dtype=jnp.int32) + 1
+    return PrefixLMPrompt(tokens, lengths)
+
+  def logits(prompt, continuation_inputs, continuation, *, segment_ids=None, dropout_rng=None):
+    """The teacher-forced twin of sampling (`decoder_only`'s docstring): [B, P + L - 1] tokens
+    concat(prompt, continuation_inputs[:, 1:]), whose column P - 1 + t predicts continuation
+    t. continuation_inputs[:, 0] (the start token) is not fed: its column is the prompt's
+    last, which feeds the last prompt token instead."""
+    _refuse_packing(segment_ids)
+    width = prompt.tokens.shape[1]
+    in_prompt = jnp.arange(width)[None, :] >= width - prompt.lengths[:, None]
+    tokens = jnp.concatenate([prompt.tokens, continuation_inputs[:, 1:]], axis=1)
+    # Validity, not tokens, marks the prompt's columns: its start token 0 is no padding.
+    valid = jnp.concatenate([in_prompt, continuation[:, 1:] > 0], axis=1)
+    prefix = None
+    if inputs_bidirectional_attention:
+      prefix = jnp.pad(in_prompt, ((0, 0), (0, tokens.shape[1] - width))).astype(jnp.int32)
+    row_logits = module.apply(variables, tokens, valid.astype(jnp.int32),
+                              decoder_causal_attention=prefix, **_dropout(dropout_rng))
+    return row_logits[:, width - 1:]
+
+  def decode_step(tokens_Bx1, cache, position):
+    return module.apply(variables, tokens_Bx1, cache, position, method=transformer.decode_step)
+
+  def start_sampling(prompt, max_decode_length):
+    batch_size, width = prompt.tokens.shape
+    cache = module.init_cache(batch_size, width + max_decode_length - 1)
+    # decode_step recomputes the prompt's last column at position 0: prefill's logits are its.
+    _, cache = module.apply(variables, prompt.tokens, prompt.lengths, cache,
+                            inputs_bidirectional_attention=inputs_bidirectional_attention,
+                            method=transformer.prefill)
+    return cache, decode_step
+
+  return objective.Policy(read_prompt, logits, start_sampling)
+
+
+def _gather_columns(values_BxT: Array, columns_BxN: Array) -> Array:
+  """[B, N] values at the given columns of each row; 0 where a column is outside [0, T)."""
+  inside = (columns_BxN >= 0) & (columns_BxN < values_BxT.shape[1])
+  picked = jnp.take_along_axis(values_BxT, jnp.clip(columns_BxN, 0, values_BxT.shape[1] - 1),
+                               axis=1)
+  return jnp.where(inside, picked, jnp.zeros_like(picked))
+
+
+def split_prefix_lm_batch(batch: Batch, inputs_length: int, targets_length: int) -> Batch:
+  """seqio's prefix-LM features -> the objective's: a left-padded prompt and its continuation.
+
+  A prefix-LM row holds row b's n_b inputs, then its targets, then padding
+  ('decoder_target_tokens' [B, T]); 'decoder_causal_attention' marks n_b + 1 columns.
+
+  Args:
+    batch: `seqio.PrefixLMFeatureConverter` features, unpacked.
+    inputs_length: I >= every row's n_b.
+    targets_length: L >= every row's target count.
+
+  Returns:
+    {'encoder_input_tokens': [B, I] the inputs, LEFT-padded (ending at column I - 1, so that
+     every continuation starts at one column), 'decoder_target_tokens': [B, L] the targets,
+     'decoder_loss_weights': [B, L] float32 their loss weights (the batch's own)}. A padding
+    row (all zeros) gives empty inputs and targets without weight.
+  """
+  if 'decoder_segment_ids' in batch:
+    raise ValueError('GKDDecoderOnlyModel reads one prompt and one continuation per row: '
+                     'packed prefix-LM features are not supported; set pack=False.')
+  if 'decoder_causal_attention' not in batch:
+    raise ValueError('GKDDecoderOnlyModel needs prefix-LM features (seqio.PrefixLMFeatureConverter'
+                     ' of a task with "inputs" and "targets"): the batch has no '
+                     '"decoder_causal_attention" to tell the inputs from the targets.')
+  row = batch['decoder_target_tokens']
+  num_inputs = jnp.maximum(jnp.sum(batch['decoder_causal_attention'] > 0, axis=-1) - 1, 0)
+  input_columns = num_inputs[:, None] - inputs_length + jnp.arange(inputs_length)[None, :]
+  target_columns = num_inputs[:, None] + jnp.arange(targets_length)[None, :]
+  features = {'encoder_input_tokens': _gather_columns(row, input_columns).astype(jnp.int32),
+              'decoder_target_tokens': _gather_columns(row, target_columns).astype(jnp.int32)}
+  if 'decoder_loss_weights' in batch:
+    features['decoder_loss_weights'] = _gather_columns(
+        batch['decoder_loss_weights'], target_columns).astype(jnp.float32)
+  return features
+
+
 def average(value: Array, count: Any = 1):
   """The step metric of `value`, the mean of `count` items: an `averages.Average` (clu's
   under T5X, whose trainer needs clu metrics)."""
   return averages.weighted(_AVERAGE, value, count)
 
 
-@gin.configurable
-class GKDModel(_ModelBase):
-  """Student, teacher and GKD settings behind T5X's model protocol.
+def _init_encoder_decoder(module: network.Transformer, rng: Array,
+                          shapes: Mapping[str, Tuple[int, ...]],
+                          input_types: Mapping[str, Any]) -> Dict[str, Any]:
+  """The variables of an encoder-decoder network for EncDec feature shapes."""
+  inputs = {name: jnp.ones(shapes[name], input_types.get(name, jnp.int32))
+            for name in ('encoder_input_tokens', 'decoder_input_tokens',
+                         'decoder_target_tokens')}
+  return module.init(rng, inputs['encoder_input_tokens'], inputs['decoder_input_tokens'],
+                     inputs['decoder_target_tokens'], enable_dropout=False)
 
+
+class GKDModelBase:
+  """What the GKD models share: the objective's steps, evaluation, scoring and decoding.
+
+  The architecture enters through four hooks of the concrete models:
+    _bind(module, params) -> objective.Policy, the network as the objective sees it;
+    _objective_batch(batch) -> the objective's features ('encoder_input_tokens' [B, I],
+      'decoder_target_tokens' [B, L], 'decoder_loss_weights' [B, L], ...) of a model batch;
+    _init_network(module, rng, input_shapes, input_types) -> a student's or teacher's
+      variables for the model features' shapes;
+    _compute_logits(params, batch, ...) -> the student's teacher-forced logits, aligned with
+      batch['decoder_target_tokens'] (T5X's hook, which `score_batch` uses).
+  It is listed before T5X's model class, so that its methods replace T5X's cross-entropy ones.
   T5X's constructor is not called: its loss settings (label smoothing, z-loss, loss
-  normalization) and `decode_fn` belong to its cross-entropy model, and are replaced here by
-  `gkd` and the decoding attributes below. The attributes T5X reads (`module`,
-  `optimizer_def`, the vocabularies, `FEATURE_CONVERTER_CLS`) are set as T5X sets them.
-
-  Attributes:
-    module: the student `network.Transformer`.
-    teacher_module: the teacher `network.Transformer` (None for SFT, which needs none).
-    input_vocabulary, output_vocabulary: seqio vocabularies of the task.
-    optimizer_def: the optimizer, for T5X's trainer (the standalone trainer builds its own).
-    gkd: the objective's settings.
-    decode_method: 'greedy', 'sample' or 'beam', for `predict_batch_with_aux`.
-    decode_temperature, decode_top_k, decode_top_p: for decode_method='sample'.
-    beam_size, beam_alpha: for decode_method='beam'.
-    calculator: with greedy or sampled decoding, complete every arithmetic annotation
-      '<<expr=' the student opens with the calculator's result (`gkd_t5x.calculator`; GSM8K's
-      "accuracy with calculator").
+  normalization) and `decode_fn` belong to its cross-entropy model, and are replaced by `gkd`
+  and the decoding attributes; `_configure` sets the attributes T5X reads (`module`,
+  `optimizer_def`, the vocabularies) as T5X sets them.
   """
 
-  def __init__(self, module: network.Transformer,
-               teacher_module: Optional[network.Transformer],
-               input_vocabulary: vocabularies.Vocabulary,
-               output_vocabulary: vocabularies.Vocabulary,
-               optimizer_def: Any = None, gkd: objective.GKDConfig = objective.GKDConfig(),
-               decode_method: str = 'greedy', decode_temperature: float = 1.0,
-               decode_top_k: int = 0, decode_top_p: float = 1.0, beam_size: int = 4,
-               beam_alpha: float = 0.6, calculator: bool = False):
+  def _configure(self, module: Any, teacher_module: Optional[Any],
+                 input_vocabulary: vocabularies.Vocabulary,
+                 output_vocabulary: vocabularies.Vocabulary, optimizer_def: Any,
+                 gkd: objective.GKDConfig, decode_method: str, decode_temperature: float,
+                 decode_top_k: int, decode_top_p: float, beam_size: int, beam_alpha: float,
+                 calculator: bool) -> None:
+    """Checks the settings (the concrete constructors' shared arguments) and sets them."""
+    name = type(self).__name__
     if teacher_module is None and gkd.needs_teacher:
-      raise ValueError(f'GKDModel.teacher_module is None, but divergence {gkd.divergence!r} '
+      raise ValueError(f'{name}.teacher_module is None, but divergence {gkd.divergence!r} '
                        f'with fixed_data {gkd.fixed_data!r} needs a teacher.')
+    config_name = type(module.config).__name__
     student_vocab = module.config.vocab_size
     if teacher_module is not None and teacher_module.config.vocab_size != student_vocab:
       raise ValueError(
-          'Teacher and student vocabularies differ: teacher T5Config.vocab_size = '
-          f'{teacher_module.config.vocab_size}, student T5Config.vocab_size = {student_vocab}. '
-          'Token-level distillation needs one shared vocabulary.')
-    for name, vocab in (('input_vocabulary', input_vocabulary),
-                        ('output_vocabulary', output_vocabulary)):
+          f'Teacher and student vocabularies differ: teacher {config_name}.vocab_size = '
+          f'{teacher_module.config.vocab_size}, student {config_name}.vocab_size = '
+          f'{student_vocab}. Token-level distillation needs one shared vocabulary.')
+    for vocab_name, vocab in (('input_vocabulary', input_vocabulary),
+                              ('output_vocabulary', output_vocabulary)):
       if vocab.vocab_size > student_vocab:
-        raise ValueError(f'{name} has {vocab.vocab_size} tokens, more than the network\'s '
-                         f'T5Config.vocab_size = {student_vocab}.')
+        raise ValueError(f'{vocab_name} has {vocab.vocab_size} tokens, more than the network\'s '
+                         f'{config_name}.vocab_size = {student_vocab}.')
     if decode_method not in DECODE_METHODS:
-      raise ValueError(f'GKDModel.decode_method must be one of {DECODE_METHODS}, got '
+      raise ValueError(f'{name}.decode_method must be one of {DECODE_METHODS}, got '
                        f'{decode_method!r}.')
     if calculator and decode_method == 'beam':
-      raise ValueError('GKDModel.calculator works with decode_method "greedy" or "sample", '
+      raise ValueError(f'{name}.calculator works with decode_method "greedy" or "sample", '
                        'not "beam".')
     self.module = module
     self.teacher_module = teacher_module
@@ -175,16 +314,17 @@ class GKDModel(_ModelBase):
   def output_vocabulary(self) -> vocabularies.Vocabulary:
     return self._output_vocabulary
 
-  @property
-  def FEATURE_CONVERTER_CLS(self):  # pylint: disable=invalid-name
-    """`feature_converters.EncDecFeatureConverter` (seqio's, with a task's own loss weights), the
-    features `loss_fn` and `predict_batch` take.
+  # --------------------------------------------------------------------------- architecture
 
-    Read by the data layers (T5X's and this project's), which import seqio; looked up only then,
-    so that the model itself runs where seqio is not installed.
-    """
-    from gkd_t5x import feature_converters  # pylint: disable=g-import-not-at-top
-    return feature_converters.EncDecFeatureConverter
+  def _bind(self, module: Any, params: PyTree) -> objective.Policy:
+    raise NotImplementedError
+
+  def _objective_batch(self, batch: Batch) -> Batch:
+    raise NotImplementedError
+
+  def _init_network(self, module: Any, rng: Array, input_shapes: Mapping[str, Tuple[int, ...]],
+                    input_types: Mapping[str, Any]) -> Dict[str, Any]:
+    raise NotImplementedError
 
   # --------------------------------------------------------------------------- initialization
 
@@ -203,24 +343,18 @@ class GKDModel(_ModelBase):
     # Derived, not a third split: the student's and teacher's keys stay those of a model
     # without a reward network.
     reward_rng = jax.random.fold_in(teacher_rng, 1)
-
-    def init(module, key, shapes):
-      inputs = {name: jnp.ones(shapes[name], input_types.get(name, jnp.int32))
-                for name in ('encoder_input_tokens', 'decoder_input_tokens',
-                             'decoder_target_tokens')}
-      return module.init(key, inputs['encoder_input_tokens'], inputs['decoder_input_tokens'],
-                         inputs['decoder_target_tokens'], enable_dropout=False)
-
-    variables = dict(init(self.module, student_rng, input_shapes))
-    frozen = [(TEACHER_COLLECTION, self.teacher_module, teacher_rng, input_shapes)]
+    variables = dict(self._init_network(self.module, student_rng, input_shapes, input_types))
+    frozen = []
+    if self.teacher_module is not None:
+      frozen.append((TEACHER_COLLECTION, self._init_network(
+          self.teacher_module, teacher_rng, input_shapes, input_types)))
     if self.reward_module is not None:
-      frozen.append((REWARD_MODEL_COLLECTION, self.reward_module, reward_rng,
-                     self.gkd.reward.input_shapes()))
-    for collection, module, key, shapes in frozen:
-      if module is not None:
-        frozen_variables = init(module, key, shapes)
-        variables[collection] = frozen_variables['params']
-        variables[collection + '_axes'] = frozen_variables['params_axes']
+      # The reward's classifier is an encoder-decoder whatever the student is.
+      frozen.append((REWARD_MODEL_COLLECTION, _init_encoder_decoder(
+          self.reward_module, reward_rng, self.gkd.reward.input_shapes(), input_types)))
+    for collection, frozen_variables in frozen:
+      variables[collection] = frozen_variables['params']
+      variables[collection + '_axes'] = frozen_variables['params_axes']
     return variables
 
   @property
@@ -237,10 +371,13 @@ class GKDModel(_ModelBase):
     """
     reward = self._objective(flax_mutables).reward
     if reward is None:
-      raise ValueError('GKDModel.sequence_reward: the objective has no reward (GKDConfig.reward).')
+      raise ValueError(f'{type(self).__name__}.sequence_reward: the objective has no reward '
+                       '(GKDConfig.reward).')
+    features = self._objective_batch(batch)
+    targets = features['decoder_target_tokens']
     weights = decoding.weights_through_first_eos(tokens, self._eos_id) * (tokens > 0)
-    return reward(batch['encoder_input_tokens'], tokens, weights, batch['decoder_target_tokens'],
-                  batch['decoder_loss_weights'])
+    return reward(features['encoder_input_tokens'], tokens, weights, targets,
+                  features.get('decoder_loss_weights', (targets > 0).astype(jnp.float32)))
 
   def _objective(self, flax_mutables: Optional[Mapping[str, Any]]) -> objective.GKDConfig:
     """The objective's settings, a model reward's params bound from `flax_mutables`."""
@@ -260,7 +397,7 @@ class GKDModel(_ModelBase):
     if not flax_mutables or TEACHER_COLLECTION not in flax_mutables:
       raise ValueError(f'This GKD model has a teacher; its params must reach the step as '
                        f'flax_mutables[{TEACHER_COLLECTION!r}].')
-    return bind(self.teacher_module, flax_mutables[TEACHER_COLLECTION])
+    return self._bind(self.teacher_module, flax_mutables[TEACHER_COLLECTION])
 
   def _metrics(self, loss: Array, stats: Mapping[str, Array]) -> MetricsMap:
     """{name: Average} of one step: each statistic a mean over the step's real sequences (so
@@ -279,6 +416,13 @@ class GKDModel(_ModelBase):
       metrics['sample_eos_rate'] = average(stats['eos_rate'], on_policy * num_real)
     return metrics
 
+  def _gkd_loss(self, config: objective.GKDConfig, params: PyTree, batch: Batch, rng: Array,
+                flax_mutables: Optional[Mapping[str, Any]], **kwargs):
+    """`objective.gkd_loss` of the student with `params` on the batch's objective features."""
+    return objective.gkd_loss(config, self._bind(self.module, params),
+                              self._teacher(flax_mutables), self._objective_batch(batch), rng,
+                              eos_id=self._eos_id, **kwargs)
+
   def loss_fn(self, params: PyTree, batch: Batch, dropout_rng: Optional[Array],
               flax_mutables: Optional[Mapping[str, Any]] = None, *,
               step: Optional[Array] = None):
@@ -286,8 +430,7 @@ class GKDModel(_ModelBase):
 
     Args:
       params: the student's params.
-      batch: EncDec features ('encoder_input_tokens' [B, I], 'decoder_target_tokens' [B, L],
-        'decoder_input_tokens', 'decoder_loss_weights', ...).
+      batch: the model's features (`FEATURE_CONVERTER_CLS`).
       dropout_rng: the step key; it drives dropout, the lambda coin and sampling.
       flax_mutables: {'teacher': teacher params} (and {'reward_model': ...} with a model
         reward); returned unchanged (T5X's convention).
@@ -297,12 +440,12 @@ class GKDModel(_ModelBase):
       (loss, metrics) without flax_mutables, (loss, (metrics, flax_mutables)) with them.
     """
     if dropout_rng is None:
-      raise ValueError('GKDModel.loss_fn needs the step rng (dropout_rng): it draws the lambda '
-                       'coin and the on-policy samples from it. Use eval_fn for evaluation.')
-    loss, stats = objective.gkd_loss(
-        self._objective(flax_mutables), bind(self.module, params), self._teacher(flax_mutables),
-        batch, dropout_rng, step=step, student_dropout=self.module.config.dropout_rate > 0,
-        eos_id=self._eos_id)
+      raise ValueError(f'{type(self).__name__}.loss_fn needs the step rng (dropout_rng): it '
+                       'draws the lambda coin and the on-policy samples from it. Use eval_fn '
+                       'for evaluation.')
+    loss, stats = self._gkd_loss(self._objective(flax_mutables), params, batch, dropout_rng,
+                                 flax_mutables, step=step,
+                                 student_dropout=self.module.config.dropout_rate > 0)
     metrics = self._metrics(loss, stats)
     if flax_mutables is None:
       return loss, metrics
@@ -316,9 +459,8 @@ class GKDModel(_ModelBase):
     eval_config = dataclasses.replace(
         self.gkd, lmbda=0.0, fixed_data='targets', alpha=1.0, reward=None,
         baseline='batch_mean', num_samples_per_input=1)
-    loss, stats = objective.gkd_loss(
-        eval_config, bind(self.module, params), self._teacher(flax_mutables), batch,
-        jax.random.PRNGKey(0), student_dropout=False, eos_id=self._eos_id)
+    loss, stats = self._gkd_loss(eval_config, params, batch, jax.random.PRNGKey(0),
+                                 flax_mutables, student_dropout=False)
     return loss, self._metrics(loss, stats)
 
   @property
@@ -343,14 +485,13 @@ class GKDModel(_ModelBase):
       'teacher_entropy' on the targets).
     """
     if not self.has_on_policy_divergence:
-      raise ValueError('GKDModel.on_policy_eval_fn needs a teacher and a divergence other than '
-                       f'cross_entropy; this model has divergence {self.gkd.divergence!r}.')
+      raise ValueError(f'{type(self).__name__}.on_policy_eval_fn needs a teacher and a '
+                       'divergence other than cross_entropy; this model has divergence '
+                       f'{self.gkd.divergence!r}.')
     config = dataclasses.replace(
         self.gkd, lmbda=1.0, fixed_data='targets', alpha=1.0, reward=None,
         baseline='batch_mean', num_samples_per_input=1)
-    _, stats = objective.gkd_loss(
-        config, bind(self.module, params), self._teacher(flax_mutables), batch, rng,
-        student_dropout=False, eos_id=self._eos_id)
+    _, stats = self._gkd_loss(config, params, batch, rng, flax_mutables, student_dropout=False)
     num_real = stats['num_sequences']
     return {f'on_policy_{name}': average(stats[stat], num_real)
             for name, stat in (('divergence', 'divergence'), ('sample_length', 'sequence_length'),
@@ -359,28 +500,14 @@ class GKDModel(_ModelBase):
 
   # --------------------------------------------------------------------------- inference
 
-  def _compute_logits(self, params: PyTree, batch: Batch, dropout_rng: Optional[Array] = None,
-                      mutable: Any = False, other_variables: Optional[PyTree] = None) -> Array:
-    """[B, L, V] student logits of the batch's targets under teacher forcing (T5X's hook)."""
-    if mutable or other_variables:
-      raise ValueError('GKDModel._compute_logits takes no mutable or other variables.')
-    student = bind(self.module, params)
-    targets = batch['decoder_target_tokens']
-    prompt = student.read_prompt(batch['encoder_input_tokens'],
-                                 segment_ids=batch.get('encoder_segment_ids'),
-                                 dropout_rng=dropout_rng)
-    return student.logits(prompt, batch.get('decoder_input_tokens', objective.shift_right(targets)),
-                          targets, segment_ids=batch.get('decoder_segment_ids'),
-                          dropout_rng=dropout_rng)
-
   def score_batch(self, params: PyTree, batch: Batch, return_intermediates: bool = False):
     """[B] log-likelihood under the student of each target sequence (sum over its weighted
     positions). `return_intermediates` is not supported."""
     if return_intermediates:
-      raise ValueError('GKDModel.score_batch does not return intermediates.')
+      raise ValueError(f'{type(self).__name__}.score_batch does not return intermediates.')
     targets = batch['decoder_target_tokens']
     weights = batch.get('decoder_loss_weights', (targets > 0).astype(jnp.float32))
-    logits = self._compute_logits(params, batch)
+    logits = self._compute_logits(params, batch)  # pytype: disable=attribute-error
     log_probs = jnp.take_along_axis(jax.nn.log_softmax(logits), targets[..., None], -1)[..., 0]
     return jnp.sum(log_probs * weights, axis=-1)
 
@@ -391,10 +518,11 @@ class GKDModel(_ModelBase):
                              decoder_params: Optional[Mapping[str, Any]] = None,
                              return_all_decodes: bool = False, num_decodes: int = 1,
                              prompt_with_targets: bool = False):
-    """Decodes the student's outputs for `batch['encoder_input_tokens']`.
+    """Decodes the student's outputs for the batch's inputs.
 
-    The decoding length is the batch's decoder feature length. `decoder_params` may override
-    `temperature`, `topk`, `topp` (sampling) and `alpha` (beam search) for this call.
+    The decoding length is that of the objective's targets (`_objective_batch`).
+    `decoder_params` may override `temperature`, `topk`, `topp` (sampling) and `alpha` (beam
+    search) for this call.
 
     Returns:
       (tokens [B, L] int32, {'scores': [B] float32}): the best beam's tokens and its
@@ -402,11 +530,13 @@ class GKDModel(_ModelBase):
       return_all_decodes and beam search, tokens [B, K, L] and scores [B, K].
     """
     if prompt_with_targets:
-      raise ValueError('GKDModel is an encoder-decoder: prompt_with_targets is not supported.')
+      raise ValueError(f'{type(self).__name__} decodes from the inputs only: '
+                       'prompt_with_targets is not supported.')
     decoder_params = dict(decoder_params or {})
-    student = bind(self.module, params)
-    inputs = batch['encoder_input_tokens']
-    length = batch['decoder_input_tokens'].shape[1]
+    student = self._bind(self.module, params)
+    features = self._objective_batch(batch)
+    inputs = features['encoder_input_tokens']
+    length = features['decoder_target_tokens'].shape[1]
     cache, decode_step = student.start_sampling(student.read_prompt(inputs), length)
     common = dict(batch_size=inputs.shape[0], max_decode_length=length, eos_id=self._eos_id)
     if self.decode_method == 'beam':
@@ -429,3 +559,178 @@ class GKDModel(_ModelBase):
         top_k=decoder_params.get('topk', self.decode_top_k),
         top_p=decoder_params.get('topp', self.decode_top_p), forcing=self._forcing, **common)
     return out.tokens, {'scores': out.log_probs}
+
+
+@gin.configurable
+class GKDModel(GKDModelBase, _EncoderDecoderBase):
+  """Student, teacher and GKD settings behind T5X's encoder-decoder model protocol.
+
+  Attributes:
+    module: the student `network.Transformer`.
+    teacher_module: the teacher `network.Transformer` (None for SFT, which needs none).
+    input_vocabulary, output_vocabulary: seqio vocabularies of the task.
+    optimizer_def: the optimizer, for T5X's trainer (the standalone trainer builds its own).
+    gkd: the objective's settings.
+    decode_method: 'greedy', 'sample' or 'beam', for `predict_batch_with_aux`.
+    decode_temperature, decode_top_k, decode_top_p: for decode_method='sample'.
+    beam_size, beam_alpha: for decode_method='beam'.
+    calculator: with greedy or sampled decoding, complete every arithmetic annotation
+      '<<expr=' the student opens with the calculator's result (`gkd_t5x.calculator`; GSM8K's
+      "accuracy with calculator").
+  """
+
+  def __init__(self, module: network.Transformer,
+               teacher_module: Optional[network.Transformer],
+               input_vocabulary: vocabularies.Vocabulary,
+               output_vocabulary: vocabularies.Vocabulary,
+               optimizer_def: Any = None, gkd: objective.GKDConfig = objective.GKDConfig(),
+               decode_method: str = 'greedy', decode_temperature: float = 1.0,
+               decode_top_k: int = 0, decode_top_p: float = 1.0, beam_size: int = 4,
+               beam_alpha: float = 0.6, calculator: bool = False):
+    self._configure(module, teacher_module, input_vocabulary, output_vocabulary, optimizer_def,
+                    gkd, decode_method, decode_temperature, decode_top_k, decode_top_p,
+                    beam_size, beam_alpha, calculator)
+
+  @property
+  def FEATURE_CONVERTER_CLS(self):  # pylint: disable=invalid-name
+    """`feature_converters.EncDecFeatureConverter` (seqio's, with a task's own loss weights), the
+    features `loss_fn` and `predict_batch` take.
+
+    Read by the data layers (T5X's and this project's), which import seqio; looked up only then,
+    so that the model itself runs where seqio is not installed.
+    """
+    from gkd_t5x import feature_converters  # pylint: disable=g-import-not-at-top
+    return feature_converters.EncDecFeatureConverter
+
+  def _bind(self, module: network.Transformer, params: PyTree) -> objective.Policy:
+    return bind(module, params)
+
+  def _objective_batch(self, batch: Batch) -> Batch:
+    """EncDec features are the objective's own."""
+    return batch
+
+  def _init_network(self, module: network.Transformer, rng: Array,
+                    input_shapes: Mapping[str, Tuple[int, ...]],
+                    input_types: Mapping[str, Any]) -> Dict[str, Any]:
+    return _init_encoder_decoder(module, rng, input_shapes, input_types)
+
+  def _compute_logits(self, params: PyTree, batch: Batch, dropout_rng: Optional[Array] = None,
+                      mutable: Any = False, other_variables: Optional[PyTree] = None) -> Array:
+    """[B, L, V] student logits of the batch's targets under teacher forcing (T5X's hook)."""
+    if mutable or other_variables:
+      raise ValueError('GKDModel._compute_logits takes no mutable or other variables.')
+    student = bind(self.module, params)
+    targets = batch['decoder_target_tokens']
+    prompt = student.read_prompt(batch['encoder_input_tokens'],
+                                 segment_ids=batch.get('encoder_segment_ids'),
+                                 dropout_rng=dropout_rng)
+    return student.logits(prompt, batch.get('decoder_input_tokens', objective.shift_right(targets)),
+                          targets, segment_ids=batch.get('decoder_segment_ids'),
+                          dropout_rng=dropout_rng)
+
+
+@gin.configurable
+class GKDDecoderOnlyModel(GKDModelBase, _DecoderOnlyBase):
+  """Student, teacher and GKD settings behind T5X's decoder-only model protocol.
+
+  Its features are seqio's prefix-LM features (`seqio.PrefixLMFeatureConverter`: each row the
+  inputs then the targets, 'decoder_causal_attention' marking the inputs and the start token,
+  'decoder_loss_weights' the targets), as T5X's `DecoderOnlyModel` reads them. The objective
+  reads each row as a left-padded prompt and the continuation after it
+  (`split_prefix_lm_batch`), so every method of `GKDConfig` runs unchanged: on-policy samples
+  are the student's continuations of the prompt, the teacher scores prompt + continuation, and
+  only continuation positions carry loss.
+
+  Attributes (those of `GKDModel` otherwise):
+    module: the student `decoder_only.DecoderOnlyTransformer`.
+    teacher_module: the teacher (same vocabulary; None for SFT).
+    vocabulary: the task's seqio vocabulary, of inputs and targets alike (T5X's argument).
+    inputs_bidirectional_attention: prompts attend to themselves in both directions (a prefix
+      LM); False: a causal LM over inputs and targets. T5X's flag; it applies to student and
+      teacher alike.
+    task_feature_lengths: {'inputs': I, 'targets': L}, the task's lengths (gin:
+      TASK_FEATURE_LENGTHS), which split a T = I + L row into a prompt of I inputs and a
+      continuation of L targets. None, or a batch of another length (T5X's evaluation with
+      lengths computed from the data), splits each row into a prompt and a continuation of T
+      each: right for any row, at about twice the cost.
+  """
+
+  def __init__(self, module: decoder_only.DecoderOnlyTransformer,
+               teacher_module: Optional[decoder_only.DecoderOnlyTransformer],
+               vocabulary: vocabularies.Vocabulary, optimizer_def: Any = None,
+               gkd: objective.GKDConfig = objective.GKDConfig(),
+               inputs_bidirectional_attention: bool = False,
+               task_feature_lengths: Optional[Mapping[str, int]] = None,
+               decode_method: str = 'greedy', decode_temperature: float = 1.0,
+               decode_top_k: int = 0, decode_top_p: float = 1.0, beam_size: int = 4,
+               beam_alpha: float = 0.6, calculator: bool = False):
+    for role, network_module in (('module', module), ('teacher_module', teacher_module)):
+      if network_module is not None and not isinstance(network_module.config,
+                                                       decoder_only.DecoderOnlyConfig):
+        raise ValueError(f'GKDDecoderOnlyModel.{role} must be a decoder_only.'
+                         'DecoderOnlyTransformer of a DecoderOnlyConfig, got a '
+                         f'{type(network_module).__name__} of a '
+                         f'{type(network_module.config).__name__}.')
+    if task_feature_lengths is not None:
+      task_feature_lengths = dict(task_feature_lengths)
+      if set(task_feature_lengths) != {'inputs', 'targets'}:
+        raise ValueError('GKDDecoderOnlyModel.task_feature_lengths must have the features '
+                         f"'inputs' and 'targets', got {sorted(task_feature_lengths)}.")
+    self._configure(module, teacher_module, vocabulary, vocabulary, optimizer_def, gkd,
+                    decode_method, decode_temperature, decode_top_k, decode_top_p, beam_size,
+                    beam_alpha, calculator)
+    # T5X's attribute name, read by T5X's own DecoderOnlyModel helpers.
+    self._inputs_bidirectional_attention = inputs_bidirectional_attention
+    self.task_feature_lengths = task_feature_lengths
+
+  @property
+  def inputs_bidirectional_attention(self) -> bool:
+    return self._inputs_bidirectional_attention
+
+  @property
+  def FEATURE_CONVERTER_CLS(self):  # pylint: disable=invalid-name
+    """`feature_converters.PrefixLMFeatureConverter` (seqio's; looked up only by the data
+    layers, as `GKDModel`'s)."""
+    from gkd_t5x import feature_converters  # pylint: disable=g-import-not-at-top
+    return feature_converters.PrefixLMFeatureConverter
+
+  def _bind(self, module: decoder_only.DecoderOnlyTransformer,
+            params: PyTree) -> objective.Policy:
+    return bind_decoder_only(
+        module, params, inputs_bidirectional_attention=self._inputs_bidirectional_attention)
+
+  def split_widths(self, row_length: int) -> Tuple[int, int]:
+    """(I, L): the prompt's inputs and the continuation's width for rows of T columns."""
+    lengths = self.task_feature_lengths
+    if lengths and lengths['inputs'] + lengths['targets'] == row_length:
+      return lengths['inputs'], lengths['targets']
+    if lengths:
+      logging.warning('GKDDecoderOnlyModel: rows of %d columns are not the task_feature_lengths'
+                      ' %s; splitting them into a prompt and a continuation of %d each.',
+                      row_length, lengths, row_length)
+    return row_length, row_length
+
+  def _objective_batch(self, batch: Batch) -> Batch:
+    """Prefix-LM rows [B, T] -> the objective's left-padded inputs and targets."""
+    return split_prefix_lm_batch(batch, *self.split_widths(batch['decoder_target_tokens'].shape[1]))
+
+  def _init_network(self, module: decoder_only.DecoderOnlyTransformer, rng: Array,
+                    input_shapes: Mapping[str, Tuple[int, ...]],
+                    input_types: Mapping[str, Any]) -> Dict[str, Any]:
+    """Variables from the prefix-LM row shape, as T5X's DecoderOnlyModel initializes."""
+    tokens = jnp.ones(input_shapes['decoder_input_tokens'],
+                      input_types.get('decoder_input_tokens', jnp.int32))
+    return module.init(rng, tokens, tokens, enable_dropout=False)
+
+  def _compute_logits(self, params: PyTree, batch: Batch, dropout_rng: Optional[Array] = None,
+                      mutable: Any = False, other_variables: Optional[PyTree] = None) -> Array:
+    """[B, T, V] student logits of the prefix-LM rows under teacher forcing (T5X's hook); at
+    the targets' columns they are the policy's continuation logits."""
+    if mutable or other_variables:
+      raise ValueError('GKDDecoderOnlyModel._compute_logits takes no mutable or other '
+                       'variables.')
+    prefix = batch['decoder_causal_attention'] if self._inputs_bidirectional_attention else None
+    return self.module.apply(
+        {'params': params}, batch['decoder_input_tokens'], batch['decoder_target_tokens'],
+        batch.get('decoder_segment_ids'), batch.get('decoder_positions'), prefix,
+        **_dropout(dropout_rng))
