@@ -8,6 +8,7 @@ traced with `jax.eval_shape` (shapes only, no compute), so a config the objectiv
 a binding that leaks into the evaluation config, fails here.
 """
 
+import ast
 import functools
 import pathlib
 import re
@@ -219,3 +220,86 @@ def test_imitkd_schedule_from_its_comment():
   assert isinstance(schedule, objective.LambdaSchedule) and not schedule.is_constant
   values = [float(schedule(jnp.asarray(step))) for step in (0, 5_000, 10_000, 40_000)]
   assert values == pytest.approx([1.0, 0.75, 0.5, 0.5])
+
+
+# ------------------------------------------------------------------------ decoder-only models
+
+DECODER_ONLY_FILES = {path.stem: path
+                      for path in sorted((GIN_DIR / 'models').glob('decoder_only_*.gin'))}
+# (emb_dim, layers, num_heads, head_dim, mlp_dim) of T5X's decoder-only sizes
+# (t5x/examples/decoder_only/models/*.gin), and the parameter count of each.
+DECODER_ONLY_SIZES = {
+    'decoder_only_base': ((768, 12, 12, 64, 2048), 109_628_544),
+    'decoder_only_large': ((1024, 24, 16, 64, 2816), 341_231_104),
+    'decoder_only_xl': ((2048, 24, 32, 64, 5120), 1_223_527_424),
+    'decoder_only_xxl': ((4096, 24, 64, 64, 10240), 4_762_310_656),
+}
+
+
+def _t5x_decoder_only_sizes(size):
+  """T5X's own TransformerConfig values for a size, read off its installed gin files (base.gin,
+  then the size's overrides), or None where they are not installed."""
+  try:
+    import t5x  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return None
+  directory = pathlib.Path(t5x.__file__).parent / 'examples' / 'decoder_only' / 'models'
+  if not (directory / 'base.gin').is_file():
+    return None
+  values = {}
+  for name in ('base', size):
+    text = (directory / f'{name}.gin').read_text()
+    block = text.split('network.TransformerConfig:')[-1]
+    values.update(re.findall(r'^\s+(\w+) = ([^#\n]+?)\s*(?:#.*)?$', block, flags=re.MULTILINE))
+  return values
+
+
+def test_every_decoder_only_size_file_has_a_case():
+  assert set(DECODER_ONLY_FILES) == set(DECODER_ONLY_SIZES)
+
+
+@pytest.mark.parametrize('size', sorted(DECODER_ONLY_SIZES))
+def test_decoder_only_size_file_builds_t5x_sizes(size):
+  from gkd_t5x import decoder_only  # pylint: disable=g-import-not-at-top
+  _parse([DECODER_ONLY_FILES[size]], ['DROPOUT_RATE = 0.1'])
+  config = _macro(size.upper())
+  assert isinstance(config, decoder_only.DecoderOnlyConfig)
+  (emb_dim, num_layers, num_heads, head_dim, mlp_dim), num_params = DECODER_ONLY_SIZES[size]
+  got = (config.emb_dim, config.num_layers, config.num_heads, config.head_dim, config.mlp_dim)
+  assert got == (emb_dim, num_layers, num_heads, head_dim, mlp_dim)
+  assert (config.vocab_size, config.dtype, config.mlp_activations) == (
+      32128, jnp.dtype('bfloat16'), ('gelu', 'linear'))
+  assert config.logits_via_embedding and config.dropout_rate == 0.1
+  module = decoder_only.DecoderOnlyTransformer(config)
+  tokens = jax.ShapeDtypeStruct((1, 4), jnp.int32)
+  variables = jax.eval_shape(lambda key, x: module.init(key, x, x, enable_dropout=False),
+                             jax.random.PRNGKey(0), tokens)
+  assert sum(leaf.size for leaf in jax.tree_util.tree_leaves(variables['params'])) == num_params
+  theirs = _t5x_decoder_only_sizes(size.split('_')[-1])
+  if theirs is not None:
+    fields = ('emb_dim', 'num_layers', 'num_heads', 'head_dim', 'mlp_dim', 'vocab_size')
+    assert {name: int(theirs[name]) for name in fields} == {
+        name: getattr(config, name) for name in fields}
+    assert {name: ast.literal_eval(theirs[name])
+            for name in ('dtype', 'mlp_activations', 'logits_via_embedding')} == {
+                'dtype': 'bfloat16', 'mlp_activations': config.mlp_activations,
+                'logits_via_embedding': True}
+
+
+def test_decoder_only_model_file_builds_the_model(tmp_path):
+  # A vocabulary of the model's size in place of the T5 SentencePiece model (read from GCS).
+  vocabulary = tmp_path / 'vocabulary.gin'
+  vocabulary.write_text('from __gin__ import dynamic_registration\nimport seqio\n'
+                        'VOCABULARY = @seqio.PassThroughVocabulary()\n'
+                        'seqio.PassThroughVocabulary.size = 32128\n')
+  _parse([GIN_DIR / 'models' / 'gkd_decoder_only_model.gin', DECODER_ONLY_FILES[
+      'decoder_only_base'], DECODER_ONLY_FILES['decoder_only_xl'], METHOD_FILES['gkd'],
+          vocabulary],
+         ['STUDENT_CONFIG = %DECODER_ONLY_BASE', 'TEACHER_CONFIG = %DECODER_ONLY_XL',
+          "TASK_FEATURE_LENGTHS = {'inputs': 8, 'targets': 6}"])
+  model = _macro('MODEL')
+  assert isinstance(model, models.GKDDecoderOnlyModel)
+  assert (model.module.config.emb_dim, model.teacher_module.config.emb_dim) == (768, 2048)
+  assert model.inputs_bidirectional_attention
+  assert model.split_widths(14) == (8, 6)
+  assert model.gkd.lmbda.start == 1.0
