@@ -1,5 +1,7 @@
 """Runs GKD steps on 1 device and on simulated device meshes; prints the results as JSON.
 
+    python tests/sharded_step_probe.py LAMBDA [encoder_decoder|decoder_only]
+
 Started by tests/test_sharding.py in a subprocess, because the number of simulated CPU devices
 (XLA_FLAGS=--xla_force_host_platform_device_count=8) must be set before jax is imported.
 """
@@ -13,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import seqio
 
+from gkd_t5x import decoder_only
 from gkd_t5x import models
 from gkd_t5x import network
 from gkd_t5x import objective
@@ -27,18 +30,52 @@ def tiny(emb_dim, layers):
       num_decoder_layers=layers, head_dim=4, mlp_dim=2 * emb_dim, dropout_rate=0.0))
 
 
-def main():
-  lmbda = float(sys.argv[1])
-  vocabulary = seqio.PassThroughVocabulary(size=VOCAB, eos_id=1)
-  model = models.GKDModel(tiny(8, 1), tiny(16, 2), vocabulary, vocabulary,
-                          gkd=objective.GKDConfig(divergence='jsd', beta=0.5, lmbda=lmbda))
-  rng = np.random.RandomState(0)
+def tiny_decoder_only(emb_dim, layers):
+  return decoder_only.DecoderOnlyTransformer(decoder_only.DecoderOnlyConfig(
+      vocab_size=VOCAB, emb_dim=emb_dim, num_heads=2, num_layers=layers, head_dim=4,
+      mlp_dim=2 * emb_dim, mlp_activations=('gelu', 'linear'), dropout_rate=0.0))
+
+
+def encoder_decoder_case(gkd, vocabulary, rng):
+  """The encoder-decoder model and an EncDec batch."""
+  model = models.GKDModel(tiny(8, 1), tiny(16, 2), vocabulary, vocabulary, gkd=gkd)
   targets = rng.randint(2, VOCAB, (B, L))
   targets[:, -2:] = [1, 0]
   batch = {'encoder_input_tokens': jnp.asarray(rng.randint(2, VOCAB, (B, I))),
            'decoder_target_tokens': jnp.asarray(targets),
            'decoder_input_tokens': jnp.asarray(np.pad(targets, ((0, 0), (1, 0)))[:, :-1]),
            'decoder_loss_weights': jnp.asarray(targets > 0, jnp.float32)}
+  return model, batch, 'encoder'
+
+
+def decoder_only_case(gkd, vocabulary, rng):
+  """The decoder-only model and a prefix-LM batch (seqio's layout) of inputs of 1 .. I tokens
+  and targets of 2 .. L tokens ending in EOS."""
+  model = models.GKDDecoderOnlyModel(
+      tiny_decoder_only(8, 2), tiny_decoder_only(16, 2), vocabulary, gkd=gkd,
+      inputs_bidirectional_attention=True, task_feature_lengths={'inputs': I, 'targets': L})
+  rows = np.zeros((B, I + L), np.int32)
+  prefix, weights = np.zeros_like(rows), np.zeros_like(rows)
+  for row in range(B):
+    num_inputs, num_targets = rng.randint(1, I + 1), rng.randint(2, L + 1)
+    targets = list(rng.randint(2, VOCAB, num_targets - 1)) + [1]
+    rows[row, :num_inputs + num_targets] = list(rng.randint(2, VOCAB, num_inputs)) + targets
+    prefix[row, :num_inputs + 1] = 1
+    weights[row, num_inputs:num_inputs + num_targets] = 1
+  batch = {'decoder_target_tokens': jnp.asarray(rows),
+           'decoder_input_tokens': jnp.asarray(np.pad(rows, ((0, 0), (1, 0)))[:, :-1]),
+           'decoder_causal_attention': jnp.asarray(prefix),
+           'decoder_loss_weights': jnp.asarray(weights)}
+  return model, batch, 'decoder'
+
+
+def main():
+  lmbda = float(sys.argv[1])
+  architecture = sys.argv[2] if len(sys.argv) > 2 else 'encoder_decoder'
+  vocabulary = seqio.PassThroughVocabulary(size=VOCAB, eos_id=1)
+  gkd = objective.GKDConfig(divergence='jsd', beta=0.5, lmbda=lmbda)
+  make_case = {'encoder_decoder': encoder_decoder_case, 'decoder_only': decoder_only_case}
+  model, batch, stack = make_case[architecture](gkd, vocabulary, np.random.RandomState(0))
   variables = model.get_initial_variables(
       jax.random.PRNGKey(0), {name: value.shape for name, value in batch.items()})
   params, teacher = variables['params'], {'teacher': variables['teacher']}
@@ -64,7 +101,7 @@ def main():
       placed = [jax.device_put(tree, shardings) for tree, shardings in (
           (params, param_shardings), (teacher, teacher_shardings), (batch, batch_shardings))]
       out = sharded_step(*placed)
-    teacher_wi = placed[1]['teacher']['encoder']['layers_0']['mlp']['wi_0']['kernel']
+    teacher_wi = placed[1]['teacher'][stack]['layers_0']['mlp']['wi_0']['kernel']
     results[f'mesh_{mesh.shape["data"]}x{mesh.shape["model"]}'] = {
         'values': [float(x) for x in out],
         'teacher_wi_spec': [str(axis) for axis in teacher_wi.sharding.spec],
