@@ -1,9 +1,13 @@
 """Step time of GKD on the standard benchmark configurations (shared/benchmarks.md).
 
-  python benchmarks/step_time.py [--config bench_a|bench_b|tiny|all] [--steps N]
+  python benchmarks/step_time.py [--config bench_a|bench_b|tiny|<name>_decoder_only|all]
+                                 [--steps N]
 
 For each configuration (T5 1.1 layout: gated GELU, no biases, untied output layer; float32;
-vocabulary 384; JSD(0.5); dropout off) it builds `models.GKDModel`s and jits
+vocabulary 384; JSD(0.5); dropout off) it builds `models.GKDModel`s (the `*_decoder_only`
+configurations: `models.GKDDecoderOnlyModel`s of prefix-LM networks of the same sizes, with
+as many layers as encoder and decoder together, on prefix-LM rows of the same prompt and
+continuation lengths) and jits
 `jax.value_and_grad(model.loss_fn, has_aux=True)` with the teacher's params passed as
 `flax_mutables={'teacher': ...}`, as the trainers do, and prints one JSON line with:
 
@@ -13,7 +17,8 @@ vocabulary 384; JSD(0.5); dropout off) it builds `models.GKDModel`s and jits
   ratio_lambda1_over_lambda0       the cost of on-policy data (the paper reports 1.8-2.2x)
   sample_s                         sampling the target length of tokens alone (student, KV
                                    cache; `objective.sample_sequences`, prompt state given)
-  teacher_forward_s                one teacher forward pass (encode + teacher-forced decode)
+  teacher_forward_s                one teacher forward pass (encode + teacher-forced decode;
+                                   decoder-only: prompt + continuation teacher-forced)
   compile_lambda1_s, compile_lambda0_s   wall time of trace + lower + compile of each step
   matmul_gflops                    float32 matmul throughput measured here, in this run (a
                                    jitted 2048 x 2048 x 2048 jnp.dot, median)
@@ -35,6 +40,7 @@ vocabulary 384; JSD(0.5); dropout off) it builds `models.GKDModel`s and jits
   params_student, params_teacher   parameter counts (bench_a ~0.25M / 9.6M, bench_b ~0.89M / 38M)
   sample_length                    mean sampled length of the timed on-policy steps (a random
                                    student rarely emits EOS, so ~ the target length)
+  architecture                     'encoder_decoder' or 'decoder_only'
 
 Progress goes to stderr. Seeds are fixed; times are medians (the machines are noisy). This is
 a measurement, not a test: nothing here asserts a time.
@@ -56,6 +62,7 @@ from jax.extend import core as jax_core
 import jax.numpy as jnp
 import numpy as np
 
+from gkd_t5x import decoder_only
 from gkd_t5x import models
 from gkd_t5x import network
 from gkd_t5x import objective
@@ -81,10 +88,19 @@ class Size:
         mlp_activations=('gelu', 'linear'), dropout_rate=0.0, logits_via_embedding=False,
         dtype='float32')
 
+  def decoder_only_config(self, vocab_size: int) -> decoder_only.DecoderOnlyConfig:
+    """The decoder-only net of this size: the encoder's and the decoder's layers in one stack."""
+    return decoder_only.DecoderOnlyConfig(
+        vocab_size=vocab_size, emb_dim=self.emb_dim, num_heads=self.num_heads,
+        num_layers=2 * self.num_layers, head_dim=self.emb_dim // self.num_heads,
+        mlp_dim=self.mlp_dim, mlp_activations=('gelu', 'linear'), dropout_rate=0.0,
+        logits_via_embedding=False, dtype='float32')
+
 
 @dataclasses.dataclass(frozen=True)
 class Bench:
-  """One benchmark configuration: student and teacher sizes and the batch's shapes."""
+  """One benchmark configuration: student and teacher sizes, the batch's shapes (prompt I and
+  continuation L) and the architecture ('encoder_decoder' or 'decoder_only')."""
   student: Size
   teacher: Size
   batch_size: int = 32
@@ -92,6 +108,11 @@ class Bench:
   target_length: int = 48
   vocab_size: int = 384
   beta: float = 0.5
+  architecture: str = 'encoder_decoder'
+
+  @property
+  def decoder_only(self) -> bool:
+    return self.architecture == 'decoder_only'
 
 
 BENCHES = {
@@ -101,6 +122,8 @@ BENCHES = {
     'bench_a': Bench(Size(64, 2, 4, 128), Size(256, 4, 4, 1024)),
     'bench_b': Bench(Size(128, 2, 4, 256), Size(512, 6, 8, 1024)),
 }
+BENCHES.update({f'{name}_decoder_only': dataclasses.replace(bench, architecture='decoder_only')
+                for name, bench in list(BENCHES.items())})
 
 
 def log(message: str) -> None:
@@ -141,6 +164,35 @@ def matmul_flops(config: network.T5Config, batch: int, input_length: int,
       'decode': config.num_decoder_layers * decoder_layer + b * l * logits_per_token,
       'sample': config.num_decoder_layers * cross_kv
                 + l * (config.num_decoder_layers * step_layer + b * logits_per_token),
+  }
+
+
+def decoder_only_matmul_flops(config: decoder_only.DecoderOnlyConfig, batch: int,
+                             input_length: int, target_length: int) -> Dict[str, int]:
+  """Matmul FLOPs of one forward pass of each part of a decoder-only net (as `matmul_flops`).
+
+  The policy runs the prompt (start token + I inputs, P = I + 1 columns) and the continuation
+  (L - 1 more) as one row of T = I + L columns, with logits at every column; sampling prefills
+  the P prompt columns into a T-column cache (every query against all T keys, the masked ones
+  too) and runs L one-token steps over it, position 0 recomputing the last prompt column.
+
+  Returns:
+    {'encode': 0 (no encoder); 'decode': the teacher-forced row [B, T] with its logits;
+     'sample': prefill (logits of its last column only) plus L cached steps}.
+  """
+  b, l = batch, target_length
+  p, t = input_length + 1, input_length + target_length
+  e, f, v = config.emb_dim, config.mlp_dim, config.vocab_size
+  hd = config.num_heads * config.head_dim
+  mlp_per_token = 2 * (len(config.mlp_activations) + 1) * e * f
+  layer = lambda queries, keys: (2 * 4 * b * queries * e * hd + 2 * 2 * b * queries * keys * hd
+                                 + b * queries * mlp_per_token)
+  logits_per_token = 2 * e * v
+  return {
+      'encode': 0,
+      'decode': config.num_layers * layer(t, t) + b * t * logits_per_token,
+      'sample': config.num_layers * layer(p, t) + b * logits_per_token
+                + l * (config.num_layers * layer(1, t) + b * logits_per_token),
   }
 
 
@@ -219,23 +271,39 @@ def count_params(tree) -> int:
 def make_batch(bench: Bench) -> Dict[str, jnp.ndarray]:
   """Random EncDec features [B, I] / [B, L] without padding or EOS (ids 2 .. V-1), so a
   lambda = 0 step trains on all L target tokens, like an on-policy step on samples that never
-  stop early."""
+  stop early; decoder-only: the same inputs and targets as prefix-LM rows [B, I + L] (seqio's
+  PrefixLMFeatureConverter layout)."""
   rng = np.random.default_rng(0)
   tokens = lambda length: jnp.asarray(
       rng.integers(2, bench.vocab_size, (bench.batch_size, length)), jnp.int32)
   targets = tokens(bench.target_length)
-  return {'encoder_input_tokens': tokens(bench.input_length),
+  inputs = tokens(bench.input_length)
+  if bench.decoder_only:
+    rows = jnp.concatenate([inputs, targets], axis=1)
+    columns = jnp.arange(rows.shape[1])[None, :]
+    ones = jnp.ones(rows.shape, jnp.int32)
+    return {'decoder_target_tokens': rows, 'decoder_input_tokens': objective.shift_right(rows),
+            'decoder_causal_attention': ones * (columns <= bench.input_length),
+            'decoder_loss_weights': ones * (columns >= bench.input_length)}
+  return {'encoder_input_tokens': inputs,
           'decoder_target_tokens': targets,
           'decoder_input_tokens': objective.shift_right(targets),
           'decoder_loss_weights': jnp.ones(targets.shape, jnp.float32)}
 
 
-def make_model(bench: Bench, lmbda: float) -> models.GKDModel:
+def make_model(bench: Bench, lmbda: float) -> models.GKDModelBase:
   vocabulary = vocabularies.TokenIdVocabulary(bench.vocab_size, eos_id=EOS_ID)
+  gkd = objective.GKDConfig(divergence='jsd', beta=bench.beta, lmbda=lmbda)
+  if bench.decoder_only:
+    return models.GKDDecoderOnlyModel(
+        decoder_only.DecoderOnlyTransformer(bench.student.decoder_only_config(bench.vocab_size)),
+        decoder_only.DecoderOnlyTransformer(bench.teacher.decoder_only_config(bench.vocab_size)),
+        vocabulary, gkd=gkd, inputs_bidirectional_attention=True,
+        task_feature_lengths={'inputs': bench.input_length, 'targets': bench.target_length})
   return models.GKDModel(
       network.Transformer(bench.student.t5_config(bench.vocab_size)),
       network.Transformer(bench.teacher.t5_config(bench.vocab_size)), vocabulary, vocabulary,
-      gkd=objective.GKDConfig(divergence='jsd', beta=bench.beta, lmbda=lmbda))
+      gkd=gkd)
 
 
 def xla_flops(compiled) -> float:
@@ -248,7 +316,7 @@ def xla_flops(compiled) -> float:
 @dataclasses.dataclass
 class StepTiming:
   """A compiled train step, its compile time and timed runs, and what it was run with."""
-  model: models.GKDModel
+  model: models.GKDModelBase
   params: object
   teacher_params: object
   compiled: object
@@ -263,9 +331,7 @@ def time_step(bench: Bench, lmbda: float, batch: Dict[str, jnp.ndarray], step_ke
   """Compiles `value_and_grad(loss_fn)` of a model with this lambda and times its steps (one
   step key each)."""
   model = make_model(bench, lmbda)
-  shapes = {'encoder_input_tokens': (bench.batch_size, bench.input_length),
-            'decoder_input_tokens': (bench.batch_size, bench.target_length),
-            'decoder_target_tokens': (bench.batch_size, bench.target_length)}
+  shapes = {name: value.shape for name, value in batch.items()}
   variables = model.get_initial_variables(jax.random.PRNGKey(0), shapes)
   params = variables['params']
   mutables = {models.TEACHER_COLLECTION: variables[models.TEACHER_COLLECTION]}
@@ -300,8 +366,10 @@ def run_bench(name: str, bench: Bench, steps: int, warmup: int) -> Dict[str, obj
   supervised = time_step(bench, 0.0, batch, step_keys, steps, warmup, name)
 
   model, params, teacher_params = on_policy.model, on_policy.params, on_policy.teacher_params
-  inputs = batch['encoder_input_tokens']
-  student = lambda p: models.bind(model.module, p)
+  # The objective's features (a decoder-only model's split rows), made outside the timings.
+  features = jax.jit(model.objective_batch)(batch)
+  inputs, targets = features['encoder_input_tokens'], features['decoder_target_tokens']
+  student = lambda p: model.policy(model.module, p)
   # The sampler's input: the student's prompt state, computed outside the timed function.
   prompt = jax.jit(lambda p: student(p).read_prompt(inputs))(params)
 
@@ -313,9 +381,8 @@ def run_bench(name: str, bench: Bench, steps: int, warmup: int) -> Dict[str, obj
 
   @jax.jit
   def teacher_forward(p):
-    teacher = models.bind(model.teacher_module, p)
-    return teacher.logits(teacher.read_prompt(inputs), batch['decoder_input_tokens'],
-                          batch['decoder_target_tokens'])
+    teacher = model.policy(model.teacher_module, p)
+    return teacher.logits(teacher.read_prompt(inputs), objective.shift_right(targets), targets)
 
   log(f'[{name}] timing sampling alone and the teacher forward pass')
   sample_s = statistics.median(
@@ -326,8 +393,9 @@ def run_bench(name: str, bench: Bench, steps: int, warmup: int) -> Dict[str, obj
   log(f'[{name}] measuring matmul throughput ({MATMUL_SIZE}^3 float32)')
   throughput = matmul_throughput()
   lengths = (bench.batch_size, bench.input_length, bench.target_length)
-  flops = step_flops(matmul_flops(model.module.config, *lengths),
-                     matmul_flops(model.teacher_module.config, *lengths))
+  count = decoder_only_matmul_flops if bench.decoder_only else matmul_flops
+  flops = step_flops(count(model.module.config, *lengths),
+                     count(model.teacher_module.config, *lengths))
   measured = {'step_lambda1': statistics.median(on_policy.seconds),
               'step_lambda0': statistics.median(supervised.seconds),
               'sample': sample_s, 'teacher_forward': teacher_forward_s}
@@ -361,6 +429,7 @@ def run_bench(name: str, bench: Bench, steps: int, warmup: int) -> Dict[str, obj
                  'target_length': bench.target_length, 'vocab': bench.vocab_size},
       'student': dataclasses.asdict(bench.student),
       'teacher': dataclasses.asdict(bench.teacher),
+      'architecture': bench.architecture,
       'divergence': f'jsd({bench.beta:g})', 'dtype': 'float32', 'dropout': 0.0,
       'steps': steps, 'warmup': warmup, 'backend': jax.default_backend(),
       'device': jax.devices()[0].device_kind, 'jax_version': jax.__version__,
@@ -375,7 +444,7 @@ def main(argv=None) -> None:
   args = parser.parse_args(argv)
   if args.steps < 1 or args.warmup < 0:
     parser.error('--steps must be >= 1 and --warmup >= 0.')
-  names = ['tiny', 'bench_a', 'bench_b'] if args.config == 'all' else [args.config]
+  names = list(BENCHES) if args.config == 'all' else [args.config]
   for name in names:
     print(json.dumps(run_bench(name, BENCHES[name], args.steps, args.warmup)), flush=True)
 

@@ -32,14 +32,15 @@ from gkd_t5x import trainer
 
 
 @gin.configurable
-def evaluate(*, model: models.GKDModel, checkpoint_path: str, dataset_cfg: data.DatasetConfig,
-             output_dir: str, teacher_checkpoint_path: Optional[str] = None,
+def evaluate(*, model: models.GKDModelBase, checkpoint_path: str,
+             dataset_cfg: data.DatasetConfig, output_dir: str,
+             teacher_checkpoint_path: Optional[str] = None,
              reward_checkpoint_path: Optional[str] = None, model_partitions: int = 1,
              num_examples: Optional[int] = None, random_seed: int = 0) -> Dict[str, float]:
   """Metrics of the checkpoint's student on one split, written to `output_dir`.
 
   Args:
-    model: the GKD model (gin: MODEL).
+    model: the GKD model, encoder-decoder or decoder-only (gin: MODEL).
     checkpoint_path: the student (gin: CHECKPOINT_PATH).
     dataset_cfg: task, split (gin: EVAL_SPLIT), lengths and batch size.
     output_dir: where metrics.json, predictions.jsonl and event files go (gin: EVAL_OUTPUT_DIR).

@@ -32,7 +32,7 @@ _ON_POLICY_STREAM = 2**32 - 1
 
 
 class Evaluator:
-  """Loss and inference metrics of a `GKDModel` on one split of one task.
+  """Loss and inference metrics of a GKD model (`models.GKDModelBase`) on one split of one task.
 
   Attributes:
     task_name: the evaluated task.
@@ -46,7 +46,7 @@ class Evaluator:
     """Prepares the split's data and the jitted, sharded loss and decode functions.
 
     Args:
-      model: the `GKDModel`.
+      model: the `GKDModel` or `GKDDecoderOnlyModel`.
       config: task, split, feature lengths and the global evaluation batch size.
       mesh, rules: the training mesh and logical axis rules.
       param_shardings, frozen_shardings: NamedShardings of the student params and of the

@@ -246,9 +246,9 @@ def _init_encoder_decoder(module: network.Transformer, rng: Array,
 class GKDModelBase:
   """What the GKD models share: the objective's steps, evaluation, scoring and decoding.
 
-  The architecture enters through four hooks of the concrete models:
-    _bind(module, params) -> objective.Policy, the network as the objective sees it;
-    _objective_batch(batch) -> the objective's features ('encoder_input_tokens' [B, I],
+  The architecture enters through four methods of the concrete models:
+    policy(module, params) -> objective.Policy, the network as the objective sees it;
+    objective_batch(batch) -> the objective's features ('encoder_input_tokens' [B, I],
       'decoder_target_tokens' [B, L], 'decoder_loss_weights' [B, L], ...) of a model batch;
     _init_network(module, rng, input_shapes, input_types) -> a student's or teacher's
       variables for the model features' shapes;
@@ -316,10 +316,12 @@ class GKDModelBase:
 
   # --------------------------------------------------------------------------- architecture
 
-  def _bind(self, module: Any, params: PyTree) -> objective.Policy:
+  def policy(self, module: Any, params: PyTree) -> objective.Policy:
+    """The network `module` (the student's or the teacher's) with `params`, as a Policy."""
     raise NotImplementedError
 
-  def _objective_batch(self, batch: Batch) -> Batch:
+  def objective_batch(self, batch: Batch) -> Batch:
+    """The objective's features of a batch of the model's features."""
     raise NotImplementedError
 
   def _init_network(self, module: Any, rng: Array, input_shapes: Mapping[str, Tuple[int, ...]],
@@ -373,7 +375,7 @@ class GKDModelBase:
     if reward is None:
       raise ValueError(f'{type(self).__name__}.sequence_reward: the objective has no reward '
                        '(GKDConfig.reward).')
-    features = self._objective_batch(batch)
+    features = self.objective_batch(batch)
     targets = features['decoder_target_tokens']
     weights = decoding.weights_through_first_eos(tokens, self._eos_id) * (tokens > 0)
     return reward(features['encoder_input_tokens'], tokens, weights, targets,
@@ -397,7 +399,7 @@ class GKDModelBase:
     if not flax_mutables or TEACHER_COLLECTION not in flax_mutables:
       raise ValueError(f'This GKD model has a teacher; its params must reach the step as '
                        f'flax_mutables[{TEACHER_COLLECTION!r}].')
-    return self._bind(self.teacher_module, flax_mutables[TEACHER_COLLECTION])
+    return self.policy(self.teacher_module, flax_mutables[TEACHER_COLLECTION])
 
   def _metrics(self, loss: Array, stats: Mapping[str, Array]) -> MetricsMap:
     """{name: Average} of one step: each statistic a mean over the step's real sequences (so
@@ -419,8 +421,8 @@ class GKDModelBase:
   def _gkd_loss(self, config: objective.GKDConfig, params: PyTree, batch: Batch, rng: Array,
                 flax_mutables: Optional[Mapping[str, Any]], **kwargs):
     """`objective.gkd_loss` of the student with `params` on the batch's objective features."""
-    return objective.gkd_loss(config, self._bind(self.module, params),
-                              self._teacher(flax_mutables), self._objective_batch(batch), rng,
+    return objective.gkd_loss(config, self.policy(self.module, params),
+                              self._teacher(flax_mutables), self.objective_batch(batch), rng,
                               eos_id=self._eos_id, **kwargs)
 
   def loss_fn(self, params: PyTree, batch: Batch, dropout_rng: Optional[Array],
@@ -520,7 +522,7 @@ class GKDModelBase:
                              prompt_with_targets: bool = False):
     """Decodes the student's outputs for the batch's inputs.
 
-    The decoding length is that of the objective's targets (`_objective_batch`).
+    The decoding length is that of the objective's targets (`objective_batch`).
     `decoder_params` may override `temperature`, `topk`, `topp` (sampling) and `alpha` (beam
     search) for this call.
 
@@ -533,8 +535,8 @@ class GKDModelBase:
       raise ValueError(f'{type(self).__name__} decodes from the inputs only: '
                        'prompt_with_targets is not supported.')
     decoder_params = dict(decoder_params or {})
-    student = self._bind(self.module, params)
-    features = self._objective_batch(batch)
+    student = self.policy(self.module, params)
+    features = self.objective_batch(batch)
     inputs = features['encoder_input_tokens']
     length = features['decoder_target_tokens'].shape[1]
     cache, decode_step = student.start_sampling(student.read_prompt(inputs), length)
@@ -602,10 +604,10 @@ class GKDModel(GKDModelBase, _EncoderDecoderBase):
     from gkd_t5x import feature_converters  # pylint: disable=g-import-not-at-top
     return feature_converters.EncDecFeatureConverter
 
-  def _bind(self, module: network.Transformer, params: PyTree) -> objective.Policy:
+  def policy(self, module: network.Transformer, params: PyTree) -> objective.Policy:
     return bind(module, params)
 
-  def _objective_batch(self, batch: Batch) -> Batch:
+  def objective_batch(self, batch: Batch) -> Batch:
     """EncDec features are the objective's own."""
     return batch
 
@@ -694,8 +696,8 @@ class GKDDecoderOnlyModel(GKDModelBase, _DecoderOnlyBase):
     from gkd_t5x import feature_converters  # pylint: disable=g-import-not-at-top
     return feature_converters.PrefixLMFeatureConverter
 
-  def _bind(self, module: decoder_only.DecoderOnlyTransformer,
-            params: PyTree) -> objective.Policy:
+  def policy(self, module: decoder_only.DecoderOnlyTransformer,
+             params: PyTree) -> objective.Policy:
     return bind_decoder_only(
         module, params, inputs_bidirectional_attention=self._inputs_bidirectional_attention)
 
@@ -710,9 +712,10 @@ class GKDDecoderOnlyModel(GKDModelBase, _DecoderOnlyBase):
                       row_length, lengths, row_length)
     return row_length, row_length
 
-  def _objective_batch(self, batch: Batch) -> Batch:
+  def objective_batch(self, batch: Batch) -> Batch:
     """Prefix-LM rows [B, T] -> the objective's left-padded inputs and targets."""
-    return split_prefix_lm_batch(batch, *self.split_widths(batch['decoder_target_tokens'].shape[1]))
+    widths = self.split_widths(batch['decoder_target_tokens'].shape[1])
+    return split_prefix_lm_batch(batch, *widths)
 
   def _init_network(self, module: decoder_only.DecoderOnlyTransformer, rng: Array,
                     input_shapes: Mapping[str, Tuple[int, ...]],

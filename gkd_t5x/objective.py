@@ -24,7 +24,8 @@ Every method of the paper is a `GKDConfig` (see `gin/methods/`):
 
 The objective knows no architecture: student and teacher are `Policy`s, which read the inputs
 into a prompt state, score given continuations teacher-forced and sample new ones
-(`models.bind` makes one of a `network.Transformer`). One step, `gkd_loss`, runs in stages:
+(`models.bind` makes one of a `network.Transformer`, `models.bind_decoder_only` of a
+decoder-only prefix LM, whose prompt is the inputs). One step, `gkd_loss`, runs in stages:
 `choose_sequences` (Algorithm 1's coin between the student's samples and the fixed data), both
 models' teacher-forced logits of those sequences, `divergence_term`, `rl_term` (Eq. 5, with
 alpha < 1) and `sequence_stats`.
@@ -472,7 +473,8 @@ def gkd_loss(config: GKDConfig, student: Policy, teacher: Optional[Policy], batc
     student: the student policy, params bound (gradients flow through these).
     teacher: the teacher policy, params bound (treated as constants); None only for configs
       with `needs_teacher == False`.
-    batch: EncDec features: 'encoder_input_tokens' [B, I], 'decoder_target_tokens' [B, L],
+    batch: EncDec features (a decoder-only model's are its split prefix-LM rows):
+      'encoder_input_tokens' [B, I], 'decoder_target_tokens' [B, L],
       optionally 'decoder_input_tokens', 'decoder_loss_weights' [B, L] (default: targets > 0)
       and packing ('encoder_segment_ids', 'decoder_segment_ids'), which only lambda = 0 accepts.
     rng: the step key, split into dropout, coin and sampling keys (module docstring).

@@ -81,7 +81,7 @@ def _format_eta(seconds: float) -> str:
   return f'{hours}h{minutes:02d}m{seconds:02d}s' if hours else f'{minutes}m{seconds:02d}s'
 
 
-def _check_feature_lengths(model: models.GKDModel, lengths: Mapping[str, int]) -> None:
+def _check_feature_lengths(model: models.GKDModelBase, lengths: Mapping[str, int]) -> None:
   max_decode_length = model.gkd.max_decode_length
   if max_decode_length is not None and max_decode_length > lengths['targets']:
     raise ValueError(
@@ -91,7 +91,7 @@ def _check_feature_lengths(model: models.GKDModel, lengths: Mapping[str, int]) -
 
 
 @gin.configurable
-def train(*, model: models.GKDModel, model_dir: str,
+def train(*, model: models.GKDModelBase, model_dir: str,
           train_dataset_cfg: data.DatasetConfig, total_steps: int,
           optimizer: optax.GradientTransformation,
           eval_dataset_cfg: Optional[data.DatasetConfig] = None,
@@ -106,7 +106,7 @@ def train(*, model: models.GKDModel, model_dir: str,
   """Trains `model` on `train_dataset_cfg` for `total_steps` steps, resumably.
 
   Args:
-    model: the GKD model (gin: MODEL).
+    model: the GKD model, encoder-decoder or decoder-only (gin: MODEL).
     model_dir: run directory for checkpoints and event files (gin: MODEL_DIR).
     train_dataset_cfg: the training data (global batch: BATCH_SIZE).
     total_steps: train until this step (gin: TRAIN_STEPS).
@@ -139,7 +139,7 @@ def train(*, model: models.GKDModel, model_dir: str,
     if value < 1:
       raise ValueError(f'train.{name} must be >= 1, got {value}.')
   if model.teacher_module is not None and not teacher_checkpoint_path:
-    raise ValueError('The model has a teacher (GKDModel.teacher_module), but '
+    raise ValueError(f'The model has a teacher ({type(model).__name__}.teacher_module), but '
                      'TEACHER_CHECKPOINT_PATH is not set: distilling from random params is '
                      'never meant. Train a teacher first, or use a method without teacher.')
   if model.reward_module is not None and not reward_checkpoint_path:
@@ -193,7 +193,7 @@ def train(*, model: models.GKDModel, model_dir: str,
     manager.close()
 
 
-def _train_loop(model: models.GKDModel, optimizer: optax.GradientTransformation,
+def _train_loop(model: models.GKDModelBase, optimizer: optax.GradientTransformation,
                 layout: trainer.StateLayout, state: trainer.TrainState, frozen: PyTree,
                 batches_consumed: int, step_rng: jax.Array, *, manager, model_dir: str,
                 total_steps: int, train_dataset_cfg: data.DatasetConfig,

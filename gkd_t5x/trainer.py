@@ -64,7 +64,7 @@ class StateLayout:
     return self.state_shardings['target']
 
 
-def make_layout(model: models.GKDModel, optimizer: optax.GradientTransformation,
+def make_layout(model: models.GKDModelBase, optimizer: optax.GradientTransformation,
                 mesh: jax.sharding.Mesh, rules: partitioning.LogicalAxisRules,
                 batch_shapes: Mapping[str, Tuple[int, ...]]) -> StateLayout:
   """Abstract train state and frozen networks with their shardings; allocates nothing."""
@@ -96,7 +96,7 @@ def make_layout(model: models.GKDModel, optimizer: optax.GradientTransformation,
                      dict(batch_shapes))
 
 
-def init_state(model: models.GKDModel, optimizer: optax.GradientTransformation,
+def init_state(model: models.GKDModelBase, optimizer: optax.GradientTransformation,
                layout: StateLayout, rng: jax.Array,
                params: Optional[PyTree] = None) -> TrainState:
   """A step-0 train state, its params random (from `rng`) or given, created sharded."""
@@ -115,7 +115,7 @@ def init_state(model: models.GKDModel, optimizer: optax.GradientTransformation,
                    donate_argnums=1)(rng, params)
 
 
-def make_train_step(model: models.GKDModel, optimizer: optax.GradientTransformation,
+def make_train_step(model: models.GKDModelBase, optimizer: optax.GradientTransformation,
                     layout: StateLayout, seed_rng: jax.Array) -> Callable[..., Any]:
   """The jitted step: (state, frozen, batch) -> (new state, metrics).
 
