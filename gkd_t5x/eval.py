@@ -13,7 +13,6 @@ loss. Writes metrics.json and predictions.jsonl (input, target, prediction: the 
 to EVAL_OUTPUT_DIR, and the metrics as TensorBoard scalars there.
 """
 
-import json
 import os
 from typing import Dict, Optional
 
@@ -28,7 +27,7 @@ from gkd_t5x import evaluation
 from gkd_t5x import gin_utils
 from gkd_t5x import models
 from gkd_t5x import partitioning
-from gkd_t5x import trainer
+from gkd_t5x import run_setup
 
 
 @gin.configurable
@@ -56,45 +55,29 @@ def evaluate(*, model: models.GKDModelBase, checkpoint_path: str,
     {'<split>/<loss metric>': value, 'inference/<task>/<metric>': value}.
   """
   rules = partitioning.standard_logical_axis_rules()
-  mesh = partitioning.make_mesh(model_partitions)
-  data.validate(dataset_cfg, mesh.shape[partitioning.DATA_AXIS])
-  step_dir = checkpoints.resolve_step_dir(checkpoint_path, 'CHECKPOINT_PATH')
-  converter = model.FEATURE_CONVERTER_CLS(pack=False)
-  lengths = converter.get_model_feature_lengths(dict(dataset_cfg.task_feature_lengths))
-  batch_shapes = {name: (dataset_cfg.batch_size, length) for name, length in lengths.items()}
   # No optimizer state is restored: optax.identity() has none.
-  layout = trainer.make_layout(model, optax.identity(), mesh, rules, batch_shapes)
+  setup = run_setup.build_run(model, optax.identity(), dataset_cfg,
+                              model_partitions=model_partitions, rules=rules, pack=False,
+                              checkpoint_paths={'CHECKPOINT_PATH': checkpoint_path})
+  layout, step_dir = setup.layout, setup.step_dirs['CHECKPOINT_PATH']
   params = checkpoints.restore_params(checkpoint_path, layout.abstract_state['target'],
                                       setting='CHECKPOINT_PATH')
   # Each frozen network is optional here: the loss needs the teacher, the reward its model.
-  paths = {models.TEACHER_COLLECTION: teacher_checkpoint_path,
-           models.REWARD_MODEL_COLLECTION: reward_checkpoint_path}
-  frozen = {name: checkpoints.restore_params(paths[name], abstract,
-                                             setting=models.FROZEN_COLLECTIONS[name])
-            for name, abstract in layout.abstract_frozen.items() if paths[name]}
+  frozen = run_setup.restore_frozen(layout, teacher_checkpoint_path, reward_checkpoint_path)
   evaluator = evaluation.Evaluator(
-      model, dataset_cfg, mesh, layout.param_shardings,
+      model, dataset_cfg, layout.mesh, layout.param_shardings,
       {name: layout.frozen_shardings[name] for name in frozen}, rules,
       num_examples=num_examples, seed=random_seed)
-  metrics = {}
   has_teacher = models.TEACHER_COLLECTION in layout.abstract_frozen
-  if models.TEACHER_COLLECTION in frozen or not has_teacher:
-    metrics.update({f'{evaluator.split}/{name}': value
-                    for name, value in evaluator.loss(params, frozen).items()})
-  inference_metrics, records = evaluator.infer(params, frozen)
-  metrics.update({f'inference/{evaluator.task_name}/{name}': value
-                  for name, value in inference_metrics.items()})
+  metrics, records = evaluator.evaluate(
+      params, frozen, with_loss=models.TEACHER_COLLECTION in frozen or not has_teacher)
+  writer = metric_writers.create_default_writer(output_dir,
+                                                just_logging=jax.process_index() != 0)
+  run_setup.write_results(output_dir, int(step_dir.name.rsplit('_', 1)[-1]), metrics, records,
+                          writer=writer,
+                          summary={'checkpoint': os.fspath(step_dir), 'split': evaluator.split})
+  writer.close()
   if jax.process_index() == 0:
-    os.makedirs(output_dir, exist_ok=True)
-    with open(os.path.join(output_dir, 'metrics.json'), 'w') as f:
-      json.dump({'checkpoint': os.fspath(step_dir),
-                 'split': evaluator.split, 'metrics': metrics}, f, indent=2)
-    with open(os.path.join(output_dir, 'predictions.jsonl'), 'w') as f:
-      for record in records:
-        f.write(json.dumps(record) + '\n')
-    writer = metric_writers.create_default_writer(output_dir)
-    writer.write_scalars(int(step_dir.name.rsplit('_', 1)[-1]), metrics)
-    writer.flush()
     for name, value in sorted(metrics.items()):
       print(f'{name}: {value:.4f}', flush=True)
   return metrics

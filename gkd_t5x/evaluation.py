@@ -12,7 +12,6 @@ Every host reads the whole split and feeds its own rows of each global batch; ou
 replicated, so every host holds all predictions and host 0 computes the metrics.
 """
 
-import functools
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import jax
@@ -81,16 +80,17 @@ class Evaluator:
         metrics.update(model.on_policy_eval_fn(params, batch, rng, teacher))
       return metrics
 
+    # The objective's reward of each prediction (RL + GKD's evaluation), where it can be had.
+    scores_reward = model.gkd.reward is not None and (
+        model.reward_module is None or models.REWARD_MODEL_COLLECTION in frozen_shardings)
+    self._scores_reward = scores_reward
+
     def predict_fn(params, frozen, batch, rng):
       tokens, _ = model.predict_batch_with_aux(params, batch, rng)
-      # The objective's reward of each prediction (RL + GKD's evaluation), where it can be had.
-      reward = (model.sequence_reward(batch, tokens, frozen) if self._scores_reward
+      reward = (model.sequence_reward(batch, tokens, frozen) if scores_reward
                 else jnp.zeros(tokens.shape[:1]))
       return tokens, reward
 
-    self._scores_reward = model.gkd.reward is not None and (
-        model.reward_module is None or models.REWARD_MODEL_COLLECTION in frozen_shardings)
-    self._reward_totals = [0.0, 0]
     with partitioning.activate(self._mesh, self._rules):
       self._loss_step = jax.jit(
           loss_fn, in_shardings=(param_shardings, frozen_shardings, batch_sharding, replicated),
@@ -125,23 +125,22 @@ class Evaluator:
     values = averages.compute_merged(steps) if steps else {}
     return dict(values, num_sequences=float(num_sequences))
 
-  def _predict(self, params: PyTree, frozen: Mapping[str, PyTree], dataset: tf.data.Dataset,
-               model_feature_shapes: Any = None) -> List[Tuple[int, Sequence[int]]]:
-    """seqio's `predict_fn`: [(example index, predicted token ids)] for an enumerated split."""
-    del model_feature_shapes
-    results = []
+  def _predict(self, params: PyTree, frozen: Mapping[str, PyTree]
+               ) -> Tuple[List[Tuple[int, Sequence[int]]], np.ndarray]:
+    """Decodes the split: [(example index, predicted token ids)], seqio's `predict_fn` output
+    for its enumerated split, and each example's reward [N] (zeros where none is scored)."""
+    dataset = self._seqio_evaluator.cached_model_datasets[self.task_name]
     indexed = dataset.map(lambda index, features: dict(features, _index=index))
+    predictions, rewards = [], []
     with partitioning.activate(self._mesh, self._rules):
       for step, (batch, num_real) in enumerate(self._batches(indexed)):
         indices = batch.pop('_index')[:num_real]
         tokens, reward = jax.device_get(self._predict_step(
             params, frozen, data.make_global_batch(batch, self._mesh),
             jax.random.fold_in(self._rng, step)))
-        tokens = np.asarray(tokens)[:num_real]
-        self._reward_totals[0] += float(np.sum(np.asarray(reward)[:num_real]))
-        self._reward_totals[1] += num_real
-        results.extend(zip(indices.tolist(), tokens.tolist()))
-    return results
+        predictions.extend(zip(indices.tolist(), np.asarray(tokens)[:num_real].tolist()))
+        rewards.append(np.asarray(reward, np.float64)[:num_real])
+    return predictions, np.concatenate(rewards) if rewards else np.zeros([0])
 
   def infer(self, params: PyTree, frozen: Optional[Mapping[str, PyTree]] = None
             ) -> Tuple[Dict[str, float], List[Dict[str, Any]]]:
@@ -157,22 +156,35 @@ class Evaluator:
       can be scored (no network, or its params in `frozen`), the metrics include 'reward':
       the mean reward of the predictions.
     """
-    self._reward_totals = [0.0, 0]
+    predictions, rewards = self._predict(params, frozen or {})
+    # seqio gets the decoded split; it sorts by index, detokenizes and applies the metrics.
     metrics_future, outputs = self._seqio_evaluator.evaluate(
-        compute_metrics=jax.process_index() == 0,
-        predict_fn=functools.partial(self._predict, params, frozen or {}))
+        compute_metrics=jax.process_index() == 0, predict_fn=lambda dataset: predictions)
     metrics = metrics_future.result() or {}
     task_metrics = dict(metrics.get(self.task_name, {}))
-    if self._scores_reward and self._reward_totals[1] and task_metrics:
-      task_metrics['reward'] = self._reward_totals[0] / self._reward_totals[1]
+    if self._scores_reward and rewards.size and task_metrics:
+      task_metrics['reward'] = float(np.sum(rewards)) / rewards.size
     task = seqio.get_mixture_or_task(self.task_name)
     vocabulary = task.output_features['targets'].vocabulary
     examples = self._seqio_evaluator.cached_task_datasets[self.task_name].as_numpy_iterator()
-    predictions = outputs[self.task_name].get(seqio.metrics.ModelOutputType.PREDICTION, [])
+    outputs = outputs[self.task_name].get(seqio.metrics.ModelOutputType.PREDICTION, [])
     records = [{'index': index, 'input': _text(example, 'inputs'),
                 'target': _text(example, 'targets'), 'prediction': vocabulary.decode(tokens)}
-               for index, (tokens, example) in enumerate(zip(predictions, examples))]
+               for index, (tokens, example) in enumerate(zip(outputs, examples))]
     return {name: _scalar(value) for name, value in task_metrics.items()}, records
+
+  def evaluate(self, params: PyTree, frozen: Mapping[str, PyTree], *, with_loss: bool = True
+               ) -> Tuple[Dict[str, float], List[Dict[str, Any]]]:
+    """`loss` (unless `with_loss` is False) and `infer`, their metrics named as T5X names them:
+    ({'<split>/<loss metric>': value, 'inference/<task>/<metric>': value}, records)."""
+    metrics = {}
+    if with_loss:
+      metrics.update({f'{self.split}/{name}': value
+                      for name, value in self.loss(params, frozen).items()})
+    inference_metrics, records = self.infer(params, frozen)
+    metrics.update({f'inference/{self.task_name}/{name}': value
+                    for name, value in inference_metrics.items()})
+    return metrics, records
 
 
 def _text(example: Mapping[str, Any], feature: str) -> str:

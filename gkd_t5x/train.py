@@ -22,7 +22,6 @@ What a run does, in order (every check before any compilation):
      checkpoints every `checkpoint_period` steps and at the end, keeping `keep_checkpoints`.
 """
 
-import json
 import math
 import os
 import time
@@ -42,6 +41,7 @@ from gkd_t5x import evaluation
 from gkd_t5x import gin_utils
 from gkd_t5x import models
 from gkd_t5x import partitioning
+from gkd_t5x import run_setup
 from gkd_t5x import trainer
 
 PyTree = Any
@@ -146,26 +146,15 @@ def train(*, model: models.GKDModelBase, model_dir: str,
     raise ValueError('The reward has a network of its own (GKDConfig.reward = '
                      f'{type(model.gkd.reward).__name__}), but REWARD_CHECKPOINT_PATH is not '
                      'set: give the classifier\'s T5X checkpoint.')
-  mesh = partitioning.make_mesh(model_partitions)
-  num_data_shards = mesh.shape[partitioning.DATA_AXIS]
-  data.validate(train_dataset_cfg, num_data_shards)
   _check_feature_lengths(model, train_dataset_cfg.task_feature_lengths)
-  converter = model.FEATURE_CONVERTER_CLS(pack=train_dataset_cfg.pack)
-  lengths = converter.get_model_feature_lengths(dict(train_dataset_cfg.task_feature_lengths))
-  batch_shapes = {name: (train_dataset_cfg.batch_size, length)
-                  for name, length in lengths.items()}
-  frozen_paths = {models.TEACHER_COLLECTION: teacher_checkpoint_path,
-                  models.REWARD_MODEL_COLLECTION: reward_checkpoint_path}
-  for path, setting in ((initial_checkpoint_path, 'INITIAL_CHECKPOINT_PATH'),
-                        (teacher_checkpoint_path, 'TEACHER_CHECKPOINT_PATH'),
-                        (reward_checkpoint_path, 'REWARD_CHECKPOINT_PATH')):
-    if path:
-      checkpoints.resolve_step_dir(path, setting)
-
-  layout = trainer.make_layout(model, optimizer, mesh, rules, batch_shapes)
-  frozen = {name: checkpoints.restore_params(frozen_paths[name], abstract,
-                                              setting=models.FROZEN_COLLECTIONS[name])
-             for name, abstract in layout.abstract_frozen.items()}
+  layout = run_setup.build_run(
+      model, optimizer, train_dataset_cfg, model_partitions=model_partitions, rules=rules,
+      pack=train_dataset_cfg.pack,
+      checkpoint_paths={'INITIAL_CHECKPOINT_PATH': initial_checkpoint_path,
+                        'TEACHER_CHECKPOINT_PATH': teacher_checkpoint_path,
+                        'REWARD_CHECKPOINT_PATH': reward_checkpoint_path}).layout
+  # Both are restored when the model has them: the checks above require their paths.
+  frozen = run_setup.restore_frozen(layout, teacher_checkpoint_path, reward_checkpoint_path)
   init_rng, step_rng = jax.random.split(jax.random.PRNGKey(random_seed))
   manager = checkpoints.make_manager(model_dir, keep=keep_checkpoints,
                                      async_save=async_checkpointing)
@@ -269,21 +258,11 @@ def _check_finite(loss: Any, step: int) -> None:
 
 def _evaluate(evaluator: evaluation.Evaluator, params: PyTree, frozen: PyTree, step: int,
               writer: metric_writers.MetricWriter, model_dir: str) -> Dict[str, float]:
-  """Loss and inference metrics on the eval split: written to TensorBoard and a JSON file."""
+  """Loss and inference metrics on the eval split: written to TensorBoard and JSON files."""
   start = time.perf_counter()
-  metrics = {f'{evaluator.split}/{name}': value
-             for name, value in evaluator.loss(params, frozen).items()}
-  inference_metrics, records = evaluator.infer(params, frozen)
-  metrics.update({f'inference/{evaluator.task_name}/{name}': value
-                  for name, value in inference_metrics.items()})
-  writer.write_scalars(step, metrics)
+  metrics, records = evaluator.evaluate(params, frozen)
+  run_setup.write_results(model_dir, step, metrics, records, writer=writer)
   if jax.process_index() == 0:
-    summary = {'step': step, 'metrics': metrics}
-    with open(os.path.join(model_dir, 'eval_metrics.jsonl'), 'a') as f:
-      f.write(json.dumps(summary) + '\n')
-    with open(os.path.join(model_dir, f'predictions_{step}.jsonl'), 'w') as f:
-      for record in records:
-        f.write(json.dumps(record) + '\n')
     shown = '  '.join(f'{name} {value:.4g}' for name, value in sorted(metrics.items()))
     print(f'eval at step {step} ({time.perf_counter() - start:.1f} s): {shown}', flush=True)
   return metrics
