@@ -279,7 +279,9 @@ def sample_sequences(policy: Policy, prompt: PromptState, *, rng: Array, batch_s
                    lax.stop_gradient(jnp.pad(out.weights, pad)))
 
 
-def _baseline(config: GKDConfig, rewards_B: Array) -> Array:
+def reward_baseline(config: GKDConfig, rewards_B: Array) -> Array:
+  """The policy gradient's baseline [B] of rewards [B]: their batch mean, or each one's
+  leave-one-out mean over its input's `num_samples_per_input` samples (`config.baseline`)."""
   if config.baseline == 'batch_mean':
     return jnp.broadcast_to(jnp.mean(rewards_B), rewards_B.shape)
   k = config.num_samples_per_input
@@ -445,7 +447,7 @@ def rl_term(config: GKDConfig, inputs: Array, targets: Sequences, sequences: Seq
   """
   reward = config.reward(inputs, sequences.tokens, sequences.weights, targets.tokens,
                          targets.weights)
-  baseline = _baseline(config, reward)
+  baseline = reward_baseline(config, reward)
   token_log_probs = -divergences.token_cross_entropy(sequences.tokens, student_logits)
   sequence_log_prob = jnp.sum(token_log_probs * sequences.weights, axis=-1)
   advantage = lax.stop_gradient(reward - baseline)

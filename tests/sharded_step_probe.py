@@ -17,17 +17,11 @@ import seqio
 
 from gkd_t5x import decoder_only
 from gkd_t5x import models
-from gkd_t5x import network
 from gkd_t5x import objective
 from gkd_t5x import partitioning
+import tiny
 
 VOCAB, B, I, L = 32, 8, 6, 7
-
-
-def tiny(emb_dim, layers):
-  return network.Transformer(network.T5Config(
-      vocab_size=VOCAB, emb_dim=emb_dim, num_heads=2, num_encoder_layers=layers,
-      num_decoder_layers=layers, head_dim=4, mlp_dim=2 * emb_dim, dropout_rate=0.0))
 
 
 def tiny_decoder_only(emb_dim, layers):
@@ -38,14 +32,11 @@ def tiny_decoder_only(emb_dim, layers):
 
 def encoder_decoder_case(gkd, vocabulary, rng):
   """The encoder-decoder model and an EncDec batch."""
-  model = models.GKDModel(tiny(8, 1), tiny(16, 2), vocabulary, vocabulary, gkd=gkd)
+  model = models.GKDModel(tiny.transformer(VOCAB, 8, 1), tiny.transformer(VOCAB, 16, 2),
+                          vocabulary, vocabulary, gkd=gkd)
   targets = rng.randint(2, VOCAB, (B, L))
   targets[:, -2:] = [1, 0]
-  batch = {'encoder_input_tokens': jnp.asarray(rng.randint(2, VOCAB, (B, I))),
-           'decoder_target_tokens': jnp.asarray(targets),
-           'decoder_input_tokens': jnp.asarray(np.pad(targets, ((0, 0), (1, 0)))[:, :-1]),
-           'decoder_loss_weights': jnp.asarray(targets > 0, jnp.float32)}
-  return model, batch, 'encoder'
+  return model, tiny.encdec_batch(rng.randint(2, VOCAB, (B, I)), targets), 'encoder'
 
 
 def decoder_only_case(gkd, vocabulary, rng):

@@ -14,6 +14,7 @@ from gkd_t5x import decoding
 from gkd_t5x import models
 from gkd_t5x import network
 from gkd_t5x import objective
+import tiny
 
 VOCABULARY = seqio.ByteVocabulary()
 V = 384  # the byte vocabulary's 259 ids padded, as the arithmetic models pad it
@@ -76,8 +77,7 @@ def test_forcing_works_when_sampling_and_with_a_pure_jax_rule():
 
 
 def test_model_decodes_with_the_calculator_and_rejects_it_for_beam_search():
-  config = network.T5Config(vocab_size=V, emb_dim=8, num_heads=2, num_encoder_layers=1,
-                            num_decoder_layers=1, head_dim=4, mlp_dim=16, dropout_rate=0.0)
+  config = tiny.t5_config(V)
   gkd = objective.GKDConfig(divergence='cross_entropy', lmbda=0.0)
   with pytest.raises(ValueError, match='calculator.*not "beam"'):
     models.GKDModel(network.Transformer(config), None, VOCABULARY, VOCABULARY, gkd=gkd,

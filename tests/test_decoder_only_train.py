@@ -82,7 +82,7 @@ def test_sft_student_starts_the_distillation(sft_dir, teacher_dir, tmp_path):
   """One step at a negligible learning rate from INITIAL_CHECKPOINT_PATH keeps its params."""
   run(tmp_path, 'supervised_kd', f'TEACHER_CHECKPOINT_PATH="{teacher_dir}"',
       f'INITIAL_CHECKPOINT_PATH="{sft_dir}"', 'TRAIN_STEPS=1', 'LEARNING_RATE=1e-30')
-  flat = lambda tree: dict(test_train._flatten(tree))  # pylint: disable=protected-access
+  flat = lambda tree: dict(test_train.flatten(tree))
   sft = flat(test_train.final_params(sft_dir, 6))
   distilled = flat(test_train.final_params(tmp_path, 1))
   assert sft.keys() == distilled.keys() and any('decoder' in key for key in sft)

@@ -15,13 +15,12 @@ from gkd_t5x import models
 from gkd_t5x import network
 from gkd_t5x import objective
 from gkd_t5x import rewards
+import tiny
 
 VOCAB = 20
 B, I, L = 3, 5, 6
 VOCABULARY = seqio.PassThroughVocabulary(size=VOCAB, eos_id=1)
-STUDENT = network.Transformer(network.T5Config(
-    vocab_size=VOCAB, emb_dim=8, num_heads=2, num_encoder_layers=1, num_decoder_layers=1,
-    head_dim=4, mlp_dim=16, dropout_rate=0.0))
+STUDENT = tiny.transformer(VOCAB, 8, 1)
 
 
 def make_model(**kwargs):
@@ -35,10 +34,7 @@ def setup():
   rng = np.random.RandomState(0)
   targets = rng.randint(2, VOCAB, (B, L))
   targets[0, 3:] = [1, 0, 0]
-  batch = {'encoder_input_tokens': jnp.asarray(rng.randint(2, VOCAB, (B, I))),
-           'decoder_target_tokens': jnp.asarray(targets),
-           'decoder_input_tokens': jnp.asarray(np.pad(targets, ((0, 0), (1, 0)))[:, :-1]),
-           'decoder_loss_weights': jnp.asarray(targets > 0, jnp.float32)}
+  batch = tiny.encdec_batch(rng.randint(2, VOCAB, (B, I)), targets)
   shapes = {name: value.shape for name, value in batch.items()}
   params = make_model().get_initial_variables(jax.random.PRNGKey(0), shapes)['params']
   return params, batch
@@ -128,9 +124,7 @@ def test_rouge_reward_runs_on_the_host_inside_jit():
 
 
 BYTES = seqio.ByteVocabulary()
-CLASSIFIER = network.Transformer(network.T5Config(
-    vocab_size=384, emb_dim=8, num_heads=2, num_encoder_layers=1, num_decoder_layers=1,
-    head_dim=4, mlp_dim=16, dropout_rate=0.0))
+CLASSIFIER = tiny.transformer(384, 8, 1)
 
 
 def test_pack_rows_matches_a_python_reference():

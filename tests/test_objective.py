@@ -15,20 +15,15 @@ from gkd_t5x import models
 from gkd_t5x import network
 from gkd_t5x import objective
 from gkd_t5x import rewards
+import tiny
 
 VOCAB = 16
 B, I, L = 4, 5, 6
 VOCABULARY = seqio.PassThroughVocabulary(size=VOCAB, eos_id=1)
 
 
-def config(emb_dim, layers):
-  return network.T5Config(vocab_size=VOCAB, emb_dim=emb_dim, num_heads=2,
-                          num_encoder_layers=layers, num_decoder_layers=layers, head_dim=4,
-                          mlp_dim=2 * emb_dim, dropout_rate=0.0)
-
-
-STUDENT = network.Transformer(config(8, 1))
-TEACHER = network.Transformer(config(16, 2))
+STUDENT = tiny.transformer(VOCAB, 8, 1)
+TEACHER = tiny.transformer(VOCAB, 16, 2)
 
 
 def make_model(teacher=TEACHER, **gkd):
@@ -41,10 +36,7 @@ def make_batch(seed=0):
   targets = rng.randint(2, VOCAB, (B, L))
   targets[0, 2:] = [1, 0, 0, 0]
   targets[1, 4:] = [1, 0]
-  return {'encoder_input_tokens': jnp.asarray(rng.randint(2, VOCAB, (B, I))),
-          'decoder_target_tokens': jnp.asarray(targets),
-          'decoder_input_tokens': jnp.asarray(np.pad(targets, ((0, 0), (1, 0)))[:, :-1]),
-          'decoder_loss_weights': jnp.asarray(targets > 0, jnp.float32)}
+  return tiny.encdec_batch(rng.randint(2, VOCAB, (B, I)), targets)
 
 
 @pytest.fixture(scope='module')
@@ -194,7 +186,7 @@ def test_leave_one_out_baseline():
   config = objective.GKDConfig(alpha=0.5, reward=rewards.ExactMatchReward(),
                                baseline='per_input_mean', num_samples_per_input=3)
   rewards_ = jnp.asarray([1.0, 0.0, 0.0, 1.0, 1.0, 0.0])
-  np.testing.assert_allclose(np.asarray(objective._baseline(config, rewards_)),
+  np.testing.assert_allclose(np.asarray(objective.reward_baseline(config, rewards_)),
                              [0.0, 0.5, 0.5, 0.5, 0.5, 1.0])
 
 

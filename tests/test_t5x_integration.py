@@ -22,9 +22,9 @@ from t5x import train_state as t5x_train_state
 
 from gkd_t5x import checkpoints
 from gkd_t5x import models
-from gkd_t5x import network
 from gkd_t5x import objective
 from gkd_t5x import t5x_integration
+import tiny
 
 VOCAB = 32
 VOCABULARY = seqio.PassThroughVocabulary(size=VOCAB, eos_id=1)
@@ -32,16 +32,11 @@ SHAPES = {'encoder_input_tokens': (2, 5), 'decoder_input_tokens': (2, 4),
           'decoder_target_tokens': (2, 4), 'decoder_loss_weights': (2, 4)}
 
 
-def transformer(emb_dim):
-  return network.Transformer(network.T5Config(
-      vocab_size=VOCAB, emb_dim=emb_dim, num_heads=2, num_encoder_layers=1,
-      num_decoder_layers=1, head_dim=4, mlp_dim=16, dropout_rate=0.0))
-
-
 def make_model(teacher=True):
   gkd = objective.GKDConfig(lmbda=0.5) if teacher else objective.GKDConfig(
       divergence='cross_entropy', lmbda=0.0)
-  return models.GKDModel(transformer(8), transformer(16) if teacher else None, VOCABULARY,
+  teacher_module = tiny.transformer(VOCAB, 16, mlp_dim=16) if teacher else None
+  return models.GKDModel(tiny.transformer(VOCAB, 8, mlp_dim=16), teacher_module, VOCABULARY,
                          VOCABULARY, optimizer_def=t5x_optimizers.OptaxWrapper(optax.adam(1e-3)),
                          gkd=gkd)
 
@@ -55,7 +50,7 @@ def make_initializer(model, teacher_checkpoint_path):
 
 def write_t5x_teacher(directory):
   """A teacher written by T5X's msgpack + tensorstore `Checkpointer`; returns its params."""
-  variables = transformer(16).init(
+  variables = tiny.transformer(VOCAB, 16, mlp_dim=16).init(
       jax.random.PRNGKey(7), *(jnp.ones(SHAPES[name], jnp.int32) for name in (
           'encoder_input_tokens', 'decoder_input_tokens', 'decoder_target_tokens')),
       enable_dropout=False)

@@ -57,17 +57,18 @@ def final_params(model_dir, step):
 
 
 def assert_trees_equal(a, b):
-  flat_a = dict(_flatten(a))
-  flat_b = dict(_flatten(b))
+  flat_a = dict(flatten(a))
+  flat_b = dict(flatten(b))
   assert flat_a.keys() == flat_b.keys()
   for key in flat_a:
     np.testing.assert_array_equal(flat_a[key], flat_b[key], err_msg=key)
 
 
-def _flatten(tree, prefix=''):
+def flatten(tree, prefix=''):
+  """Yields ('/path/to/leaf', numpy array) of a nested dict of arrays."""
   if isinstance(tree, dict):
     for key, value in tree.items():
-      yield from _flatten(value, f'{prefix}/{key}')
+      yield from flatten(value, f'{prefix}/{key}')
   else:
     yield prefix, np.asarray(tree)
 
@@ -133,7 +134,7 @@ def test_sft_params_start_the_distillation_run(sft_dir, teacher_dir, tmp_path):
       f'INITIAL_CHECKPOINT_PATH="{sft_dir}"', 'TRAIN_STEPS=1', 'LEARNING_RATE=1e-30')
   sft = final_params(sft_dir, 6)
   distilled = final_params(tmp_path, 1)
-  for (key, a), (_, b) in zip(sorted(_flatten(sft)), sorted(_flatten(distilled))):
+  for (key, a), (_, b) in zip(sorted(flatten(sft)), sorted(flatten(distilled))):
     np.testing.assert_allclose(a, b, atol=1e-6, err_msg=key)
 
 

@@ -1,0 +1,38 @@
+"""Tiny T5 networks and encoder-decoder batches that the unit tests share.
+
+The networks trace and run in seconds on a CPU; the batch maker derives what the model
+features add to the token arrays (shifted decoder inputs, loss weights), as seqio's
+encoder-decoder feature converter does.
+"""
+
+from typing import Dict, Optional
+
+import jax.numpy as jnp
+import numpy as np
+
+from gkd_t5x import network
+
+
+def t5_config(vocab_size: int, emb_dim: int = 8, layers: int = 1,
+              mlp_dim: Optional[int] = None) -> network.T5Config:
+  """T5 1.1 with 2 heads of 4, `layers` encoder and decoder layers, an MLP of 2 x `emb_dim`
+  (unless `mlp_dim` is given) and no dropout."""
+  return network.T5Config(vocab_size=vocab_size, emb_dim=emb_dim, num_heads=2,
+                          num_encoder_layers=layers, num_decoder_layers=layers, head_dim=4,
+                          mlp_dim=mlp_dim or 2 * emb_dim, dropout_rate=0.0)
+
+
+def transformer(vocab_size: int, emb_dim: int = 8, layers: int = 1,
+                mlp_dim: Optional[int] = None) -> network.Transformer:
+  """The `network.Transformer` of `t5_config`."""
+  return network.Transformer(t5_config(vocab_size, emb_dim, layers, mlp_dim))
+
+
+def encdec_batch(inputs: np.ndarray, targets: np.ndarray) -> Dict[str, jnp.ndarray]:
+  """The model features of `inputs` [B, I] and `targets` [B, L] (EOS 1, then padding 0):
+  decoder inputs [B, L] are the targets shifted right behind a 0, and every non-padding
+  target position has loss weight 1."""
+  return {'encoder_input_tokens': jnp.asarray(inputs),
+          'decoder_target_tokens': jnp.asarray(targets),
+          'decoder_input_tokens': jnp.asarray(np.pad(targets, ((0, 0), (1, 0)))[:, :-1]),
+          'decoder_loss_weights': jnp.asarray(targets > 0, jnp.float32)}
