@@ -23,7 +23,6 @@ import re
 import shlex
 import subprocess
 import sys
-import textwrap
 import types
 
 import pytest
@@ -37,7 +36,8 @@ from launch import runners
 from launch import spec as spec_lib
 from launch import sweep
 from launch import tpu_pod
-from spec_labels import DIVERGENCES, check_divergence
+import gin_probe
+from spec_labels import DIVERGENCES, check_divergence, check_method
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -182,71 +182,25 @@ def test_seeds_set_gin_file_and_only(tmp_path):
 
 def test_spec_gin_configs_build_the_named_methods(tmp_path):
   """Each distinct training and evaluation config of the shipped specs, parsed with the real
-  gin files in one subprocess, builds the GKDConfig (and decoding) that its labels name."""
-  method_fields = {
-      'Supervised KD': ('forward_kl', 0.0, 'targets'),
-      'SeqKD': ('cross_entropy', 0.0, 'teacher_samples'),
-      'ImitKD': ('forward_kl', 0.5, 'targets'),
-      'f-distill': ('total_variation', 0.5, 'teacher_samples'),
-      'GKD (supervised, RKL)': ('reverse_kl', 0.0, 'targets'),
-      'GKD (on-policy, FKL)': ('forward_kl', 1.0, 'targets'),
-      'GKD (on-policy, JSD(0.9))': ('jsd', 1.0, 'targets'),
-      'GKD (supervised)': ('jsd', 0.0, 'targets'),
-      'GKD (on-policy)': ('jsd', 1.0, 'targets'),
-      # The on-policy testbed (launch/sweeps/testbed/).
-      'SFT (continued)': ('cross_entropy', 0.0, 'targets'),
-      'Supervised KD (clean)': ('forward_kl', 0.0, 'targets'),
-      'Supervised KD (ground truth)': ('forward_kl', 0.0, 'targets'),
-      'Supervised KD (slips)': ('forward_kl', 0.0, 'targets'),
-      'Supervised KD (both orders)': ('forward_kl', 0.0, 'targets'),
-      'Supervised KD (both orders, RKL)': ('reverse_kl', 0.0, 'targets'),
-      'Supervised KD (clean, RKL)': ('reverse_kl', 0.0, 'targets'),
-      'GKD (on-policy, RKL)': ('reverse_kl', 1.0, 'targets'),
-  }
+  gin files by the gin probe, builds the GKDConfig (and decoding) that its labels name."""
   configs, expected = {}, []
   for path in SPECS:
     spec = spec_lib.load(str(path))
     for run in plan.expand(spec, str(tmp_path), seeds=[0]):
       for command in run.commands:
-        key = json.dumps([command.gin_files, list(command.gin_bindings().items())])
-        configs.setdefault(key, len(configs))
-        expected.append((path.stem, run, command, configs[key]))
-  script = textwrap.dedent("""
-      import json, sys
-      import gin, seqio
-      from gkd_t5x import gin_utils
-      from gkd_t5x import tasks  # registers the tasks
-      def macro(name):
-        value = gin.query_parameter(name)
-        # A macro bound to another macro ('%MIXTURE_OR_TASK_NAME') is a reference to resolve.
-        return value.scoped_configurable_fn() if hasattr(value, 'scoped_configurable_fn') else value
-      results = []
-      for files, bindings in json.load(sys.stdin):
-        gin.clear_config()
-        gin_utils.parse_gin(files, [f'{k} = {v}' for k, v in bindings], finalize=False)
-        config = gin.query_parameter('%GKD').scoped_configurable_fn()
-        decoding = {}
-        for name in ('decode_method', 'decode_temperature'):
-          try:
-            decoding[name] = gin.query_parameter(f'models.GKDModel.{name}')
-          except ValueError:
-            pass
-        task = gin.query_parameter('%MIXTURE_OR_TASK_NAME')
-        results.append(dict(divergence=config.divergence, beta=config.beta,
-                            lmbda=config.lmbda.start, fixed_data=config.fixed_data,
-                            task=task, registered=task in seqio.TaskRegistry.names(),
-                            eval_task=macro('%EVAL_MIXTURE_OR_TASK_NAME'),
-                            student_emb_dim=macro('%STUDENT_CONFIG').emb_dim, **decoding))
-      print(json.dumps(results))
-  """)
-  result = subprocess.run([sys.executable, '-c', script], cwd=ROOT, capture_output=True,
-                          text=True, input=json.dumps([json.loads(k) for k in configs]),
-                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3'), timeout=300)
-  assert result.returncode == 0, result.stderr[-3000:]
-  built = json.loads(result.stdout.splitlines()[-1])
+        runner, kind = command.module.split('.')[0], command.kind
+        config = dict(runner=runner, kind=kind, files=list(command.gin_files),
+                      bindings=list(command.gin_bindings().items()))
+        key = json.dumps(config)
+        configs.setdefault(key, (len(configs), config))
+        expected.append((path.stem, run, command, configs[key][0]))
+  built = gin_probe.probe([config for _, config in configs.values()], timeout=300)
   for spec_name, run, command, index in expected:
-    config, where = built[index], f'{spec_name} {run.name} {command.log_name}'
-    assert config['registered'], where
+    result, where = built[index], f'{spec_name} {run.name} {command.log_name}'
+    assert result['ok'] and not result['required'], (where, result)
+    # The training task (an evaluation's data is its eval task) and the objective.
+    config = dict(result['gkd'], task=result['train_task'], eval_task=result['eval_task'])
+    assert result['registered'], where
     if spec_name in TESTBED_TASKS:
       # Every model of a testbed spec is evaluated on the clean task; only the off-policy
       # control on the teacher's kind of data trains on that data.
@@ -262,14 +216,13 @@ def test_spec_gin_configs_build_the_named_methods(tmp_path):
       knob = run.labels['knob']
       task = 'arithmetic_chain5' if knob == 'horizon' else 'arithmetic_sum3_2digit'
       assert (config['task'], config['eval_task']) == (task, task), where
-      assert config['student_emb_dim'] == (32 if knob == 'capacity gap' else 64), where
+      assert result['student'] == (32 if knob == 'capacity gap' else 64), where
     if run.reference is not None:
       assert (config['divergence'], config['lmbda']) == ('cross_entropy', 0.0), where
       continue
     labels = run.labels
     if 'method' in labels:
-      fields = method_fields[labels['method']]
-      assert (config['divergence'], config['lmbda'], config['fixed_data']) == fields, where
+      check_method(config, labels['method'], where)
     if 'divergence' in labels:
       check_divergence(config, labels['divergence'], where)
     if 'lambda' in labels:
@@ -280,10 +233,10 @@ def test_spec_gin_configs_build_the_named_methods(tmp_path):
                                 '100': 'arithmetic_sum3_2digit'}[labels['data_percent']]
     if command.log_name.startswith('eval_T_'):
       temperature = float(command.log_name.split('_')[2])
-      assert (config['decode_method'], config['decode_temperature']) == (
+      assert (result['decode']['method'], result['decode']['temperature']) == (
           'sample', temperature), where
     elif command.kind == 'eval':
-      assert config.get('decode_method', 'greedy') == 'greedy', where
+      assert result['decode']['method'] == 'greedy', where
 
 
 # The testbed's specs: (the clean task, the teacher's kind of data).

@@ -19,32 +19,25 @@ Nothing is built at full size and nothing is downloaded: flax modules are lazy (
 opened, and the T5 SentencePiece vocabulary (read from GCS on first use) is replaced, by a gin
 file written here, with a small `seqio.PassThroughVocabulary`.
 
-The configs are parsed in one subprocess, one after another with gin's configuration cleared
-in between (it is global), which imports TensorFlow, JAX and T5X once. T5X's run files say
-`import __main__ as train_script` (`eval_script`): under
-`python -m t5x.train` the script t5x/train.py is `__main__`, and gin's dynamic registration
-finds `train` there. The helper below does what `python -m` does for gin's purpose: it imports
-`t5x.train` (and `t5x.eval`) and points `sys.modules['__main__']` at the script of the run file
-it parses, so `train_script.train` / `eval_script.evaluate` are T5X's real functions and every
-binding is checked against their signatures (no `skip_unknown`). The T5X-only binding
+The configs are parsed by the gin probe (tests/gin_probe.py: one subprocess for all of them,
+T5X's run files parsed as under `python -m t5x.<kind>`), every binding checked against the
+entry points' real signatures (no `skip_unknown`). The T5X-only binding
 `utils.RestoreCheckpointConfig.mode` of the specs is dropped for this project's runner.
 """
 
 import importlib.util
 import json
-import os
 import pathlib
 import re
 import shlex
-import subprocess
-import sys
 
 import pytest
 
 from launch import plan
 from launch import spec as spec_lib
 from launch import sweep
-from spec_labels import DIVERGENCES, check_divergence
+import gin_probe
+from spec_labels import DIVERGENCES, check_divergence, check_method
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -121,20 +114,10 @@ CHECKPOINT_STEPS = {'T5_1_1_LM_ADAPTED': dict.fromkeys(('small', 'base', 'large'
                                 'xl': 1138000}}
 SIZE_OF_WIDTH = {512: 'small', 768: 'base', 1024: 'large', 2048: 'xl'}
 
-# Method label -> (divergence, beta or None, lambda, fixed data).
-METHODS = {
-    'Supervised KD': ('forward_kl', None, 0.0, 'targets'),
-    'SeqKD': ('cross_entropy', None, 0.0, 'teacher_samples'),
-    'ImitKD': ('forward_kl', None, 0.5, 'targets'),
-    'f-distill': ('total_variation', None, 0.5, 'teacher_samples'),
-    'GKD (on-policy, FKL)': ('forward_kl', None, 1.0, 'targets'),
-    'GKD (on-policy, RKL)': ('reverse_kl', None, 1.0, 'targets'),
-    'GKD (on-policy, JSD(0.1))': ('jsd', 0.1, 1.0, 'targets'),
-    'GKD (on-policy, JSD(0.9))': ('jsd', 0.9, 1.0, 'targets'),
-    'GKD (supervised, RKL)': ('reverse_kl', None, 0.0, 'targets'),
-    'GKD (on-policy)': ('jsd', 0.1, 1.0, 'targets'),     # Fig. 3: JSD(0.1), our choice
-    'GKD (supervised)': ('jsd', 0.1, 0.0, 'targets'),
-}
+# The beta of each paper method with a JSD (the rest of each method: spec_labels.METHODS).
+PAPER_BETAS = {'GKD (on-policy, JSD(0.1))': 0.1, 'GKD (on-policy, JSD(0.9))': 0.9,
+               'GKD (on-policy)': 0.1,  # Fig. 3: JSD(0.1), our choice
+               'GKD (supervised)': 0.1}
 
 # In place of the T5 vocabulary (read from GCS on first use): a small local one. Its size only
 # has to fit the networks' 32128 logits; small, it keeps the calculator's per-token table of
@@ -146,158 +129,20 @@ VOCABULARY = @seqio.PassThroughVocabulary()
 seqio.PassThroughVocabulary.size = 256
 """
 
-HELPER = r'''
-import dataclasses, json, os, sys
-import gin
-from gkd_t5x import gin_utils
-from gkd_t5x import tasks  # registers the seqio tasks and mixtures
-import seqio
 
-request = json.load(sys.stdin)
+
+# The run file of each runner and kind, parsed before a config's files.
 RUN_FILES = {'gkd_t5x': {'train': 'gin/runs/train.gin', 'eval': 'gin/runs/eval.gin'},
              't5x': {'train': 'gin/runs/t5x_finetune.gin', 'eval': 'gin/runs/t5x_eval.gin'}}
-ENTRY = {'gkd_t5x': {'train': 'gkd_t5x.train.train', 'eval': 'gkd_t5x.eval.evaluate'},
-         't5x': {'train': 'train_script.train', 'eval': 'eval_script.evaluate'}}
-SEARCH = {'gkd_t5x': []}
-if any(config['runner'] == 't5x' for config in request['configs']):
-  import t5x
-  import t5x.eval
-  import t5x.train
-  SCRIPTS = {'train': t5x.train, 'eval': t5x.eval}
-  # T5X's train.py adds the directory above its package to the gin search path.
-  SEARCH['t5x'] = [os.path.dirname(os.path.dirname(os.path.abspath(t5x.__file__)))]
-
-
-def required_in(value, path, found, depth=0):
-  """Paths under `value` still at %gin.REQUIRED (gin passes it through macros silently)."""
-  if value is gin.REQUIRED:
-    found.append(path)
-  elif depth > 5 or isinstance(value, type):
-    return
-  elif type(value) in (list, tuple):
-    for i, item in enumerate(value):
-      required_in(item, f'{path}[{i}]', found, depth + 1)
-  elif type(value) is dict:
-    for key, item in value.items():
-      required_in(item, f'{path}.{key}', found, depth + 1)
-  elif dataclasses.is_dataclass(value):
-    for field in dataclasses.fields(value):
-      required_in(getattr(value, field.name, None), f'{path}.{field.name}', found, depth + 1)
-  elif type(value).__module__.startswith(('gkd_t5x.', 't5x.')) and hasattr(value, '__dict__'):
-    for key, item in vars(value).items():
-      required_in(item, f'{path}.{key}', found, depth + 1)
-
-
-def macro(name):
-  value = gin.query_parameter('%' + name)
-  if isinstance(value, gin.config.ConfigurableReference):
-    value = value.scoped_configurable_fn()
-  return value
-
-
-def registered(name):
-  return name in seqio.TaskRegistry.names() or name in seqio.MixtureRegistry.names()
-
-
-def size(config):
-  return None if config is None else config.emb_dim
-
-
-def describe(runner, kind, got):
-  """What the entry point would receive, as JSON."""
-  out = {}
-  model = got['model']
-  gkd = model.gkd
-  out['gkd'] = dict(divergence=gkd.divergence, beta=gkd.beta, lmbda=gkd.lmbda.start,
-                    fixed_data=gkd.fixed_data, teacher_temperature=gkd.teacher_temperature,
-                    alpha=gkd.alpha)
-  out['student'] = size(model.module.config)
-  out['teacher'] = size(model.teacher_module.config) if model.teacher_module else None
-  out['dropout'] = model.module.config.dropout_rate
-  out['decode'] = dict(method=model.decode_method, temperature=model.decode_temperature,
-                       beam_size=model.beam_size, beam_alpha=model.beam_alpha,
-                       calculator=model._forcing is not None)  # pylint: disable=protected-access
-  if kind == 'train':
-    data, evaluation = got['train_dataset_cfg'], got.get('eval_dataset_cfg',
-                                                         got.get('infer_eval_dataset_cfg'))
-    out['steps'] = got['total_steps']
-    out['relative_steps'] = got.get('relative_steps')
-    if runner == 't5x':
-      restore = got['checkpoint_cfg'].restore
-      out['initial'], out['restore_mode'] = restore.path, restore.mode
-      initializer = gin.get_bindings('t5x_integration.TeacherTrainStateInitializer')
-      out['teacher_path'] = initializer['teacher_checkpoint_path']
-      out['reward_path'] = initializer['reward_checkpoint_path']
-    else:
-      out['initial'] = got['initial_checkpoint_path']
-      out['teacher_path'] = got['teacher_checkpoint_path']
-      out['reward_path'] = got['reward_checkpoint_path']
-    schedule = gin.query_parameter('optimizers.adafactor.learning_rate').scoped_configurable_fn()
-    warmup, lr = macro('WARMUP_STEPS'), macro('LEARNING_RATE')
-    out['lr'] = lr
-    out['lr_at'] = {step: float(schedule(step))
-                    for step in (0, warmup // 2, warmup, 35000, out['steps'] - 1)}
-  else:
-    data = evaluation = got['dataset_cfg']
-    if runner == 't5x':
-      restore = got['restore_checkpoint_cfg']
-      out['checkpoint'], out['restore_mode'] = restore.path, restore.mode
-    else:
-      out['checkpoint'] = got['checkpoint_path']
-  out['task'] = data.mixture_or_task_name
-  out['eval_task'] = evaluation.mixture_or_task_name
-  out['registered'] = registered(out['task']) and registered(out['eval_task'])
-  out['batch'] = data.batch_size
-  out['lengths'] = dict(data.task_feature_lengths)
-  out['eval_split'] = evaluation.split
-  return out
-
-
-results = []
-for config in request['configs']:
-  runner, kind = config['runner'], config['kind']
-  files = [RUN_FILES[runner][kind], *config['files'], *config['extra_files']]
-  bindings = [f'{key} = {value}' for key, value in config['bindings']]
-  partial = config.get('partial', False)
-  try:
-    if runner == 't5x':
-      sys.modules['__main__'] = SCRIPTS[kind]  # as `python -m t5x.<kind>` would have it
-    gin.clear_config()
-    # An include-only file (a base.gin without a method or task) or an overlay is not a
-    # complete config: parsed (every binding names a known parameter), not finalized.
-    gin_utils.parse_gin(files, bindings, search_paths=SEARCH[runner], finalize=not partial)
-    if partial:
-      results.append(dict(ok=True, required=[]))
-      continue
-    got = gin.get_bindings(ENTRY[runner][kind])
-    required = []
-    for name, value in got.items():
-      required_in(value, name, required)
-    result = dict(ok=True, required=required)
-    if runner == 't5x' and kind == 'train':
-      teacher = gin.get_bindings('t5x_integration.TeacherTrainStateInitializer')
-      required_in(teacher['teacher_checkpoint_path'], 'teacher_checkpoint_path', required)
-    result.update(describe(runner, kind, got))
-  except Exception as e:  # pylint: disable=broad-except
-    result = dict(ok=False, error=f'{type(e).__name__}: {e}'[-3000:])
-  results.append(result)
-print('RESULTS ' + json.dumps(results))
-'''
 
 
 def run_helper(configs, vocab_file):
-  """Parses `configs` (each under its runner's run files) in one subprocess, which imports
-  TensorFlow, JAX and T5X once for all; one result per config."""
-  request = {'configs': [dict(config, extra_files=[vocab_file] if config['tiny_vocab'] else [])
-                         for config in configs]}
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', JAX_PLATFORMS='cpu')
-  process = subprocess.run([sys.executable, '-c', HELPER], cwd=ROOT, input=json.dumps(request),
-                           capture_output=True, text=True, env=env, timeout=600)
-  lines = [line for line in process.stdout.splitlines() if line.startswith('RESULTS ')]
-  assert process.returncode == 0 and lines, process.stderr[-5000:]
-  results = json.loads(lines[-1][len('RESULTS '):])
-  assert len(results) == len(configs)
-  return results
+  """Parses `configs` (each under its runner's run files) with the gin probe; one result per
+  config."""
+  return gin_probe.probe([
+      dict(config, files=[RUN_FILES[config['runner']][config['kind']], *config['files']],
+           extra_files=[vocab_file] if config['tiny_vocab'] else [])
+      for config in configs])
 
 
 def task_of(files):
@@ -592,10 +437,9 @@ def _check_train(result, task, run, bindings, runner, spec_runner, where):
     assert gkd['teacher_temperature'] == temperature, where
     labels = run.labels
     if 'method' in labels:
-      divergence, beta, lmbda, fixed = METHODS[labels['method']]
-      assert (gkd['divergence'], gkd['lmbda'], gkd['fixed_data']) == (divergence, lmbda, fixed), where
-      if beta is not None:
-        assert gkd['beta'] == beta, where
+      check_method(gkd, labels['method'], where)
+      if labels['method'] in PAPER_BETAS:
+        assert gkd['beta'] == PAPER_BETAS[labels['method']], where
     if 'divergence' in labels:
       check_divergence(gkd, labels['divergence'], where)
     if 'lambda' in labels:

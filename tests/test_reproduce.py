@@ -29,7 +29,7 @@ from launch import reproduce
 from launch import results
 from launch import runners
 from launch import spec as spec_lib
-from spec_labels import check_divergence
+from spec_labels import REPRODUCTION_METHODS, check_divergence, check_method
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -178,12 +178,6 @@ def test_shipped_specs_build_the_methods_their_labels_name(tmp_path):
                           env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3'), timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   built = json.loads(result.stdout.splitlines()[-1])
-  methods = {'SFT (continued)': ('cross_entropy', 0.0, 'targets'),
-             'Supervised KD': ('forward_kl', 0.0, 'targets'),
-             'SeqKD': ('cross_entropy', 0.0, 'teacher_samples'),
-             'ImitKD': ('forward_kl', 0.5, 'targets'),
-             'f-distill': ('total_variation', 0.5, 'teacher_samples'),
-             'GKD (on-policy)': ('forward_kl', 1.0, 'targets')}
   for run, index in expected:
     got, where = built[index], run.name
     size = 32 if '_xs/' in run.name else 64
@@ -200,8 +194,7 @@ def test_shipped_specs_build_the_methods_their_labels_name(tmp_path):
     assert (got['steps'], got['batch']) == (200, 32), where
     labels = run.labels
     if 'method' in labels:
-      assert (got['divergence'], got['lmbda'], got['fixed_data']) == methods[
-          labels['method']], where
+      check_method(got, labels['method'], where, REPRODUCTION_METHODS)
     if 'divergence' in labels:
       check_divergence(got, labels['divergence'], where)
     if 'lambda' in labels:
