@@ -2,7 +2,8 @@
 
 `read_metric` is the one reader of a metric: by its short name ('accuracy') or its full one
 ('inference/<task>/accuracy', 'test/loss'), from the first of metrics.json (gkd_t5x.eval),
-eval_metrics.jsonl (the standalone trainer's evaluations), inference_eval/<task>-metrics.jsonl
+eval_metrics.jsonl (the standalone trainer's evaluations; both written by
+`gkd_t5x.run_setup.write_results`), inference_eval/<task>-metrics.jsonl
 (T5X's train and eval) and the eval/ TensorBoard event files. `collect` reads what a spec's
 plots show for every run and aggregates it over seeds (`Stat`); `write_csv` writes it, one row
 per (point, evaluation, metric); `tables` makes markdown of those CSVs with `effect_size`.

@@ -16,6 +16,7 @@ import re
 import gin
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 import seqio
 
@@ -23,6 +24,7 @@ from gkd_t5x import models
 from gkd_t5x import network
 from gkd_t5x import objective
 from gkd_t5x import rewards
+import tiny
 
 GIN_DIR = pathlib.Path(__file__).resolve().parents[1] / 'gin'
 MODEL_FILES = {path.stem: path for path in sorted((GIN_DIR / 'models').glob('t5_1_1_*.gin'))}
@@ -140,11 +142,9 @@ def _tiny_model(gkd_config):
 
 
 def _batch():
-  targets = jnp.full((BATCH, TARGET_LENGTH), 5, jnp.int32).at[:, -1].set(1)
-  return {'encoder_input_tokens': jnp.full((BATCH, INPUT_LENGTH), 7, jnp.int32),
-          'decoder_target_tokens': targets,
-          'decoder_input_tokens': objective.shift_right(targets),
-          'decoder_loss_weights': jnp.ones((BATCH, TARGET_LENGTH), jnp.float32)}
+  targets = np.full((BATCH, TARGET_LENGTH), 5)
+  targets[:, -1] = 1
+  return tiny.encdec_batch(np.full((BATCH, INPUT_LENGTH), 7), targets)
 
 
 @functools.lru_cache(maxsize=None)

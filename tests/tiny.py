@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gkd_t5x import network
+from gkd_t5x import objective
 
 
 def t5_config(vocab_size: int, emb_dim: int = 8, layers: int = 1,
@@ -30,9 +31,9 @@ def transformer(vocab_size: int, emb_dim: int = 8, layers: int = 1,
 
 def encdec_batch(inputs: np.ndarray, targets: np.ndarray) -> Dict[str, jnp.ndarray]:
   """The model features of `inputs` [B, I] and `targets` [B, L] (EOS 1, then padding 0):
-  decoder inputs [B, L] are the targets shifted right behind a 0, and every non-padding
-  target position has loss weight 1."""
+  decoder inputs [B, L] are the targets shifted right behind a 0 (`objective.shift_right`),
+  and every non-padding target position has loss weight 1."""
   return {'encoder_input_tokens': jnp.asarray(inputs),
           'decoder_target_tokens': jnp.asarray(targets),
-          'decoder_input_tokens': jnp.asarray(np.pad(targets, ((0, 0), (1, 0)))[:, :-1]),
+          'decoder_input_tokens': objective.shift_right(jnp.asarray(targets)),
           'decoder_loss_weights': jnp.asarray(targets > 0, jnp.float32)}
