@@ -42,11 +42,17 @@ setuptools.setup(
     install_requires=INSTALL_REQUIRES,
     extras_require={
         # scipy and tensorstore are independent references in tests (log-softmax; T5X's
-        # checkpoint format).
-        'test': ['pytest==9.0.3', 'pytest-xdist==3.8.0', 'scipy==1.17.1', 'tensorstore==0.1.86'],
+        # checkpoint format); pyink and ruff check the style (pyproject.toml) before the tests.
+        'test': [
+            'pytest==9.0.3',
+            'pytest-xdist==3.8.0',
+            'scipy==1.17.1',
+            'tensorstore==0.1.86',
+            'pyink==26.5.1',
+            'ruff==0.17.6',
+        ],
         # What t5x, airio and jestimator import beyond the pins above. They are not on PyPI:
         # install them with --no-deps from the commits the README names.
-        't5x': ['fiddle==0.3.1', 'cached-property==2.0.1', 'grain==0.2.12',
-                'tensorstore==0.1.86'],
+        't5x': ['fiddle==0.3.1', 'cached-property==2.0.1', 'grain==0.2.12', 'tensorstore==0.1.86'],
     },
 )

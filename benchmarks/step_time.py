@@ -75,6 +75,7 @@ MATMUL_SIZE = 2048
 @dataclasses.dataclass(frozen=True)
 class Size:
   """A T5 1.1 net's shape: d_model, layers (encoder = decoder), heads, d_ff."""
+
   emb_dim: int
   num_layers: int
   num_heads: int
@@ -82,25 +83,40 @@ class Size:
 
   def t5_config(self, vocab_size: int) -> network.T5Config:
     return network.T5Config(
-        vocab_size=vocab_size, emb_dim=self.emb_dim, num_heads=self.num_heads,
-        num_encoder_layers=self.num_layers, num_decoder_layers=self.num_layers,
-        head_dim=self.emb_dim // self.num_heads, mlp_dim=self.mlp_dim,
-        mlp_activations=('gelu', 'linear'), dropout_rate=0.0, logits_via_embedding=False,
-        dtype='float32')
+        vocab_size=vocab_size,
+        emb_dim=self.emb_dim,
+        num_heads=self.num_heads,
+        num_encoder_layers=self.num_layers,
+        num_decoder_layers=self.num_layers,
+        head_dim=self.emb_dim // self.num_heads,
+        mlp_dim=self.mlp_dim,
+        mlp_activations=('gelu', 'linear'),
+        dropout_rate=0.0,
+        logits_via_embedding=False,
+        dtype='float32',
+    )
 
   def decoder_only_config(self, vocab_size: int) -> decoder_only.DecoderOnlyConfig:
     """The decoder-only net of this size: the encoder's and the decoder's layers in one stack."""
     return decoder_only.DecoderOnlyConfig(
-        vocab_size=vocab_size, emb_dim=self.emb_dim, num_heads=self.num_heads,
-        num_layers=2 * self.num_layers, head_dim=self.emb_dim // self.num_heads,
-        mlp_dim=self.mlp_dim, mlp_activations=('gelu', 'linear'), dropout_rate=0.0,
-        logits_via_embedding=False, dtype='float32')
+        vocab_size=vocab_size,
+        emb_dim=self.emb_dim,
+        num_heads=self.num_heads,
+        num_layers=2 * self.num_layers,
+        head_dim=self.emb_dim // self.num_heads,
+        mlp_dim=self.mlp_dim,
+        mlp_activations=('gelu', 'linear'),
+        dropout_rate=0.0,
+        logits_via_embedding=False,
+        dtype='float32',
+    )
 
 
 @dataclasses.dataclass(frozen=True)
 class Bench:
   """One benchmark configuration: student and teacher sizes, the batch's shapes (prompt I and
   continuation L) and the architecture ('encoder_decoder' or 'decoder_only')."""
+
   student: Size
   teacher: Size
   batch_size: int = 32
@@ -117,21 +133,27 @@ class Bench:
 
 BENCHES = {
     # A quick smoke configuration, smaller than the standard ones in every dimension.
-    'tiny': Bench(Size(32, 1, 2, 64), Size(64, 2, 4, 128), batch_size=8, input_length=8,
-                  target_length=16),
+    'tiny': Bench(
+        Size(32, 1, 2, 64), Size(64, 2, 4, 128), batch_size=8, input_length=8, target_length=16
+    ),
     'bench_a': Bench(Size(64, 2, 4, 128), Size(256, 4, 4, 1024)),
     'bench_b': Bench(Size(128, 2, 4, 256), Size(512, 6, 8, 1024)),
 }
-BENCHES.update({f'{name}_decoder_only': dataclasses.replace(bench, architecture='decoder_only')
-                for name, bench in list(BENCHES.items())})
+BENCHES.update(
+    {
+        f'{name}_decoder_only': dataclasses.replace(bench, architecture='decoder_only')
+        for name, bench in list(BENCHES.items())
+    }
+)
 
 
 def log(message: str) -> None:
   print(message, file=sys.stderr, flush=True)
 
 
-def matmul_flops(config: network.T5Config, batch: int, input_length: int,
-                 target_length: int) -> Dict[str, int]:
+def matmul_flops(
+    config: network.T5Config, batch: int, input_length: int, target_length: int
+) -> Dict[str, int]:
   """Matmul FLOPs (2 per multiply-add) of one forward pass of each part of a T5 1.1 net.
 
   Embedding lookups are gathers and norms, softmaxes and divergences elementwise: none is a
@@ -147,28 +169,39 @@ def matmul_flops(config: network.T5Config, batch: int, input_length: int,
   e, f, v = config.emb_dim, config.mlp_dim, config.vocab_size
   hd = config.num_heads * config.head_dim
   mlp_per_token = 2 * (len(config.mlp_activations) + 1) * e * f  # wi_0, wi_1 and wo.
-  encoder_layer = (2 * 4 * b * i * e * hd          # q, k, v and output projections
-                   + 2 * 2 * b * i * i * hd        # q.k logits and the weighted sum of values
-                   + b * i * mlp_per_token)
+  encoder_layer = (
+      2 * 4 * b * i * e * hd  # q, k, v and output projections
+      + 2 * 2 * b * i * i * hd  # q.k logits and the weighted sum of values
+      + b * i * mlp_per_token
+  )
   cross_kv = 2 * 2 * b * i * e * hd
-  decoder_layer = (2 * 4 * b * l * e * hd + 2 * 2 * b * l * l * hd   # self-attention
-                   + 2 * 2 * b * l * e * hd + cross_kv               # cross q, out; k, v
-                   + 2 * 2 * b * l * i * hd                          # cross logits, values
-                   + b * l * mlp_per_token)
-  step_layer = (2 * 4 * b * e * hd + 2 * 2 * b * l * hd   # one query over the L-long cache
-                + 2 * 2 * b * e * hd + 2 * 2 * b * i * hd
-                + b * mlp_per_token)
+  decoder_layer = (
+      2 * 4 * b * l * e * hd
+      + 2 * 2 * b * l * l * hd  # self-attention
+      + 2 * 2 * b * l * e * hd
+      + cross_kv  # cross q, out; k, v
+      + 2 * 2 * b * l * i * hd  # cross logits, values
+      + b * l * mlp_per_token
+  )
+  step_layer = (
+      2 * 4 * b * e * hd
+      + 2 * 2 * b * l * hd  # one query over the L-long cache
+      + 2 * 2 * b * e * hd
+      + 2 * 2 * b * i * hd
+      + b * mlp_per_token
+  )
   logits_per_token = 2 * e * v
   return {
       'encode': config.num_encoder_layers * encoder_layer,
       'decode': config.num_decoder_layers * decoder_layer + b * l * logits_per_token,
       'sample': config.num_decoder_layers * cross_kv
-                + l * (config.num_decoder_layers * step_layer + b * logits_per_token),
+      + l * (config.num_decoder_layers * step_layer + b * logits_per_token),
   }
 
 
-def decoder_only_matmul_flops(config: decoder_only.DecoderOnlyConfig, batch: int,
-                             input_length: int, target_length: int) -> Dict[str, int]:
+def decoder_only_matmul_flops(
+    config: decoder_only.DecoderOnlyConfig, batch: int, input_length: int, target_length: int
+) -> Dict[str, int]:
   """Matmul FLOPs of one forward pass of each part of a decoder-only net (as `matmul_flops`).
 
   The policy runs the prompt (start token + I inputs, P = I + 1 columns) and the continuation
@@ -185,14 +218,16 @@ def decoder_only_matmul_flops(config: decoder_only.DecoderOnlyConfig, batch: int
   e, f, v = config.emb_dim, config.mlp_dim, config.vocab_size
   hd = config.num_heads * config.head_dim
   mlp_per_token = 2 * (len(config.mlp_activations) + 1) * e * f
-  layer = lambda queries, keys: (2 * 4 * b * queries * e * hd + 2 * 2 * b * queries * keys * hd
-                                 + b * queries * mlp_per_token)
+  layer = lambda queries, keys: (
+      2 * 4 * b * queries * e * hd + 2 * 2 * b * queries * keys * hd + b * queries * mlp_per_token
+  )
   logits_per_token = 2 * e * v
   return {
       'encode': 0,
       'decode': config.num_layers * layer(t, t) + b * t * logits_per_token,
-      'sample': config.num_layers * layer(p, t) + b * logits_per_token
-                + l * (config.num_layers * layer(1, t) + b * logits_per_token),
+      'sample': config.num_layers * layer(p, t)
+      + b * logits_per_token
+      + l * (config.num_layers * layer(1, t) + b * logits_per_token),
   }
 
 
@@ -205,8 +240,12 @@ def step_flops(student: Dict[str, int], teacher: Dict[str, int]) -> Dict[str, in
   since dropout is off).
   """
   supervised = 3 * (student['encode'] + student['decode']) + teacher['encode'] + teacher['decode']
-  return {'step_lambda1': supervised + student['sample'], 'step_lambda0': supervised,
-          'sample': student['sample'], 'teacher_forward': teacher['encode'] + teacher['decode']}
+  return {
+      'step_lambda1': supervised + student['sample'],
+      'step_lambda0': supervised,
+      'sample': student['sample'],
+      'teacher_forward': teacher['encode'] + teacher['decode'],
+  }
 
 
 def program_stats(closed_jaxpr, while_trips: int) -> Tuple[int, int]:
@@ -224,8 +263,12 @@ def program_stats(closed_jaxpr, while_trips: int) -> Tuple[int, int]:
       if eqn.primitive.name == 'dot_general':
         (contracting, _), _ = eqn.params['dimension_numbers']
         lhs_shape = eqn.invars[0].aval.shape
-        flops += multiplier * 2 * int(np.prod(eqn.outvars[0].aval.shape)) * int(
-            np.prod([lhs_shape[d] for d in contracting]))
+        flops += (
+            multiplier
+            * 2
+            * int(np.prod(eqn.outvars[0].aval.shape))
+            * int(np.prod([lhs_shape[d] for d in contracting]))
+        )
       loops += eqn.primitive.name == 'while'
       for param_name, value in eqn.params.items():
         if eqn.primitive.name == 'while' and param_name == 'cond_jaxpr':
@@ -257,11 +300,12 @@ def time_runs(fn: Callable[[int], object], steps: int, warmup: int) -> List[floa
 def matmul_throughput(repeats: int = 5) -> float:
   """Measured float32 matmul throughput in FLOP/s (median over `repeats` jitted dots)."""
   rng = np.random.default_rng(0)
-  a, b = (jnp.asarray(rng.standard_normal((MATMUL_SIZE, MATMUL_SIZE)), jnp.float32)
-          for _ in range(2))
+  a, b = (
+      jnp.asarray(rng.standard_normal((MATMUL_SIZE, MATMUL_SIZE)), jnp.float32) for _ in range(2)
+  )
   dot = jax.jit(jnp.dot)
   seconds = time_runs(lambda _: dot(a, b), repeats, warmup=1)
-  return 2 * MATMUL_SIZE ** 3 / statistics.median(seconds)
+  return 2 * MATMUL_SIZE**3 / statistics.median(seconds)
 
 
 def count_params(tree) -> int:
@@ -275,20 +319,26 @@ def make_batch(bench: Bench) -> Dict[str, jnp.ndarray]:
   PrefixLMFeatureConverter layout)."""
   rng = np.random.default_rng(0)
   tokens = lambda length: jnp.asarray(
-      rng.integers(2, bench.vocab_size, (bench.batch_size, length)), jnp.int32)
+      rng.integers(2, bench.vocab_size, (bench.batch_size, length)), jnp.int32
+  )
   targets = tokens(bench.target_length)
   inputs = tokens(bench.input_length)
   if bench.decoder_only:
     rows = jnp.concatenate([inputs, targets], axis=1)
     columns = jnp.arange(rows.shape[1])[None, :]
     ones = jnp.ones(rows.shape, jnp.int32)
-    return {'decoder_target_tokens': rows, 'decoder_input_tokens': objective.shift_right(rows),
-            'decoder_causal_attention': ones * (columns <= bench.input_length),
-            'decoder_loss_weights': ones * (columns >= bench.input_length)}
-  return {'encoder_input_tokens': inputs,
-          'decoder_target_tokens': targets,
-          'decoder_input_tokens': objective.shift_right(targets),
-          'decoder_loss_weights': jnp.ones(targets.shape, jnp.float32)}
+    return {
+        'decoder_target_tokens': rows,
+        'decoder_input_tokens': objective.shift_right(rows),
+        'decoder_causal_attention': ones * (columns <= bench.input_length),
+        'decoder_loss_weights': ones * (columns >= bench.input_length),
+    }
+  return {
+      'encoder_input_tokens': inputs,
+      'decoder_target_tokens': targets,
+      'decoder_input_tokens': objective.shift_right(targets),
+      'decoder_loss_weights': jnp.ones(targets.shape, jnp.float32),
+  }
 
 
 def make_model(bench: Bench, lmbda: float) -> models.GKDModelBase:
@@ -298,12 +348,18 @@ def make_model(bench: Bench, lmbda: float) -> models.GKDModelBase:
     return models.GKDDecoderOnlyModel(
         decoder_only.DecoderOnlyTransformer(bench.student.decoder_only_config(bench.vocab_size)),
         decoder_only.DecoderOnlyTransformer(bench.teacher.decoder_only_config(bench.vocab_size)),
-        vocabulary, gkd=gkd, inputs_bidirectional_attention=True,
-        task_feature_lengths={'inputs': bench.input_length, 'targets': bench.target_length})
+        vocabulary,
+        gkd=gkd,
+        inputs_bidirectional_attention=True,
+        task_feature_lengths={'inputs': bench.input_length, 'targets': bench.target_length},
+    )
   return models.GKDModel(
       network.Transformer(bench.student.t5_config(bench.vocab_size)),
-      network.Transformer(bench.teacher.t5_config(bench.vocab_size)), vocabulary, vocabulary,
-      gkd=gkd)
+      network.Transformer(bench.teacher.t5_config(bench.vocab_size)),
+      vocabulary,
+      vocabulary,
+      gkd=gkd,
+  )
 
 
 def xla_flops(compiled) -> float:
@@ -316,6 +372,7 @@ def xla_flops(compiled) -> float:
 @dataclasses.dataclass
 class StepTiming:
   """A compiled train step, its compile time and timed runs, and what it was run with."""
+
   model: models.GKDModelBase
   params: object
   teacher_params: object
@@ -326,8 +383,15 @@ class StepTiming:
   sample_lengths: List[float]
 
 
-def time_step(bench: Bench, lmbda: float, batch: Dict[str, jnp.ndarray], step_keys: jnp.ndarray,
-              steps: int, warmup: int, name: str) -> StepTiming:
+def time_step(
+    bench: Bench,
+    lmbda: float,
+    batch: Dict[str, jnp.ndarray],
+    step_keys: jnp.ndarray,
+    steps: int,
+    warmup: int,
+    name: str,
+) -> StepTiming:
   """Compiles `value_and_grad(loss_fn)` of a model with this lambda and times its steps (one
   step key each)."""
   model = make_model(bench, lmbda)
@@ -352,10 +416,19 @@ def time_step(bench: Bench, lmbda: float, batch: Dict[str, jnp.ndarray], step_ke
   log(f'[{name}] timing {steps} lambda={lmbda:g} steps after {warmup} warm-up steps')
   seconds = time_runs(run, steps, warmup)
   # Sample statistics exist for models that may sample (here: lambda = 1) only.
-  sample_lengths = [float(m['sample_length'].compute()) for m in metrics[warmup:]
-                    if 'sample_length' in m]
-  return StepTiming(model, params, mutables[models.TEACHER_COLLECTION], compiled, traced.jaxpr,
-                    compile_s, seconds, sample_lengths)
+  sample_lengths = [
+      float(m['sample_length'].compute()) for m in metrics[warmup:] if 'sample_length' in m
+  ]
+  return StepTiming(
+      model,
+      params,
+      mutables[models.TEACHER_COLLECTION],
+      compiled,
+      traced.jaxpr,
+      compile_s,
+      seconds,
+      sample_lengths,
+  )
 
 
 def run_bench(name: str, bench: Bench, steps: int, warmup: int) -> Dict[str, object]:
@@ -376,8 +449,15 @@ def run_bench(name: str, bench: Bench, steps: int, warmup: int) -> Dict[str, obj
   @jax.jit
   def sample(p, rng):
     return objective.sample_sequences(
-        student(p), prompt, rng=rng, batch_size=bench.batch_size, length=bench.target_length,
-        max_decode_length=bench.target_length, temperature=1.0, eos_id=EOS_ID)
+        student(p),
+        prompt,
+        rng=rng,
+        batch_size=bench.batch_size,
+        length=bench.target_length,
+        max_decode_length=bench.target_length,
+        temperature=1.0,
+        eos_id=EOS_ID,
+    )
 
   @jax.jit
   def teacher_forward(p):
@@ -385,24 +465,30 @@ def run_bench(name: str, bench: Bench, steps: int, warmup: int) -> Dict[str, obj
     return teacher.logits(teacher.read_prompt(inputs), objective.shift_right(targets), targets)
 
   log(f'[{name}] timing sampling alone and the teacher forward pass')
-  sample_s = statistics.median(
-      time_runs(lambda k: sample(params, step_keys[k]), steps, warmup))
+  sample_s = statistics.median(time_runs(lambda k: sample(params, step_keys[k]), steps, warmup))
   teacher_forward_s = statistics.median(
-      time_runs(lambda _: teacher_forward(teacher_params), steps, warmup))
+      time_runs(lambda _: teacher_forward(teacher_params), steps, warmup)
+  )
 
   log(f'[{name}] measuring matmul throughput ({MATMUL_SIZE}^3 float32)')
   throughput = matmul_throughput()
   lengths = (bench.batch_size, bench.input_length, bench.target_length)
   count = decoder_only_matmul_flops if bench.decoder_only else matmul_flops
-  flops = step_flops(count(model.module.config, *lengths),
-                     count(model.teacher_module.config, *lengths))
-  measured = {'step_lambda1': statistics.median(on_policy.seconds),
-              'step_lambda0': statistics.median(supervised.seconds),
-              'sample': sample_s, 'teacher_forward': teacher_forward_s}
+  flops = step_flops(
+      count(model.module.config, *lengths), count(model.teacher_module.config, *lengths)
+  )
+  measured = {
+      'step_lambda1': statistics.median(on_policy.seconds),
+      'step_lambda0': statistics.median(supervised.seconds),
+      'sample': sample_s,
+      'teacher_forward': teacher_forward_s,
+  }
   bound = {part: flops[part] / throughput for part in flops}
   compiled = {'lambda1': on_policy.compiled, 'lambda0': supervised.compiled}
-  traced = {tag: program_stats(timing.jaxpr, bench.target_length)
-            for tag, timing in (('lambda1', on_policy), ('lambda0', supervised))}
+  traced = {
+      tag: program_stats(timing.jaxpr, bench.target_length)
+      for tag, timing in (('lambda1', on_policy), ('lambda0', supervised))
+  }
   return {
       'config': name,
       'step_lambda1_s': measured['step_lambda1'],
@@ -420,19 +506,30 @@ def run_bench(name: str, bench: Bench, steps: int, warmup: int) -> Dict[str, obj
       'fraction_of_bound': {part: bound[part] / measured[part] for part in flops},
       'while_loops': {
           'jaxpr': {tag: stats[1] for tag, stats in traced.items()},
-          'compiled_hlo': {tag: len(re.findall(r'\swhile\(', c.as_text()))
-                           for tag, c in compiled.items()}},
+          'compiled_hlo': {
+              tag: len(re.findall(r'\swhile\(', c.as_text())) for tag, c in compiled.items()
+          },
+      },
       'params_student': count_params(params),
       'params_teacher': count_params(teacher_params),
       'sample_length': statistics.mean(on_policy.sample_lengths),
-      'shapes': {'batch': bench.batch_size, 'input_length': bench.input_length,
-                 'target_length': bench.target_length, 'vocab': bench.vocab_size},
+      'shapes': {
+          'batch': bench.batch_size,
+          'input_length': bench.input_length,
+          'target_length': bench.target_length,
+          'vocab': bench.vocab_size,
+      },
       'student': dataclasses.asdict(bench.student),
       'teacher': dataclasses.asdict(bench.teacher),
       'architecture': bench.architecture,
-      'divergence': f'jsd({bench.beta:g})', 'dtype': 'float32', 'dropout': 0.0,
-      'steps': steps, 'warmup': warmup, 'backend': jax.default_backend(),
-      'device': jax.devices()[0].device_kind, 'jax_version': jax.__version__,
+      'divergence': f'jsd({bench.beta:g})',
+      'dtype': 'float32',
+      'dropout': 0.0,
+      'steps': steps,
+      'warmup': warmup,
+      'backend': jax.default_backend(),
+      'device': jax.devices()[0].device_kind,
+      'jax_version': jax.__version__,
   }
 
 

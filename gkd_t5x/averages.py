@@ -23,6 +23,7 @@ class Average:
     total: [] float32, the sum of the averaged values (each times its weight).
     count: [] int32, the sum of the weights.
   """
+
   total: jax.Array
   count: jax.Array
 
@@ -46,5 +47,6 @@ def compute_merged(steps: Sequence[Mapping[str, Any]]) -> Dict[str, float]:
   for metrics in steps[1:]:
     merged = {name: merged[name].merge(metric) for name, metric in metrics.items()}
   merged = jax.device_get(merged)
-  return {name: float(metric.compute()) for name, metric in merged.items()
-          if float(metric.count) > 0}
+  return {
+      name: float(metric.compute()) for name, metric in merged.items() if float(metric.count) > 0
+  }

@@ -106,9 +106,9 @@ def evaluate_expression(expression: str) -> Number:
 def format_result(value: Number) -> str:
   """A calculator result as written in annotations: integers exactly ('24', '-3'), other values
   rounded to 6 decimals without trailing zeros ('0.5', '0.333333')."""
-  scaled = round(fractions.Fraction(value) * 10 ** _DECIMALS)
+  scaled = round(fractions.Fraction(value) * 10**_DECIMALS)
   sign = '-' if scaled < 0 else ''
-  whole, fraction = divmod(abs(scaled), 10 ** _DECIMALS)
+  whole, fraction = divmod(abs(scaled), 10**_DECIMALS)
   if not fraction:
     return f'{sign}{whole}'
   return f'{sign}{whole}.{fraction:0{_DECIMALS}d}'.rstrip('0')
@@ -120,6 +120,7 @@ def calculator(text: str) -> str:
   '<<2*3=7>>' becomes '<<2*3=6>>'. An annotation whose expression the calculator does not take
   (see `evaluate_expression`) is left as it is; the text outside annotations never changes.
   """
+
   def correct(match: re.Match) -> str:
     try:
       value = evaluate_expression(match.group(1))
@@ -147,10 +148,9 @@ def complete_calculator_annotation(prefix: str) -> Optional[str]:
     return None
 
 
-
-
-def _forced_ids(vocabulary: vocabularies.Vocabulary, prefix_ids: Sequence[int], text: str,
-                completion: str) -> List[int]:
+def _forced_ids(
+    vocabulary: vocabularies.Vocabulary, prefix_ids: Sequence[int], text: str, completion: str
+) -> List[int]:
   """Ids that continue `prefix_ids` (which decode to `text`) with `completion`.
 
   The continuation is read off the encoding of `text + completion` where that encoding starts
@@ -158,13 +158,14 @@ def _forced_ids(vocabulary: vocabularies.Vocabulary, prefix_ids: Sequence[int], 
   tokenizer would have split the emitted text differently) `completion` is encoded alone.
   """
   full = list(vocabulary.encode(text + completion))
-  if full[:len(prefix_ids)] == list(prefix_ids) and len(full) > len(prefix_ids):
-    return full[len(prefix_ids):]
+  if full[: len(prefix_ids)] == list(prefix_ids) and len(full) > len(prefix_ids):
+    return full[len(prefix_ids) :]
   return list(vocabulary.encode(completion))
 
 
-def calculator_forcing(vocabulary: vocabularies.Vocabulary, vocab_size: int, *,
-                       max_forced: int = 16) -> decoding.TokenForcing:
+def calculator_forcing(
+    vocabulary: vocabularies.Vocabulary, vocab_size: int, *, max_forced: int = 16
+) -> decoding.TokenForcing:
   """The `decoding.TokenForcing` of the calculator for a model's output vocabulary.
 
   Args:
@@ -177,8 +178,10 @@ def calculator_forcing(vocabulary: vocabularies.Vocabulary, vocab_size: int, *,
     TokenForcing whose trigger ids are the tokens whose text contains '='.
   """
   if vocab_size < vocabulary.vocab_size:
-    raise ValueError(f'vocab_size = {vocab_size} is smaller than the vocabulary\'s '
-                     f'{vocabulary.vocab_size} ids.')
+    raise ValueError(
+        f"vocab_size = {vocab_size} is smaller than the vocabulary's "
+        f'{vocabulary.vocab_size} ids.'
+    )
   trigger = np.zeros((vocab_size,), bool)
   for token_id in range(vocabulary.vocab_size):
     trigger[token_id] = '=' in vocabulary.decode([token_id])
@@ -186,12 +189,12 @@ def calculator_forcing(vocabulary: vocabularies.Vocabulary, vocab_size: int, *,
   def host(tokens_BxL: np.ndarray, step: np.ndarray, ask_B: np.ndarray) -> np.ndarray:
     forced_BxF = np.zeros((tokens_BxL.shape[0], max_forced), np.int32)
     for row in np.flatnonzero(ask_B):
-      prefix_ids = [int(i) for i in tokens_BxL[row, :int(step) + 1]]
+      prefix_ids = [int(i) for i in tokens_BxL[row, : int(step) + 1]]
       text = vocabulary.decode(prefix_ids)
       completion = complete_calculator_annotation(text)
       if completion is not None:
         ids = _forced_ids(vocabulary, prefix_ids, text, completion)[:max_forced]
-        forced_BxF[row, :len(ids)] = ids
+        forced_BxF[row, : len(ids)] = ids
     return forced_BxF
 
   def fn(tokens_BxL: jnp.ndarray, step: jnp.ndarray, ask_B: jnp.ndarray) -> jnp.ndarray:

@@ -52,28 +52,37 @@ class CheckpointError(ValueError):
   """A checkpoint path that is missing, unreadable or does not fit the model."""
 
 
-def make_manager(model_dir: str, *, keep: Optional[int],
-                 async_save: bool = True) -> ocp.CheckpointManager:
+def make_manager(
+    model_dir: str, *, keep: Optional[int], async_save: bool = True
+) -> ocp.CheckpointManager:
   """The run's checkpoint manager, keeping the last `keep` steps; the caller picks the steps
   to save (orbax's own interval policy would also save whichever step comes first)."""
   # orbax writes into the parent directory when the run directory does not exist yet.
   model_dir = _absolute(model_dir)
   model_dir.mkdir(parents=True, exist_ok=True)
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=keep, step_prefix=STEP_PREFIX,
-      enable_async_checkpointing=async_save)
+      max_to_keep=keep, step_prefix=STEP_PREFIX, enable_async_checkpointing=async_save
+  )
   return ocp.CheckpointManager(model_dir, options=options, item_names=(STATE_ITEM, DATASET_ITEM))
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: PyTree, batches_consumed: int) -> None:
   """Saves the train state {'target', 'opt_state', 'step'} and the data position."""
-  manager.save(step, force=True, args=ocp.args.Composite(**{
-      STATE_ITEM: ocp.args.StandardSave(state),
-      DATASET_ITEM: ocp.args.JsonSave({'batches_consumed': int(batches_consumed)})}))
+  manager.save(
+      step,
+      force=True,
+      args=ocp.args.Composite(
+          **{
+              STATE_ITEM: ocp.args.StandardSave(state),
+              DATASET_ITEM: ocp.args.JsonSave({'batches_consumed': int(batches_consumed)}),
+          }
+      ),
+  )
 
 
-def restore_latest(manager: ocp.CheckpointManager,
-                   abstract_state: PyTree) -> Optional[Tuple[PyTree, int]]:
+def restore_latest(
+    manager: ocp.CheckpointManager, abstract_state: PyTree
+) -> Optional[Tuple[PyTree, int]]:
   """(state, batches_consumed) of the latest checkpoint, or None if the run has none.
 
   Args:
@@ -83,9 +92,15 @@ def restore_latest(manager: ocp.CheckpointManager,
   step = manager.latest_step()
   if step is None:
     return None
-  restored = manager.restore(step, args=ocp.args.Composite(**{
-      STATE_ITEM: ocp.args.StandardRestore(abstract_state),
-      DATASET_ITEM: ocp.args.JsonRestore()}))
+  restored = manager.restore(
+      step,
+      args=ocp.args.Composite(
+          **{
+              STATE_ITEM: ocp.args.StandardRestore(abstract_state),
+              DATASET_ITEM: ocp.args.JsonRestore(),
+          }
+      ),
+  )
   return restored[STATE_ITEM], restored[DATASET_ITEM]['batches_consumed']
 
 
@@ -112,13 +127,17 @@ def resolve_step_dir(path: str, setting: str) -> epath.Path:
     raise CheckpointError(f'{setting} = {path!r} does not exist.')
   if _is_step_dir(directory):
     return directory
-  steps = sorted((int(match.group(1)), child) for child in directory.iterdir()
-                 if (match := _STEP_DIR.match(child.name)) and _is_step_dir(child))
+  steps = sorted(
+      (int(match.group(1)), child)
+      for child in directory.iterdir()
+      if (match := _STEP_DIR.match(child.name)) and _is_step_dir(child)
+  )
   if not steps:
     raise CheckpointError(
         f'{setting} = {path!r} is neither a checkpoint step directory (an orbax {STATE_ITEM!r} '
         f'item or a T5X {MSGPACK_FILE!r} msgpack file) nor a model directory holding '
-        f'{STEP_PREFIX}_<step> directories.')
+        f'{STEP_PREFIX}_<step> directories.'
+    )
   return steps[-1][1]
 
 
@@ -143,12 +162,15 @@ def restore_params(path: str, abstract_params: PyTree, *, setting: str) -> PyTre
   except CheckpointError:
     raise
   except Exception as error:  # orbax and tensorstore raise many types for unreadable files.
-    raise CheckpointError(f'{setting} = {path!r}: could not restore params from '
-                          f'{os.fspath(step_dir)}: {type(error).__name__}: {error}') from error
+    raise CheckpointError(
+        f'{setting} = {path!r}: could not restore params from '
+        f'{os.fspath(step_dir)}: {type(error).__name__}: {error}'
+    ) from error
 
 
-def _restore_orbax(step_dir: epath.Path, abstract_params: PyTree, path: str,
-                   setting: str) -> PyTree:
+def _restore_orbax(
+    step_dir: epath.Path, abstract_params: PyTree, path: str, setting: str
+) -> PyTree:
   # Shapes are checked on the metadata first: a restore that fails half-way leaves orbax's
   # reads pending, and the mismatch deserves a message that names the param.
   metadata = ocp.PyTreeCheckpointer().metadata(step_dir / STATE_ITEM)
@@ -157,7 +179,8 @@ def _restore_orbax(step_dir: epath.Path, abstract_params: PyTree, path: str,
   restore_args = {PARAMS_KEY: ocp.checkpoint_utils.construct_restore_args(abstract_params)}
   restored = ocp.PyTreeCheckpointer().restore(
       step_dir / STATE_ITEM,
-      args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True))
+      args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True),
+  )
   return restored[PARAMS_KEY]
 
 
@@ -184,31 +207,39 @@ def _absolute_spec(spec: Mapping[str, Any], step_dir: epath.Path) -> dict:
   relative = kvstore.pop('path', None) or spec.pop('path')
   location = os.fspath(step_dir)
   if location.startswith('gs://'):
-    bucket, _, prefix = location[len('gs://'):].partition('/')
-    spec['kvstore'] = {'driver': 'gcs', 'bucket': bucket,
-                       'path': posixpath.join(prefix, relative)}
+    bucket, _, prefix = location[len('gs://') :].partition('/')
+    spec['kvstore'] = {'driver': 'gcs', 'bucket': bucket, 'path': posixpath.join(prefix, relative)}
   else:
     spec['kvstore'] = {'driver': 'file', 'path': os.path.join(location, relative)}
   return spec
 
 
-def _restore_msgpack(step_dir: epath.Path, abstract_params: PyTree, path: str,
-                     setting: str) -> PyTree:
+def _restore_msgpack(
+    step_dir: epath.Path, abstract_params: PyTree, path: str, setting: str
+) -> PyTree:
   contents = serialization.msgpack_restore((step_dir / MSGPACK_FILE).read_bytes())
   state = contents.get('optimizer', contents)
   if PARAMS_KEY not in state:
-    raise CheckpointError(f'{setting} = {path!r}: the msgpack checkpoint in '
-                          f'{os.fspath(step_dir)} has no {PARAMS_KEY!r} params.')
+    raise CheckpointError(
+        f'{setting} = {path!r}: the msgpack checkpoint in '
+        f'{os.fspath(step_dir)} has no {PARAMS_KEY!r} params.'
+    )
   # Tensorstore specs are dicts, so the walk stops at leaves of the expected tree.
-  stored = jax.tree_util.tree_map(lambda _, leaf: _StoredArray(leaf), abstract_params,
-                                  _select(state[PARAMS_KEY], abstract_params, path, setting))
+  stored = jax.tree_util.tree_map(
+      lambda _, leaf: _StoredArray(leaf),
+      abstract_params,
+      _select(state[PARAMS_KEY], abstract_params, path, setting),
+  )
   _check_shapes(stored, abstract_params, path, setting)
 
   async def read(spec: jax.ShapeDtypeStruct, stored_array: _StoredArray) -> jax.Array:
     if isinstance(stored_array.leaf, Mapping):
       return await array_serialization.async_deserialize(
-          spec.sharding, _absolute_spec(stored_array.leaf, step_dir), global_shape=spec.shape,
-          dtype=spec.dtype)
+          spec.sharding,
+          _absolute_spec(stored_array.leaf, step_dir),
+          global_shape=spec.shape,
+          dtype=spec.dtype,
+      )
     value = np.asarray(stored_array.leaf, spec.dtype)
     return jax.make_array_from_callback(spec.shape, spec.sharding, lambda index: value[index])
 
@@ -217,6 +248,7 @@ def _restore_msgpack(step_dir: epath.Path, abstract_params: PyTree, path: str,
 
   async def read_all():
     return await asyncio.gather(*map(read, leaves, stored_leaves))
+
   return jax.tree_util.tree_unflatten(treedef, asyncio.run(read_all()))
 
 
@@ -228,9 +260,11 @@ def _select(tree: Any, abstract_params: PyTree, path: str, setting: str) -> Any:
   selected = {}
   for name, subtree in abstract_params.items():
     if not isinstance(tree, Mapping) or name not in tree:
-      raise CheckpointError(f'{setting} = {path!r}: the checkpoint has no param {name!r} '
-                            f'(it has {sorted(tree) if isinstance(tree, Mapping) else tree}). '
-                            'Does the model config match the checkpoint?')
+      raise CheckpointError(
+          f'{setting} = {path!r}: the checkpoint has no param {name!r} '
+          f'(it has {sorted(tree) if isinstance(tree, Mapping) else tree}). '
+          'Does the model config match the checkpoint?'
+      )
     selected[name] = _select(tree[name], subtree, path, setting)
   return selected if isinstance(abstract_params, dict) else type(abstract_params)(selected)
 
@@ -245,14 +279,17 @@ def _check_shapes(stored: PyTree, abstract_params: PyTree, path: str, setting: s
       raise CheckpointError(
           f'{setting} = {path!r}: param {jax.tree_util.keystr(key)} has shape '
           f'{None if value is None else value.shape} in the checkpoint, the model expects '
-          f'{spec.shape}. Does the model config match the checkpoint?')
+          f'{spec.shape}. Does the model config match the checkpoint?'
+      )
 
 
 def abstract_tree(tree: PyTree, shardings: PyTree) -> PyTree:
   """`jax.ShapeDtypeStruct`s of `tree`'s leaves with the given shardings."""
   return jax.tree_util.tree_map(
       lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
-      tree, shardings)
+      tree,
+      shardings,
+  )
 
 
 def export_params(path: str, output_dir: str) -> epath.Path:

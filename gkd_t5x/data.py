@@ -22,12 +22,12 @@ import difflib
 import importlib
 from typing import Mapping, Optional
 
-import gin
 import jax
 import numpy as np
 import seqio
 import tensorflow as tf
 
+import gin
 from gkd_t5x import partitioning
 
 Batch = Mapping[str, np.ndarray]
@@ -50,6 +50,7 @@ class DatasetConfig:
     module: a module to import before the lookup, which registers the task
       (gin: MIXTURE_OR_TASK_MODULE).
   """
+
   mixture_or_task_name: str
   task_feature_lengths: Mapping[str, int]
   split: str
@@ -73,7 +74,8 @@ def get_task(config: DatasetConfig) -> seqio.Task:
         f'Unknown task or mixture MIXTURE_OR_TASK_NAME = {name!r}'
         + (f'; did you mean one of {close}?' if close else '.')
         + ' Registered tasks come from MIXTURE_OR_TASK_MODULE '
-        f'(here {config.module!r}; this project\'s are in gkd_t5x.tasks).')
+        f"(here {config.module!r}; this project's are in gkd_t5x.tasks)."
+    )
   return seqio.get_mixture_or_task(name)
 
 
@@ -92,24 +94,34 @@ def validate(config: DatasetConfig, num_data_shards: int = 1) -> seqio.Task:
   features = set(task.output_features)
   lengths = dict(config.task_feature_lengths)
   if set(lengths) != features:
-    raise ValueError(f'TASK_FEATURE_LENGTHS has features {sorted(lengths)}, but task '
-                     f'{config.mixture_or_task_name!r} has features {sorted(features)}.')
+    raise ValueError(
+        f'TASK_FEATURE_LENGTHS has features {sorted(lengths)}, but task '
+        f'{config.mixture_or_task_name!r} has features {sorted(features)}.'
+    )
   for feature, length in lengths.items():
     if not isinstance(length, int) or length < 1:
-      raise ValueError(f'TASK_FEATURE_LENGTHS[{feature!r}] must be a positive int, got '
-                       f'{length!r}.')
+      raise ValueError(f'TASK_FEATURE_LENGTHS[{feature!r}] must be a positive int, got {length!r}.')
   if config.split not in task.splits:
-    raise ValueError(f'Task {config.mixture_or_task_name!r} has no split {config.split!r}; '
-                     f'its splits are {sorted(task.splits)}.')
+    raise ValueError(
+        f'Task {config.mixture_or_task_name!r} has no split {config.split!r}; '
+        f'its splits are {sorted(task.splits)}.'
+    )
   if config.batch_size < 1 or config.batch_size % num_data_shards:
-    raise ValueError(f'BATCH_SIZE = {config.batch_size} must be a positive multiple of the '
-                     f'number of data shards ({num_data_shards}: the mesh\'s data axis).')
+    raise ValueError(
+        f'BATCH_SIZE = {config.batch_size} must be a positive multiple of the '
+        f"number of data shards ({num_data_shards}: the mesh's data axis)."
+    )
   return task
 
 
-def get_dataset(config: DatasetConfig, feature_converter: seqio.FeatureConverter, *,
-                repeat: bool, start_batch: int = 0,
-                drop_remainder: bool = True) -> tf.data.Dataset:
+def get_dataset(
+    config: DatasetConfig,
+    feature_converter: seqio.FeatureConverter,
+    *,
+    repeat: bool,
+    start_batch: int = 0,
+    drop_remainder: bool = True,
+) -> tf.data.Dataset:
   """This host's batches of model features.
 
   Args:
@@ -124,9 +136,15 @@ def get_dataset(config: DatasetConfig, feature_converter: seqio.FeatureConverter
   """
   validate(config)
   dataset = seqio.get_dataset(
-      config.mixture_or_task_name, task_feature_lengths=dict(config.task_feature_lengths),
-      dataset_split=config.split, shuffle=config.shuffle, num_epochs=None if repeat else 1,
-      feature_converter=feature_converter, use_cached=config.use_cached, seed=config.seed)
+      config.mixture_or_task_name,
+      task_feature_lengths=dict(config.task_feature_lengths),
+      dataset_split=config.split,
+      shuffle=config.shuffle,
+      num_epochs=None if repeat else 1,
+      feature_converter=feature_converter,
+      use_cached=config.use_cached,
+      seed=config.seed,
+  )
   dataset = dataset.batch(config.batch_size, drop_remainder=drop_remainder)
   if start_batch:
     dataset = dataset.skip(start_batch)
@@ -143,15 +161,19 @@ def make_global_batch(batch: Batch, mesh: jax.sharding.Mesh) -> Mapping[str, jax
   sharding = partitioning.batch_sharding(mesh)
   rows = len(next(iter(batch.values()))) // jax.process_count()
   start = jax.process_index() * rows
-  return {name: jax.make_array_from_process_local_data(
-              sharding, np.asarray(value)[start:start + rows], np.shape(value))
-          for name, value in batch.items()}
+  return {
+      name: jax.make_array_from_process_local_data(
+          sharding, np.asarray(value)[start : start + rows], np.shape(value)
+      )
+      for name, value in batch.items()
+  }
 
 
 def pad_batch(batch: Batch, batch_size: int) -> Batch:
   """Pads every feature's rows with zeros up to `batch_size` (a last, short eval batch)."""
+
   def pad(value):
     value = np.asarray(value)
     return np.pad(value, [(0, batch_size - value.shape[0])] + [(0, 0)] * (value.ndim - 1))
-  return {name: pad(value) for name, value in batch.items()}
 
+  return {name: pad(value) for name, value in batch.items()}

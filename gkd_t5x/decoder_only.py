@@ -31,11 +31,11 @@ import dataclasses
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 import flax.linen as nn
-import gin
 import jax
 from jax import lax
 import jax.numpy as jnp
 
+import gin
 from gkd_t5x import layers
 from gkd_t5x import network
 
@@ -55,6 +55,7 @@ class DecoderOnlyConfig:
   float32. `mlp_activations` are drawn from the activations `layers.MlpBlock` implements; a
   single one gives T5X's `mlp/wi`, several a gated unit with `mlp/wi_0`, `mlp/wi_1`, ...
   """
+
   vocab_size: int
   emb_dim: int = 512
   num_heads: int = 8
@@ -72,26 +73,35 @@ class DecoderOnlyConfig:
       if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f'DecoderOnlyConfig.{name} must be a positive int, got {value!r}.')
     if not 0.0 <= self.dropout_rate < 1.0:
-      raise ValueError('DecoderOnlyConfig.dropout_rate must be in [0, 1), got '
-                       f'{self.dropout_rate!r}.')
+      raise ValueError(
+          f'DecoderOnlyConfig.dropout_rate must be in [0, 1), got {self.dropout_rate!r}.'
+      )
     if isinstance(self.mlp_activations, str):
-      raise ValueError('DecoderOnlyConfig.mlp_activations must be a sequence of names, e.g. '
-                       f"('relu',), got the string {self.mlp_activations!r}.")
-    allowed = sorted(layers._ACTIVATIONS)  # pylint: disable=protected-access
+      raise ValueError(
+          'DecoderOnlyConfig.mlp_activations must be a sequence of names, e.g. '
+          f"('relu',), got the string {self.mlp_activations!r}."
+      )
+    allowed = sorted(layers._ACTIVATIONS)
     activations = tuple(self.mlp_activations)
     if not activations or any(name not in allowed for name in activations):
-      raise ValueError('DecoderOnlyConfig.mlp_activations must be a non-empty sequence of '
-                       f'{allowed}, got {self.mlp_activations!r}.')
+      raise ValueError(
+          'DecoderOnlyConfig.mlp_activations must be a non-empty sequence of '
+          f'{allowed}, got {self.mlp_activations!r}.'
+      )
     if not isinstance(self.logits_via_embedding, bool):
-      raise ValueError('DecoderOnlyConfig.logits_via_embedding must be a bool, got '
-                       f'{self.logits_via_embedding!r}.')
+      raise ValueError(
+          'DecoderOnlyConfig.logits_via_embedding must be a bool, got '
+          f'{self.logits_via_embedding!r}.'
+      )
     try:
       dtype = jnp.dtype(self.dtype)
     except TypeError:
       dtype = None
     if dtype is None or dtype.name not in _ACTIVATION_DTYPES:
-      raise ValueError(f'DecoderOnlyConfig.dtype must be one of {list(_ACTIVATION_DTYPES)}, '
-                       f'got {self.dtype!r}.')
+      raise ValueError(
+          f'DecoderOnlyConfig.dtype must be one of {list(_ACTIVATION_DTYPES)}, '
+          f'got {self.dtype!r}.'
+      )
     object.__setattr__(self, 'mlp_activations', activations)
     object.__setattr__(self, 'dtype', dtype)
 
@@ -109,19 +119,27 @@ class DecoderOnlyLayer(nn.Module):
   `DecoderOnlyTransformer.init_cache`) it first writes its inputs' keys and values into the
   cache and attends over the whole cache.
   """
+
   config: DecoderOnlyConfig
 
   def setup(self):
     cfg = self.config
     self.pre_self_attention_layer_norm = layers.LayerNorm(dtype=cfg.dtype)
     self.self_attention = layers.MultiHeadDotProductAttention(
-        cfg.num_heads, cfg.head_dim, cfg.emb_dim, cfg.dropout_rate, dtype=cfg.dtype)
+        cfg.num_heads, cfg.head_dim, cfg.emb_dim, cfg.dropout_rate, dtype=cfg.dtype
+    )
     self.pre_mlp_layer_norm = layers.LayerNorm(dtype=cfg.dtype)
     self.mlp = layers.MlpBlock(cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, cfg.dtype)
     self.dropout = nn.Dropout(rate=cfg.dropout_rate, broadcast_dims=(-2,))
 
-  def __call__(self, x: Array, bias: Array, deterministic: bool, cache: Optional[Cache] = None,
-               columns: Optional[Array] = None) -> Tuple[Array, Optional[Cache]]:
+  def __call__(
+      self,
+      x: Array,
+      bias: Array,
+      deterministic: bool,
+      cache: Optional[Cache] = None,
+      columns: Optional[Array] = None,
+  ) -> Tuple[Array, Optional[Cache]]:
     """One layer.
 
     Args:
@@ -139,8 +157,10 @@ class DecoderOnlyLayer(nn.Module):
       y = self.self_attention(y, y, bias, deterministic)
     else:
       key, value = self.self_attention.project_kv(y)
-      cache = {'key': write_columns(cache['key'], key, columns),
-               'value': write_columns(cache['value'], value, columns)}
+      cache = {
+          'key': write_columns(cache['key'], key, columns),
+          'value': write_columns(cache['value'], value, columns),
+      }
       y = self.self_attention.attend(y, cache['key'], cache['value'], bias, deterministic)
     x = x + self.dropout(y, deterministic=deterministic)
     y = self.mlp(self.pre_mlp_layer_norm(x), deterministic)
@@ -156,20 +176,26 @@ class Decoder(nn.Module):
   Callers give the attention masks as additive biases; the relative position biases are added
   here.
   """
+
   config: DecoderOnlyConfig
 
   def setup(self):
     cfg = self.config
     self.token_embedder = layers.Embed(cfg.vocab_size, cfg.emb_dim, dtype=cfg.dtype)
     self.relpos_bias = layers.RelativePositionBiases(
-        network.RELPOS_NUM_BUCKETS, network.RELPOS_MAX_DISTANCE, cfg.num_heads,
-        bidirectional=False, dtype=cfg.dtype)
+        network.RELPOS_NUM_BUCKETS,
+        network.RELPOS_MAX_DISTANCE,
+        cfg.num_heads,
+        bidirectional=False,
+        dtype=cfg.dtype,
+    )
     self.layers = [DecoderOnlyLayer(cfg) for _ in range(cfg.num_layers)]
     self.decoder_norm = layers.LayerNorm(dtype=cfg.dtype)
     self.dropout = nn.Dropout(rate=cfg.dropout_rate, broadcast_dims=(-2,))
     if not cfg.logits_via_embedding:
-      self.logits_dense = layers.DenseGeneral(cfg.vocab_size, kernel_axes=('embed', 'vocab'),
-                                              dtype=jnp.float32)
+      self.logits_dense = layers.DenseGeneral(
+          cfg.vocab_size, kernel_axes=('embed', 'vocab'), dtype=jnp.float32
+      )
 
   def _embed(self, tokens: Array, deterministic: bool) -> Array:
     y = self.token_embedder(tokens.astype(jnp.int32))
@@ -185,8 +211,7 @@ class Decoder(nn.Module):
       logits = jnp.dot(y.astype(jnp.float32), table_VxE.T) / jnp.sqrt(y.shape[-1])
     else:
       logits = self.logits_dense(y)
-    return layers.with_sharding_constraint(logits.astype(jnp.float32),
-                                           ('batch', 'length', 'vocab'))
+    return layers.with_sharding_constraint(logits.astype(jnp.float32), ('batch', 'length', 'vocab'))
 
   def __call__(self, tokens_BxL: Array, mask_bias: Array, deterministic: bool) -> Array:
     """Teacher-forced: [B, L] tokens with [B, 1, L, L] mask bias -> [B, L, V] logits."""
@@ -197,8 +222,9 @@ class Decoder(nn.Module):
       y, _ = layer(y, bias, deterministic)
     return self._logits(y, deterministic)
 
-  def _cached(self, tokens_BxQ: Array, bias: Array, cache: Cache,
-              columns_B: Array) -> Tuple[Array, Cache]:
+  def _cached(
+      self, tokens_BxQ: Array, bias: Array, cache: Cache, columns_B: Array
+  ) -> Tuple[Array, Cache]:
     """Q tokens per row written from cache column `columns_B` -> ([B, Q, E], layer caches)."""
     y = self._embed(tokens_BxQ, True)
     new_cache = {}
@@ -216,8 +242,9 @@ class Decoder(nn.Module):
     y, new_cache = self._cached(tokens_BxP, bias, cache, columns_B)
     return self._logits(y[:, -1:], True)[:, 0], new_cache
 
-  def step(self, tokens_Bx1: Array, columns_B: Array, mask_bias: Array,
-           cache: Cache) -> Tuple[Array, Cache]:
+  def step(
+      self, tokens_Bx1: Array, columns_B: Array, mask_bias: Array, cache: Cache
+  ) -> Tuple[Array, Cache]:
     """One token per row at cache column `columns_B` with [B, 1, 1, L_max] mask bias ->
     ([B, V] logits, layer caches)."""
     max_length = cache['layers_0']['key'].shape[1]
@@ -228,8 +255,11 @@ class Decoder(nn.Module):
     return self._logits(y, True)[:, 0], new_cache
 
 
-def decoder_mask(decoder_target_tokens: Array, decoder_causal_attention: Optional[Array] = None,
-                 decoder_segment_ids: Optional[Array] = None) -> Array:
+def decoder_mask(
+    decoder_target_tokens: Array,
+    decoder_causal_attention: Optional[Array] = None,
+    decoder_segment_ids: Optional[Array] = None,
+) -> Array:
   """T5X's decoder-only self-attention mask: [B, L] arrays -> [B, 1, L, L] bool.
 
   Causal, except that positions marked in `decoder_causal_attention` (a prefix LM's inputs)
@@ -242,8 +272,7 @@ def decoder_mask(decoder_target_tokens: Array, decoder_causal_attention: Optiona
     inputs = decoder_causal_attention > 0
     allowed = allowed | (inputs[:, None, :, None] & inputs[:, None, None, :])
   valid = decoder_target_tokens > 0
-  return allowed & layers.attention_mask(valid, valid, decoder_segment_ids,
-                                         decoder_segment_ids)
+  return allowed & layers.attention_mask(valid, valid, decoder_segment_ids, decoder_segment_ids)
 
 
 class DecoderOnlyTransformer(nn.Module):
@@ -259,18 +288,26 @@ class DecoderOnlyTransformer(nn.Module):
     'last_prompt_column': [B] int32, the last prompt column (P - 1), position 0's column;
     'last_prompt_token': [B] int32, the token there.
   """
+
   config: DecoderOnlyConfig
 
   def setup(self):
     self.decoder = Decoder(self.config)
 
-  def __call__(self, decoder_input_tokens: Array, decoder_target_tokens: Array,
-               decoder_segment_ids: Optional[Array] = None,
-               decoder_positions: Optional[Array] = None,
-               decoder_causal_attention: Optional[Array] = None, *,
-               enable_dropout: bool = True, decode: bool = False,
-               max_decode_length: Optional[int] = None, prefill: Optional[bool] = None,
-               prefill_lengths: Optional[Array] = None) -> Array:
+  def __call__(
+      self,
+      decoder_input_tokens: Array,
+      decoder_target_tokens: Array,
+      decoder_segment_ids: Optional[Array] = None,
+      decoder_positions: Optional[Array] = None,
+      decoder_causal_attention: Optional[Array] = None,
+      *,
+      enable_dropout: bool = True,
+      decode: bool = False,
+      max_decode_length: Optional[int] = None,
+      prefill: Optional[bool] = None,
+      prefill_lengths: Optional[Array] = None,
+  ) -> Array:
     """Teacher-forced [B, L, V] float32 logits (T5X's signature).
 
     Args:
@@ -291,11 +328,16 @@ class DecoderOnlyTransformer(nn.Module):
     """
     del decoder_positions, max_decode_length, prefill_lengths
     if decode or prefill:
-      raise ValueError('DecoderOnlyTransformer.__call__ is teacher-forced; decode with '
-                       'init_cache, prefill and decode_step.')
+      raise ValueError(
+          'DecoderOnlyTransformer.__call__ is teacher-forced; decode with '
+          'init_cache, prefill and decode_step.'
+      )
     mask = decoder_mask(decoder_target_tokens, decoder_causal_attention, decoder_segment_ids)
-    return self.decoder(decoder_input_tokens, layers.mask_to_bias(mask, self.config.dtype),
-                        deterministic=not enable_dropout)
+    return self.decoder(
+        decoder_input_tokens,
+        layers.mask_to_bias(mask, self.config.dtype),
+        deterministic=not enable_dropout,
+    )
 
   def init_cache(self, batch_size: int, max_length: int) -> Cache:
     """An empty cache of `max_length` columns (L_max >= P + the decoding steps - 1).
@@ -305,14 +347,22 @@ class DecoderOnlyTransformer(nn.Module):
     """
     cfg = self.config
     zeros = jnp.zeros((batch_size, max_length, cfg.num_heads, cfg.head_dim), cfg.dtype)
-    cache = {name: jnp.zeros((batch_size,), jnp.int32)
-             for name in ('first_column', 'last_prompt_column', 'last_prompt_token')}
+    cache = {
+        name: jnp.zeros((batch_size,), jnp.int32)
+        for name in ('first_column', 'last_prompt_column', 'last_prompt_token')
+    }
     for index in range(cfg.num_layers):
       cache[f'layers_{index}'] = {'key': zeros, 'value': zeros}
     return cache
 
-  def prefill(self, prompt_tokens: Array, prompt_lengths: Array, cache: Cache, *,
-              inputs_bidirectional_attention: bool = False) -> Tuple[Array, Cache]:
+  def prefill(
+      self,
+      prompt_tokens: Array,
+      prompt_lengths: Array,
+      cache: Cache,
+      *,
+      inputs_bidirectional_attention: bool = False,
+  ) -> Tuple[Array, Cache]:
     """Runs the left-padded prompts in one pass and fills the cache with their keys/values.
 
     Args:
@@ -330,19 +380,24 @@ class DecoderOnlyTransformer(nn.Module):
     batch, width = prompt_tokens.shape
     max_length = cache['layers_0']['key'].shape[1]
     if width > max_length:
-      raise ValueError(f'prefill: the prompt width P = {width} exceeds the cache length '
-                       f'L_max = {max_length}; make the cache with init_cache(batch_size, '
-                       'P + decoding steps - 1) or more.')
+      raise ValueError(
+          f'prefill: the prompt width P = {width} exceeds the cache length '
+          f'L_max = {max_length}; make the cache with init_cache(batch_size, '
+          'P + decoding steps - 1) or more.'
+      )
     first_B = width - jnp.asarray(prompt_lengths, jnp.int32)
     keys = jnp.arange(max_length)
     allowed = ((keys >= first_B[:, None]) & (keys < width))[:, None, None, :]
     if not inputs_bidirectional_attention:
       allowed = allowed & (keys[None, :] <= jnp.arange(width)[:, None])
     logits_BxV, layer_caches = self.decoder.prefill(
-        prompt_tokens, layers.mask_to_bias(allowed, self.config.dtype), cache)
-    prompt = {'first_column': first_B,
-              'last_prompt_column': jnp.full((batch,), width - 1, jnp.int32),
-              'last_prompt_token': prompt_tokens[:, -1].astype(jnp.int32)}
+        prompt_tokens, layers.mask_to_bias(allowed, self.config.dtype), cache
+    )
+    prompt = {
+        'first_column': first_B,
+        'last_prompt_column': jnp.full((batch,), width - 1, jnp.int32),
+        'last_prompt_token': prompt_tokens[:, -1].astype(jnp.int32),
+    }
     return logits_BxV, {**cache, **layer_caches, **prompt}
 
   def decode_step(self, tokens_Bx1: Array, cache: Cache, position: Array) -> Tuple[Array, Cache]:
@@ -367,6 +422,9 @@ class DecoderOnlyTransformer(nn.Module):
     keys = jnp.arange(cache['layers_0']['key'].shape[1])
     allowed = (keys >= cache['first_column'][:, None]) & (keys <= columns_B[:, None])
     logits_BxV, layer_caches = self.decoder.step(
-        tokens_Bx1, columns_B, layers.mask_to_bias(allowed[:, None, None, :], self.config.dtype),
-        cache)
+        tokens_Bx1,
+        columns_B,
+        layers.mask_to_bias(allowed[:, None, None, :], self.config.dtype),
+        cache,
+    )
     return logits_BxV, {**cache, **layer_caches}

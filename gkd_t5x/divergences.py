@@ -27,15 +27,22 @@ def _log_probs(logits: Array, temperature: float) -> Array:
   return jax.nn.log_softmax(logits.astype(dtype) / temperature, axis=-1)
 
 
-def _check(teacher_logits: Array, student_logits: Array, teacher_temperature: float,
-           student_temperature: float) -> None:
+def _check(
+    teacher_logits: Array,
+    student_logits: Array,
+    teacher_temperature: float,
+    student_temperature: float,
+) -> None:
   if teacher_logits.shape != student_logits.shape:
     raise ValueError(
         'teacher_logits and student_logits must have the same shape [..., vocab]; got '
         f'{teacher_logits.shape} and {student_logits.shape} (do teacher and student share a '
-        'vocabulary?)')
-  for name, value in (('teacher_temperature', teacher_temperature),
-                      ('student_temperature', student_temperature)):
+        'vocabulary?)'
+    )
+  for name, value in (
+      ('teacher_temperature', teacher_temperature),
+      ('student_temperature', student_temperature),
+  ):
     if not value > 0:
       raise ValueError(f'{name} must be > 0, got {value}.')
 
@@ -50,8 +57,13 @@ def _kl_from_log_probs(log_p: Array, log_q: Array) -> Array:
   return jnp.sum(jnp.exp(log_p) * (log_p - log_q), axis=-1)
 
 
-def forward_kl(teacher_logits: Array, student_logits: Array, *,
-               teacher_temperature: float = 1.0, student_temperature: float = 1.0) -> Array:
+def forward_kl(
+    teacher_logits: Array,
+    student_logits: Array,
+    *,
+    teacher_temperature: float = 1.0,
+    student_temperature: float = 1.0,
+) -> Array:
   """Forward KL, KL(P || Q): mode-covering; supervised KD minimizes it (paper Eq. 3).
 
   Args:
@@ -64,20 +76,35 @@ def forward_kl(teacher_logits: Array, student_logits: Array, *,
     [...] per-position KL(P || Q), float32 (float64 for float64 inputs).
   """
   _check(teacher_logits, student_logits, teacher_temperature, student_temperature)
-  return _kl_from_log_probs(_log_probs(teacher_logits, teacher_temperature),
-                            _log_probs(student_logits, student_temperature))
+  return _kl_from_log_probs(
+      _log_probs(teacher_logits, teacher_temperature),
+      _log_probs(student_logits, student_temperature),
+  )
 
 
-def reverse_kl(teacher_logits: Array, student_logits: Array, *,
-               teacher_temperature: float = 1.0, student_temperature: float = 1.0) -> Array:
+def reverse_kl(
+    teacher_logits: Array,
+    student_logits: Array,
+    *,
+    teacher_temperature: float = 1.0,
+    student_temperature: float = 1.0,
+) -> Array:
   """Reverse KL, KL(Q || P): mode-seeking. Arguments and result as in `forward_kl`."""
   _check(teacher_logits, student_logits, teacher_temperature, student_temperature)
-  return _kl_from_log_probs(_log_probs(student_logits, student_temperature),
-                            _log_probs(teacher_logits, teacher_temperature))
+  return _kl_from_log_probs(
+      _log_probs(student_logits, student_temperature),
+      _log_probs(teacher_logits, teacher_temperature),
+  )
 
 
-def generalized_jsd(teacher_logits: Array, student_logits: Array, *, beta: float,
-                    teacher_temperature: float = 1.0, student_temperature: float = 1.0) -> Array:
+def generalized_jsd(
+    teacher_logits: Array,
+    student_logits: Array,
+    *,
+    beta: float,
+    teacher_temperature: float = 1.0,
+    student_temperature: float = 1.0,
+) -> Array:
   """Generalized Jensen-Shannon divergence JSD(beta) of paper Eq. 1.
 
     JSD(beta)(P || Q) = beta KL(P || M) + (1 - beta) KL(Q || M),  M = beta P + (1 - beta) Q,
@@ -110,8 +137,13 @@ def generalized_jsd(teacher_logits: Array, student_logits: Array, *, beta: float
   return beta * _kl_from_log_probs(log_p, log_m) + (1.0 - beta) * _kl_from_log_probs(log_q, log_m)
 
 
-def total_variation(teacher_logits: Array, student_logits: Array, *,
-                    teacher_temperature: float = 1.0, student_temperature: float = 1.0) -> Array:
+def total_variation(
+    teacher_logits: Array,
+    student_logits: Array,
+    *,
+    teacher_temperature: float = 1.0,
+    student_temperature: float = 1.0,
+) -> Array:
   """Total variation distance TVD(P, Q) = 1/2 sum_c |P(c) - Q(c)|, as f-distill uses it.
 
   Symmetric and bounded in [0, 1]. Arguments and result as in `forward_kl`.
@@ -122,8 +154,9 @@ def total_variation(teacher_logits: Array, student_logits: Array, *,
   return 0.5 * jnp.sum(jnp.abs(p - q), axis=-1)
 
 
-def token_cross_entropy(targets: Array, student_logits: Array, *,
-                        student_temperature: float = 1.0) -> Array:
+def token_cross_entropy(
+    targets: Array, student_logits: Array, *, student_temperature: float = 1.0
+) -> Array:
   """-log Q(target) at every position: the SFT / SeqKD loss (forward KL to a one-hot P).
 
   Args:
@@ -135,8 +168,10 @@ def token_cross_entropy(targets: Array, student_logits: Array, *,
     [...] per-position cross-entropy, float32 (float64 for float64 logits).
   """
   if targets.shape != student_logits.shape[:-1]:
-    raise ValueError(f'targets shape {targets.shape} must equal student_logits.shape[:-1] = '
-                     f'{student_logits.shape[:-1]}.')
+    raise ValueError(
+        f'targets shape {targets.shape} must equal student_logits.shape[:-1] = '
+        f'{student_logits.shape[:-1]}.'
+    )
   log_q = _log_probs(student_logits, student_temperature)
   return -jnp.take_along_axis(log_q, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
 
@@ -201,8 +236,10 @@ def sequence_mean(values: Array, weights: Array) -> Tuple[Array, Array]:
     ([batch] per-sequence mean, [batch] float32 1.0 where the row has a weighted position).
   """
   if values.shape != weights.shape or values.ndim != 2:
-    raise ValueError(f'values and weights must both be [batch, length]; got {values.shape} and '
-                     f'{weights.shape}.')
+    raise ValueError(
+        f'values and weights must both be [batch, length]; got {values.shape} and '
+        f'{weights.shape}.'
+    )
   weights = weights.astype(values.dtype)
   masked = jnp.where(weights > 0, values, 0.0) * weights
   total_weight = jnp.sum(weights, axis=-1)

@@ -17,10 +17,10 @@ import os
 from typing import Dict, Optional
 
 from clu import metric_writers
-import gin
 import jax
 import optax
 
+import gin
 from gkd_t5x import checkpoints
 from gkd_t5x import data
 from gkd_t5x import evaluation
@@ -31,11 +31,18 @@ from gkd_t5x import run_setup
 
 
 @gin.configurable
-def evaluate(*, model: models.GKDModelBase, checkpoint_path: str,
-             dataset_cfg: data.DatasetConfig, output_dir: str,
-             teacher_checkpoint_path: Optional[str] = None,
-             reward_checkpoint_path: Optional[str] = None, model_partitions: int = 1,
-             num_examples: Optional[int] = None, random_seed: int = 0) -> Dict[str, float]:
+def evaluate(
+    *,
+    model: models.GKDModelBase,
+    checkpoint_path: str,
+    dataset_cfg: data.DatasetConfig,
+    output_dir: str,
+    teacher_checkpoint_path: Optional[str] = None,
+    reward_checkpoint_path: Optional[str] = None,
+    model_partitions: int = 1,
+    num_examples: Optional[int] = None,
+    random_seed: int = 0,
+) -> Dict[str, float]:
   """Metrics of the checkpoint's student on one split, written to `output_dir`.
 
   Args:
@@ -56,26 +63,44 @@ def evaluate(*, model: models.GKDModelBase, checkpoint_path: str,
   """
   rules = partitioning.standard_logical_axis_rules()
   # No optimizer state is restored: optax.identity() has none.
-  setup = run_setup.build_run(model, optax.identity(), dataset_cfg,
-                              model_partitions=model_partitions, rules=rules, pack=False,
-                              checkpoint_paths={'CHECKPOINT_PATH': checkpoint_path})
+  setup = run_setup.build_run(
+      model,
+      optax.identity(),
+      dataset_cfg,
+      model_partitions=model_partitions,
+      rules=rules,
+      pack=False,
+      checkpoint_paths={'CHECKPOINT_PATH': checkpoint_path},
+  )
   layout, step_dir = setup.layout, setup.step_dirs['CHECKPOINT_PATH']
-  params = checkpoints.restore_params(checkpoint_path, layout.abstract_state['target'],
-                                      setting='CHECKPOINT_PATH')
+  params = checkpoints.restore_params(
+      checkpoint_path, layout.abstract_state['target'], setting='CHECKPOINT_PATH'
+  )
   # Each frozen network is optional here: the loss needs the teacher, the reward its model.
   frozen = run_setup.restore_frozen(layout, teacher_checkpoint_path, reward_checkpoint_path)
   evaluator = evaluation.Evaluator(
-      model, dataset_cfg, layout.mesh, layout.param_shardings,
-      {name: layout.frozen_shardings[name] for name in frozen}, rules,
-      num_examples=num_examples, seed=random_seed)
+      model,
+      dataset_cfg,
+      layout.mesh,
+      layout.param_shardings,
+      {name: layout.frozen_shardings[name] for name in frozen},
+      rules,
+      num_examples=num_examples,
+      seed=random_seed,
+  )
   has_teacher = models.TEACHER_COLLECTION in layout.abstract_frozen
   metrics, records = evaluator.evaluate(
-      params, frozen, with_loss=models.TEACHER_COLLECTION in frozen or not has_teacher)
-  writer = metric_writers.create_default_writer(output_dir,
-                                                just_logging=jax.process_index() != 0)
-  run_setup.write_results(output_dir, int(step_dir.name.rsplit('_', 1)[-1]), metrics, records,
-                          writer=writer,
-                          summary={'checkpoint': os.fspath(step_dir), 'split': evaluator.split})
+      params, frozen, with_loss=models.TEACHER_COLLECTION in frozen or not has_teacher
+  )
+  writer = metric_writers.create_default_writer(output_dir, just_logging=jax.process_index() != 0)
+  run_setup.write_results(
+      output_dir,
+      int(step_dir.name.rsplit('_', 1)[-1]),
+      metrics,
+      records,
+      writer=writer,
+      summary={'checkpoint': os.fspath(step_dir), 'split': evaluator.split},
+  )
   writer.close()
   if jax.process_index() == 0:
     for name, value in sorted(metrics.items()):
@@ -87,8 +112,10 @@ def main(argv):
   if len(argv) > 1:
     raise ValueError(f'Unexpected arguments: {argv[1:]}')
   gin_utils.parse_gin_flags()
-  from gkd_t5x import eval as eval_lib  # pylint: disable=g-import-not-at-top
-  eval_lib.evaluate()  # pylint: disable=no-value-for-parameter
+  # The configurables gin binds live in the importable module, not in `__main__`.
+  from gkd_t5x import eval as eval_lib  # noqa: PLW0406
+
+  eval_lib.evaluate()
 
 
 if __name__ == '__main__':

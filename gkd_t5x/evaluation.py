@@ -38,10 +38,18 @@ class Evaluator:
     split: the evaluated split.
   """
 
-  def __init__(self, model, config: data.DatasetConfig, mesh: jax.sharding.Mesh,
-               param_shardings: PyTree, frozen_shardings: PyTree,
-               rules: partitioning.LogicalAxisRules, *, num_examples: Optional[int] = None,
-               seed: int = 0):
+  def __init__(
+      self,
+      model,
+      config: data.DatasetConfig,
+      mesh: jax.sharding.Mesh,
+      param_shardings: PyTree,
+      frozen_shardings: PyTree,
+      rules: partitioning.LogicalAxisRules,
+      *,
+      num_examples: Optional[int] = None,
+      seed: int = 0,
+  ):
     """Prepares the split's data and the jitted, sharded loss and decode functions.
 
     Args:
@@ -67,10 +75,14 @@ class Evaluator:
     self._loss_rng = jax.random.fold_in(self._rng, _ON_POLICY_STREAM)
     converter = model.FEATURE_CONVERTER_CLS(pack=False)
     self._seqio_evaluator = seqio.Evaluator(
-        mixture_or_task_name=config.mixture_or_task_name, feature_converter=converter,
-        eval_split=config.split, sequence_length=dict(config.task_feature_lengths),
-        num_examples=num_examples, use_cached=config.use_cached,
-        async_compute_metrics=False)
+        mixture_or_task_name=config.mixture_or_task_name,
+        feature_converter=converter,
+        eval_split=config.split,
+        sequence_length=dict(config.task_feature_lengths),
+        num_examples=num_examples,
+        use_cached=config.use_cached,
+        async_compute_metrics=False,
+    )
     batch_sharding = partitioning.batch_sharding(mesh)
     replicated = partitioning.replicated(mesh)
 
@@ -82,23 +94,30 @@ class Evaluator:
 
     # The objective's reward of each prediction (RL + GKD's evaluation), where it can be had.
     scores_reward = model.gkd.reward is not None and (
-        model.reward_module is None or models.REWARD_MODEL_COLLECTION in frozen_shardings)
+        model.reward_module is None or models.REWARD_MODEL_COLLECTION in frozen_shardings
+    )
     self._scores_reward = scores_reward
 
     def predict_fn(params, frozen, batch, rng):
       tokens, _ = model.predict_batch_with_aux(params, batch, rng)
-      reward = (model.sequence_reward(batch, tokens, frozen) if scores_reward
-                else jnp.zeros(tokens.shape[:1]))
+      reward = (
+          model.sequence_reward(batch, tokens, frozen)
+          if scores_reward
+          else jnp.zeros(tokens.shape[:1])
+      )
       return tokens, reward
 
     with partitioning.activate(self._mesh, self._rules):
       self._loss_step = jax.jit(
-          loss_fn, in_shardings=(param_shardings, frozen_shardings, batch_sharding, replicated),
-          out_shardings=replicated)
+          loss_fn,
+          in_shardings=(param_shardings, frozen_shardings, batch_sharding, replicated),
+          out_shardings=replicated,
+      )
       self._predict_step = jax.jit(
-          predict_fn, in_shardings=(param_shardings, frozen_shardings, batch_sharding,
-                                    replicated),
-          out_shardings=replicated)
+          predict_fn,
+          in_shardings=(param_shardings, frozen_shardings, batch_sharding, replicated),
+          out_shardings=replicated,
+      )
 
   def _batches(self, dataset: tf.data.Dataset):
     """Yields (global numpy batch, number of real rows), the last batch padded with zeros."""
@@ -115,18 +134,26 @@ class Evaluator:
     (`GKDModel.on_policy_eval_fn`), drawn with fixed keys.
     """
     dataset = self._seqio_evaluator.cached_model_datasets[self.task_name].map(
-        lambda index, features: features)
+        lambda index, features: features
+    )
     steps, num_sequences = [], 0
     with partitioning.activate(self._mesh, self._rules):
       for index, (batch, num_real) in enumerate(self._batches(dataset)):
-        steps.append(self._loss_step(params, frozen, data.make_global_batch(batch, self._mesh),
-                                     jax.random.fold_in(self._loss_rng, index)))
+        steps.append(
+            self._loss_step(
+                params,
+                frozen,
+                data.make_global_batch(batch, self._mesh),
+                jax.random.fold_in(self._loss_rng, index),
+            )
+        )
         num_sequences += num_real
     values = averages.compute_merged(steps) if steps else {}
     return dict(values, num_sequences=float(num_sequences))
 
-  def _predict(self, params: PyTree, frozen: Mapping[str, PyTree]
-               ) -> Tuple[List[Tuple[int, Sequence[int]]], np.ndarray]:
+  def _predict(
+      self, params: PyTree, frozen: Mapping[str, PyTree]
+  ) -> Tuple[List[Tuple[int, Sequence[int]]], np.ndarray]:
     """Decodes the split: [(example index, predicted token ids)], seqio's `predict_fn` output
     for its enumerated split, and each example's reward [N] (zeros where none is scored)."""
     dataset = self._seqio_evaluator.cached_model_datasets[self.task_name]
@@ -135,15 +162,21 @@ class Evaluator:
     with partitioning.activate(self._mesh, self._rules):
       for step, (batch, num_real) in enumerate(self._batches(indexed)):
         indices = batch.pop('_index')[:num_real]
-        tokens, reward = jax.device_get(self._predict_step(
-            params, frozen, data.make_global_batch(batch, self._mesh),
-            jax.random.fold_in(self._rng, step)))
+        tokens, reward = jax.device_get(
+            self._predict_step(
+                params,
+                frozen,
+                data.make_global_batch(batch, self._mesh),
+                jax.random.fold_in(self._rng, step),
+            )
+        )
         predictions.extend(zip(indices.tolist(), np.asarray(tokens)[:num_real].tolist()))
         rewards.append(np.asarray(reward, np.float64)[:num_real])
     return predictions, np.concatenate(rewards) if rewards else np.zeros([0])
 
-  def infer(self, params: PyTree, frozen: Optional[Mapping[str, PyTree]] = None
-            ) -> Tuple[Dict[str, float], List[Dict[str, Any]]]:
+  def infer(
+      self, params: PyTree, frozen: Optional[Mapping[str, PyTree]] = None
+  ) -> Tuple[Dict[str, float], List[Dict[str, Any]]]:
     """The task's metrics on the split, and the decoded predictions.
 
     Args:
@@ -159,7 +192,8 @@ class Evaluator:
     predictions, rewards = self._predict(params, frozen or {})
     # seqio gets the decoded split; it sorts by index, detokenizes and applies the metrics.
     metrics_future, outputs = self._seqio_evaluator.evaluate(
-        compute_metrics=jax.process_index() == 0, predict_fn=lambda dataset: predictions)
+        compute_metrics=jax.process_index() == 0, predict_fn=lambda dataset: predictions
+    )
     metrics = metrics_future.result() or {}
     task_metrics = dict(metrics.get(self.task_name, {}))
     if self._scores_reward and rewards.size and task_metrics:
@@ -168,22 +202,31 @@ class Evaluator:
     vocabulary = task.output_features['targets'].vocabulary
     examples = self._seqio_evaluator.cached_task_datasets[self.task_name].as_numpy_iterator()
     outputs = outputs[self.task_name].get(seqio.metrics.ModelOutputType.PREDICTION, [])
-    records = [{'index': index, 'input': _text(example, 'inputs'),
-                'target': _text(example, 'targets'), 'prediction': vocabulary.decode(tokens)}
-               for index, (tokens, example) in enumerate(zip(outputs, examples))]
+    records = [
+        {
+            'index': index,
+            'input': _text(example, 'inputs'),
+            'target': _text(example, 'targets'),
+            'prediction': vocabulary.decode(tokens),
+        }
+        for index, (tokens, example) in enumerate(zip(outputs, examples))
+    ]
     return {name: _scalar(value) for name, value in task_metrics.items()}, records
 
-  def evaluate(self, params: PyTree, frozen: Mapping[str, PyTree], *, with_loss: bool = True
-               ) -> Tuple[Dict[str, float], List[Dict[str, Any]]]:
+  def evaluate(
+      self, params: PyTree, frozen: Mapping[str, PyTree], *, with_loss: bool = True
+  ) -> Tuple[Dict[str, float], List[Dict[str, Any]]]:
     """`loss` (unless `with_loss` is False) and `infer`, their metrics named as T5X names them:
     ({'<split>/<loss metric>': value, 'inference/<task>/<metric>': value}, records)."""
     metrics = {}
     if with_loss:
-      metrics.update({f'{self.split}/{name}': value
-                      for name, value in self.loss(params, frozen).items()})
+      metrics.update(
+          {f'{self.split}/{name}': value for name, value in self.loss(params, frozen).items()}
+      )
     inference_metrics, records = self.infer(params, frozen)
-    metrics.update({f'inference/{self.task_name}/{name}': value
-                    for name, value in inference_metrics.items()})
+    metrics.update(
+        {f'inference/{self.task_name}/{name}': value for name, value in inference_metrics.items()}
+    )
     return metrics, records
 
 

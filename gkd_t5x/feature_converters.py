@@ -24,8 +24,9 @@ class EncDecFeatureConverter(seqio.EncDecFeatureConverter):
   features unchanged. Packing does not take loss weights.
   """
 
-  def _convert_features(self, ds: tf.data.Dataset,
-                        task_feature_lengths: Mapping[str, int]) -> tf.data.Dataset:
+  def _convert_features(
+      self, ds: tf.data.Dataset, task_feature_lengths: Mapping[str, int]
+  ) -> tf.data.Dataset:
     if TARGETS_LOSS_WEIGHTS not in ds.element_spec:
       return super()._convert_features(ds, task_feature_lengths)
     if self.pack:
@@ -36,8 +37,9 @@ class EncDecFeatureConverter(seqio.EncDecFeatureConverter):
 
     def convert(features):
       converted = dict(self._convert_example(features))
-      converted['decoder_loss_weights'] *= tf.cast(features[TARGETS_LOSS_WEIGHTS],
-                                                   converted['decoder_loss_weights'].dtype)
+      converted['decoder_loss_weights'] *= tf.cast(
+          features[TARGETS_LOSS_WEIGHTS], converted['decoder_loss_weights'].dtype
+      )
       return converted
 
     return ds.map(convert, num_parallel_calls=tf.data.experimental.AUTOTUNE)
@@ -50,10 +52,13 @@ class PrefixLMFeatureConverter(seqio.PrefixLMFeatureConverter):
   drop them and put loss on every target token.
   """
 
-  def _convert_features(self, ds: tf.data.Dataset,
-                        task_feature_lengths: Mapping[str, int]) -> tf.data.Dataset:
+  def _convert_features(
+      self, ds: tf.data.Dataset, task_feature_lengths: Mapping[str, int]
+  ) -> tf.data.Dataset:
     if TARGETS_LOSS_WEIGHTS in ds.element_spec:
-      raise ValueError(f'A task with {TARGETS_LOSS_WEIGHTS!r} (its own loss weights) is not '
-                       'supported by the prefix-LM features of GKDDecoderOnlyModel; use an '
-                       'encoder-decoder GKDModel.')
+      raise ValueError(
+          f'A task with {TARGETS_LOSS_WEIGHTS!r} (its own loss weights) is not '
+          'supported by the prefix-LM features of GKDDecoderOnlyModel; use an '
+          'encoder-decoder GKDModel.'
+      )
     return super()._convert_features(ds, task_feature_lengths)

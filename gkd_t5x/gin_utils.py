@@ -16,6 +16,7 @@ from typing import List, Optional, Sequence
 
 from absl import app
 from absl import flags
+
 import gin
 
 PROJECT_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -30,7 +31,7 @@ def rewrite_gin_args(argv: Sequence[str]) -> List[str]:
   rewritten = []
   for arg in argv:
     if arg.startswith('--gin.'):
-      name, separator, value = arg[len('--gin.'):].partition('=')
+      name, separator, value = arg[len('--gin.') :].partition('=')
       if not separator:
         raise ValueError(f'{arg!r}: a --gin. flag needs a value, e.g. --gin.LMBDA=0.5.')
       arg = f'--gin_bindings={name} = {value}'
@@ -38,16 +39,21 @@ def rewrite_gin_args(argv: Sequence[str]) -> List[str]:
   return rewritten
 
 
-def parse_gin(gin_files: Sequence[str], gin_bindings: Sequence[str],
-              search_paths: Sequence[str] = (), finalize: bool = True) -> None:
+def parse_gin(
+    gin_files: Sequence[str],
+    gin_bindings: Sequence[str],
+    search_paths: Sequence[str] = (),
+    finalize: bool = True,
+) -> None:
   """Parses files then bindings, with the search paths and the project root registered.
 
   Raises:
     ValueError: no gin file was given.
   """
   if not gin_files:
-    raise ValueError('Give at least one --gin_file (for example gin/runs/train.gin with an '
-                     'experiment file).')
+    raise ValueError(
+        'Give at least one --gin_file (for example gin/runs/train.gin with an experiment file).'
+    )
   for path in [*search_paths, os.getcwd(), str(PROJECT_ROOT)]:
     gin.add_config_file_search_path(path)
   gin.parse_config_files_and_bindings(gin_files, gin_bindings, finalize_config=finalize)

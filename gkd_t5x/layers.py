@@ -11,8 +11,8 @@ Two things differ from T5X on purpose, neither of which touches the parameters:
 - the key/value cache is an explicit argument (a pytree with the batch as leading axis) rather
   than a mutable `cache` collection, so decoding code can repeat and gather it for beam search.
 
-Shape letters: B batch, L query length, K key length, E embedding, H heads, D head dim,
-M mlp dim, V vocabulary.
+Shape letters (README, Conventions): B batch, Q query length, K key length, E embedding, H heads,
+D head dim, M mlp dim, V vocabulary.
 """
 
 import functools
@@ -52,6 +52,7 @@ class DenseGeneral(nn.Module):
     init_distribution: distribution of `nn.initializers.variance_scaling`.
     dtype: activation dtype.
   """
+
   features: Union[int, Tuple[int, ...]]
   axis: Union[int, Tuple[int, ...]] = -1
   kernel_axes: Tuple[str, ...] = ()
@@ -66,8 +67,13 @@ class DenseGeneral(nn.Module):
     axis = tuple(a % inputs.ndim for a in axis)
     in_shape = tuple(inputs.shape[a] for a in axis)
     init = nn.initializers.variance_scaling(self.init_scale, 'fan_in', self.init_distribution)
-    kernel = param_with_axes('kernel', init, (int(np.prod(in_shape)), int(np.prod(features))),
-                             jnp.float32, axes=self.kernel_axes)
+    kernel = param_with_axes(
+        'kernel',
+        init,
+        (int(np.prod(in_shape)), int(np.prod(features))),
+        jnp.float32,
+        axes=self.kernel_axes,
+    )
     kernel = jnp.reshape(jnp.asarray(kernel, self.dtype), in_shape + features)
     inputs = jnp.asarray(inputs, self.dtype)
     return lax.dot_general(inputs, kernel, ((axis, tuple(range(len(axis)))), ((), ())))
@@ -76,14 +82,19 @@ class DenseGeneral(nn.Module):
 class Embed(nn.Module):
   """Token embedding table [V, E] (logical axes `vocab`, `embed`), shared with the output layer
   when `logits_via_embedding` is set."""
+
   num_embeddings: int
   features: int
   dtype: DType = jnp.float32
 
   def setup(self):
-    self.embedding = param_with_axes('embedding', nn.initializers.normal(stddev=1.0),
-                                     (self.num_embeddings, self.features), jnp.float32,
-                                     axes=('vocab', 'embed'))
+    self.embedding = param_with_axes(
+        'embedding',
+        nn.initializers.normal(stddev=1.0),
+        (self.num_embeddings, self.features),
+        jnp.float32,
+        axes=('vocab', 'embed'),
+    )
 
   def __call__(self, tokens: Array) -> Array:
     """[...] int tokens -> [..., E] embeddings (a gather; T5X's one-hot matmul gives the same)."""
@@ -99,6 +110,7 @@ class Embed(nn.Module):
 
 class LayerNorm(nn.Module):
   """T5 layer norm: RMS normalization with a learned scale and no centering or bias."""
+
   epsilon: float = 1e-6
   dtype: DType = jnp.float32
 
@@ -107,13 +119,15 @@ class LayerNorm(nn.Module):
     x = jnp.asarray(x, jnp.float32)
     mean_square = jnp.mean(lax.square(x), axis=-1, keepdims=True)
     y = jnp.asarray(x * lax.rsqrt(mean_square + self.epsilon), self.dtype)
-    scale = param_with_axes('scale', nn.initializers.ones, (x.shape[-1],), jnp.float32,
-                            axes=('embed',))
+    scale = param_with_axes(
+        'scale', nn.initializers.ones, (x.shape[-1],), jnp.float32, axes=('embed',)
+    )
     return y * jnp.asarray(scale, self.dtype)
 
 
-def relative_position_bucket(relative_position: Array, bidirectional: bool, num_buckets: int,
-                             max_distance: int) -> Array:
+def relative_position_bucket(
+    relative_position: Array, bidirectional: bool, num_buckets: int, max_distance: int
+) -> Array:
   """T5's bucketing of `key_position - query_position` into `num_buckets` int32 buckets.
 
   Exact buckets for small distances, log-spaced ones up to `max_distance`, beyond which all
@@ -131,8 +145,9 @@ def relative_position_bucket(relative_position: Array, bidirectional: bool, num_
   max_exact = num_buckets // 2
   is_small = n < max_exact
   log_ratio = jnp.log(n.astype(jnp.float32) / max_exact + np.finfo(np.float32).eps)
-  if_large = max_exact + (log_ratio / np.log(max_distance / max_exact) *
-                          (num_buckets - max_exact)).astype(jnp.int32)
+  if_large = max_exact + (
+      log_ratio / np.log(max_distance / max_exact) * (num_buckets - max_exact)
+  ).astype(jnp.int32)
   if_large = jnp.minimum(if_large, num_buckets - 1)
   return bucket + jnp.where(is_small, n, if_large)
 
@@ -142,6 +157,7 @@ class RelativePositionBiases(nn.Module):
 
   The table `rel_embedding` is [H, num_buckets] with logical axes (`heads`, `relpos_buckets`).
   """
+
   num_buckets: int
   max_distance: int
   num_heads: int
@@ -151,12 +167,19 @@ class RelativePositionBiases(nn.Module):
   @nn.compact
   def __call__(self, query_positions: Array, key_positions: Array) -> Array:
     """[Q] and [K] int positions -> [1, H, Q, K] bias."""
-    table = param_with_axes('rel_embedding',
-                            nn.initializers.variance_scaling(1.0, 'fan_avg', 'uniform'),
-                            (self.num_heads, self.num_buckets), jnp.float32,
-                            axes=('heads', 'relpos_buckets'))
-    buckets_QxK = relative_position_bucket(key_positions[None, :] - query_positions[:, None],
-                                           self.bidirectional, self.num_buckets, self.max_distance)
+    table = param_with_axes(
+        'rel_embedding',
+        nn.initializers.variance_scaling(1.0, 'fan_avg', 'uniform'),
+        (self.num_heads, self.num_buckets),
+        jnp.float32,
+        axes=('heads', 'relpos_buckets'),
+    )
+    buckets_QxK = relative_position_bucket(
+        key_positions[None, :] - query_positions[:, None],
+        self.bidirectional,
+        self.num_buckets,
+        self.max_distance,
+    )
     bias_HxQxK = jnp.take(jnp.asarray(table, self.dtype), buckets_QxK, axis=1)
     return bias_HxQxK[None]
 
@@ -166,9 +189,12 @@ def mask_to_bias(mask: Array, dtype: DType) -> Array:
   return jnp.where(mask, jnp.zeros((), dtype), jnp.asarray(MASK_BIAS, dtype))
 
 
-def attention_mask(query_valid: Array, key_valid: Array,
-                   query_segment_ids: Optional[Array] = None,
-                   key_segment_ids: Optional[Array] = None) -> Array:
+def attention_mask(
+    query_valid: Array,
+    key_valid: Array,
+    query_segment_ids: Optional[Array] = None,
+    key_segment_ids: Optional[Array] = None,
+) -> Array:
   """[B, Q] and [B, K] validity (and optional segment ids) -> [B, 1, Q, K] boolean mask."""
   mask = query_valid[:, None, :, None] & key_valid[:, None, None, :]
   if query_segment_ids is not None:
@@ -188,6 +214,7 @@ class MultiHeadDotProductAttention(nn.Module):
     float32_logits: compute the query-key logits in float32 (for bfloat16 activations).
     dtype: activation dtype.
   """
+
   num_heads: int
   head_dim: int
   emb_dim: int
@@ -196,16 +223,24 @@ class MultiHeadDotProductAttention(nn.Module):
   dtype: DType = jnp.float32
 
   def setup(self):
-    projection = functools.partial(DenseGeneral, features=(self.num_heads, self.head_dim),
-                                   kernel_axes=('embed', 'joined_kv'),
-                                   init_distribution='normal', dtype=self.dtype)
+    projection = functools.partial(
+        DenseGeneral,
+        features=(self.num_heads, self.head_dim),
+        kernel_axes=('embed', 'joined_kv'),
+        init_distribution='normal',
+        dtype=self.dtype,
+    )
     # T5 scales the query initializer by 1/sqrt(D) instead of scaling the logits.
     self.query = projection(init_scale=1.0 / self.head_dim)
     self.key = projection()
     self.value = projection()
-    self.out = DenseGeneral(features=self.emb_dim, axis=(-2, -1),
-                            kernel_axes=('joined_kv', 'embed'), init_distribution='normal',
-                            dtype=self.dtype)
+    self.out = DenseGeneral(
+        features=self.emb_dim,
+        axis=(-2, -1),
+        kernel_axes=('joined_kv', 'embed'),
+        init_distribution='normal',
+        dtype=self.dtype,
+    )
 
   def project_kv(self, inputs_kv: Array) -> Tuple[Array, Array]:
     """[B, K, E] -> keys and values, each [B, K, H, D]."""
@@ -213,39 +248,45 @@ class MultiHeadDotProductAttention(nn.Module):
     value = with_sharding_constraint(self.value(inputs_kv), ('batch', 'length', 'heads', 'kv'))
     return key, value
 
-  def attend(self, inputs_q: Array, key: Array, value: Array, bias: Optional[Array],
-             deterministic: bool) -> Array:
-    """Attention of `inputs_q` [B, L, E] over projected `key`, `value` [B, K, H, D].
+  def attend(
+      self, inputs_q: Array, key: Array, value: Array, bias: Optional[Array], deterministic: bool
+  ) -> Array:
+    """Attention of `inputs_q` [B, Q, E] over projected `key`, `value` [B, K, H, D].
 
     Args:
-      inputs_q: [B, L, E] queries before projection.
+      inputs_q: [B, Q, E] queries before projection.
       key: [B, K, H, D].
       value: [B, K, H, D].
-      bias: additive bias broadcastable to [B, H, L, K] (masks and position biases), or None.
+      bias: additive bias broadcastable to [B, H, Q, K] (masks and position biases), or None.
       deterministic: disables dropout.
 
     Returns:
-      [B, L, E].
+      [B, Q, E].
     """
     query = with_sharding_constraint(self.query(inputs_q), ('batch', 'length', 'heads', 'kv'))
     if self.float32_logits:
       query, key = query.astype(jnp.float32), key.astype(jnp.float32)
-    logits_BxHxLxK = jnp.einsum('blhd,bkhd->bhlk', query, key)
+    logits_BxHxQxK = jnp.einsum('bqhd,bkhd->bhqk', query, key)
     if bias is not None:
-      logits_BxHxLxK = logits_BxHxLxK + bias.astype(logits_BxHxLxK.dtype)
-    weights = jax.nn.softmax(logits_BxHxLxK.astype(jnp.float32)).astype(self.dtype)
+      logits_BxHxQxK = logits_BxHxQxK + bias.astype(logits_BxHxQxK.dtype)
+    weights = jax.nn.softmax(logits_BxHxQxK.astype(jnp.float32)).astype(self.dtype)
     if not deterministic and self.dropout_rate > 0.0:
       keep_prob = 1.0 - self.dropout_rate
       # One dropout pattern for every query position, as T5X's broadcast dropout.
       dropout_shape = weights.shape[:-2] + (1,) + weights.shape[-1:]
       keep = jax.random.bernoulli(self.make_rng('dropout'), keep_prob, dropout_shape)
       weights = weights * (keep.astype(self.dtype) / jnp.asarray(keep_prob, self.dtype))
-    attended_BxLxHxD = jnp.einsum('bhlk,bkhd->blhd', weights, value.astype(self.dtype))
-    return self.out(attended_BxLxHxD)
+    attended_BxQxHxD = jnp.einsum('bhqk,bkhd->bqhd', weights, value.astype(self.dtype))
+    return self.out(attended_BxQxHxD)
 
-  def __call__(self, inputs_q: Array, inputs_kv: Array, bias: Optional[Array] = None,
-               deterministic: bool = True) -> Array:
-    """[B, L, E] queries over [B, K, E] keys/values -> [B, L, E]."""
+  def __call__(
+      self,
+      inputs_q: Array,
+      inputs_kv: Array,
+      bias: Optional[Array] = None,
+      deterministic: bool = True,
+  ) -> Array:
+    """[B, Q, E] queries over [B, K, E] keys/values -> [B, Q, E]."""
     key, value = self.project_kv(inputs_kv)
     return self.attend(inputs_q, key, value, bias, deterministic)
 
@@ -256,6 +297,7 @@ _ACTIVATIONS = {'relu': nn.relu, 'gelu': nn.gelu, 'linear': lambda x: x}
 class MlpBlock(nn.Module):
   """T5 feed-forward block; with several activations (T5 1.1: ('gelu', 'linear')) their outputs
   are multiplied (a gated linear unit) and the input projections are named wi_0, wi_1, ..."""
+
   mlp_dim: int
   activations: Sequence[str] = ('gelu', 'linear')
   dropout_rate: float = 0.0
@@ -263,20 +305,24 @@ class MlpBlock(nn.Module):
 
   @nn.compact
   def __call__(self, inputs: Array, deterministic: bool = True) -> Array:
-    """[B, L, E] -> [B, L, E]."""
+    """[B, Q, E] -> [B, Q, E]."""
     for name in self.activations:
       if name not in _ACTIVATIONS:
-        raise ValueError(f'mlp_activations must be drawn from {sorted(_ACTIVATIONS)}, '
-                         f'got {name!r}.')
+        raise ValueError(
+            f'mlp_activations must be drawn from {sorted(_ACTIVATIONS)}, got {name!r}.'
+        )
     hidden = None
     for index, name in enumerate(self.activations):
       dense_name = 'wi' if len(self.activations) == 1 else f'wi_{index}'
-      x = DenseGeneral(self.mlp_dim, kernel_axes=('embed', 'mlp'), dtype=self.dtype,
-                       name=dense_name)(inputs)
+      x = DenseGeneral(
+          self.mlp_dim, kernel_axes=('embed', 'mlp'), dtype=self.dtype, name=dense_name
+      )(inputs)
       x = _ACTIVATIONS[name](x)
       hidden = x if hidden is None else hidden * x
     hidden = nn.Dropout(rate=self.dropout_rate, broadcast_dims=(-2,))(
-        hidden, deterministic=deterministic)
+        hidden, deterministic=deterministic
+    )
     hidden = with_sharding_constraint(hidden, ('batch', 'length', 'mlp'))
-    return DenseGeneral(inputs.shape[-1], kernel_axes=('mlp', 'embed'), dtype=self.dtype,
-                        name='wo')(hidden)
+    return DenseGeneral(
+        inputs.shape[-1], kernel_axes=('mlp', 'embed'), dtype=self.dtype, name='wo'
+    )(hidden)

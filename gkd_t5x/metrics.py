@@ -39,8 +39,10 @@ ROUGE_TYPES = ('rouge1', 'rouge2', 'rougeLsum')
 
 def _check_lengths(targets: Sequence[str], predictions: Sequence[str]) -> None:
   if len(targets) != len(predictions):
-    raise ValueError(f'targets and predictions must have the same length, got {len(targets)} '
-                     f'and {len(predictions)}.')
+    raise ValueError(
+        f'targets and predictions must have the same length, got {len(targets)} '
+        f'and {len(predictions)}.'
+    )
 
 
 def _percent_mean(values: List[float]) -> float:
@@ -68,8 +70,9 @@ def rouge(targets: Sequence[str], predictions: Sequence[str]) -> Dict[str, float
   scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
   scores = {rouge_type: [] for rouge_type in ROUGE_TYPES}
   for target, prediction in zip(targets, predictions):
-    result = scorer.score(_split_sentences_for_rouge(target),
-                          _split_sentences_for_rouge(prediction))
+    result = scorer.score(
+        _split_sentences_for_rouge(target), _split_sentences_for_rouge(prediction)
+    )
     for rouge_type in ROUGE_TYPES:
       scores[rouge_type].append(result[rouge_type].fmeasure)
   return {rouge_type: _percent_mean(values) for rouge_type, values in scores.items()}
@@ -92,8 +95,11 @@ def bleu(targets: Sequence[str], predictions: Sequence[str]) -> Dict[str, float]
 def exact_match(targets: Sequence[str], predictions: Sequence[str]) -> Dict[str, float]:
   """Percent of predictions equal to their target after strip() and lower()."""
   _check_lengths(targets, predictions)
-  return {'exact_match': _percent_mean(
-      [float(t.strip().lower() == p.strip().lower()) for t, p in zip(targets, predictions)])}
+  return {
+      'exact_match': _percent_mean(
+          [float(t.strip().lower() == p.strip().lower()) for t, p in zip(targets, predictions)]
+      )
+  }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -140,8 +146,9 @@ def extract_gsm8k_answer(text: str) -> Optional[str]:
   return None
 
 
-def _answer_accuracy(targets: Sequence[str], predictions: Sequence[str],
-                     answer_fn: Callable[[str], Optional[str]]) -> float:
+def _answer_accuracy(
+    targets: Sequence[str], predictions: Sequence[str], answer_fn: Callable[[str], Optional[str]]
+) -> float:
   _check_lengths(targets, predictions)
   correct = []
   for target, prediction in zip(targets, predictions):
@@ -177,12 +184,14 @@ def _answer_with_calculator(prediction: str) -> Optional[str]:
   return extract_gsm8k_answer(corrected)
 
 
-def gsm8k_calculator_accuracy(targets: Sequence[str],
-                              predictions: Sequence[str]) -> Dict[str, float]:
-  """Percent of predictions whose final answer after the calculator (`calculator.calculator`, and a final
-  answer copied from the last annotation takes its corrected result) equals the target's."""
-  return {'accuracy_with_calculator': _answer_accuracy(targets, predictions,
-                                                       _answer_with_calculator)}
+def gsm8k_calculator_accuracy(
+    targets: Sequence[str], predictions: Sequence[str]
+) -> Dict[str, float]:
+  """Percent of predictions whose final answer after the calculator (`calculator.calculator`, and
+  a final answer copied from the last annotation takes its corrected result) equals the target's."""
+  return {
+      'accuracy_with_calculator': _answer_accuracy(targets, predictions, _answer_with_calculator)
+  }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -213,16 +222,23 @@ def self_bleu(samples_per_input: Sequence[Sequence[str]]) -> float:
   per_input = []
   for index, samples in enumerate(samples_per_input):
     if isinstance(samples, str) or len(samples) < 2:
-      raise ValueError(f'samples_per_input[{index}] must hold K >= 2 sample strings, got '
-                       f'{samples!r}.')
-    per_input.append(statistics.fmean(
-        sacrebleu.sentence_bleu(sample, [other for j, other in enumerate(samples) if j != i]).score
-        for i, sample in enumerate(samples)))
+      raise ValueError(
+          f'samples_per_input[{index}] must hold K >= 2 sample strings, got {samples!r}.'
+      )
+    per_input.append(
+        statistics.fmean(
+            sacrebleu.sentence_bleu(
+                sample, [other for j, other in enumerate(samples) if j != i]
+            ).score
+            for i, sample in enumerate(samples)
+        )
+    )
   return statistics.fmean(per_input)
 
 
-def rouge_reward(vocabulary: vocabularies.Vocabulary,
-                 rouge_type: str = 'rouge2') -> rewards.StringReward:
+def rouge_reward(
+    vocabulary: vocabularies.Vocabulary, rouge_type: str = 'rouge2'
+) -> rewards.StringReward:
   """F-measure of `rouge_type` ('rouge1', 'rouge2', 'rougeLsum', ...) against the target, as a
   reward of RL + GKD (scored on the host inside the jitted step). In gin, with dynamic
   registration: `from gkd_t5x import metrics`, then `REWARD = @metrics.rouge_reward()`."""
@@ -230,7 +246,8 @@ def rouge_reward(vocabulary: vocabularies.Vocabulary,
 
   def score(inputs, predictions, references):
     del inputs
-    return [scorer.score(ref, pred)[rouge_type].fmeasure
-            for pred, ref in zip(predictions, references)]
+    return [
+        scorer.score(ref, pred)[rouge_type].fmeasure for pred, ref in zip(predictions, references)
+    ]
 
   return rewards.StringReward(vocabulary, score)

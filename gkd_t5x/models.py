@@ -31,10 +31,10 @@ import dataclasses
 from typing import Any, Dict, Mapping, NamedTuple, Optional, Tuple
 
 from absl import logging
-import gin
 import jax
 import jax.numpy as jnp
 
+import gin
 from gkd_t5x import averages
 from gkd_t5x import calculator as calculator_lib
 from gkd_t5x import decoder_only
@@ -51,14 +51,17 @@ MetricsMap = Dict[str, Any]  # {name: Average}
 TEACHER_COLLECTION = 'teacher'
 REWARD_MODEL_COLLECTION = 'reward_model'
 # The frozen networks' collections, with the gin macro of the checkpoint each is restored from.
-FROZEN_COLLECTIONS = {TEACHER_COLLECTION: 'TEACHER_CHECKPOINT_PATH',
-                      REWARD_MODEL_COLLECTION: 'REWARD_CHECKPOINT_PATH'}
+FROZEN_COLLECTIONS = {
+    TEACHER_COLLECTION: 'TEACHER_CHECKPOINT_PATH',
+    REWARD_MODEL_COLLECTION: 'REWARD_CHECKPOINT_PATH',
+}
 DECODE_METHODS = ('greedy', 'sample', 'beam')
 
 try:
-  from t5x import models as t5x_models  # pylint: disable=g-import-not-at-top
   # T5X's trainer merges only clu metrics (`t5x.metrics.is_metric_obj`); t5x depends on clu.
-  from clu import metrics as clu_metrics  # pylint: disable=g-import-not-at-top
+  from clu import metrics as clu_metrics
+  from t5x import models as t5x_models
+
   _EncoderDecoderBase = t5x_models.EncoderDecoderModel
   _DecoderOnlyBase = t5x_models.DecoderOnlyModel
   _AVERAGE = clu_metrics.Average
@@ -70,6 +73,7 @@ except ImportError:  # t5x is not on PyPI; the standalone trainer needs none of 
 class EncodedPrompt(NamedTuple):
   """A `network.Transformer`'s prompt state: the encoder output [B, I, E], with the input
   tokens [B, I] and their segment ids [B, I] (None unpacked) that cross-attention masks by."""
+
   encoded: Array
   tokens: Array
   segment_ids: Optional[Array]
@@ -79,13 +83,16 @@ class PrefixLMPrompt(NamedTuple):
   """A `decoder_only.DecoderOnlyTransformer`'s prompt state: the LEFT-padded prompt [B, P]
   (T5X's start token 0, then the inputs x, in row b's last n_b columns) and the prompt lengths
   n_b [B] int32, the start token included."""
+
   tokens: Array
   lengths: Array
 
 
 def _dropout(dropout_rng: Optional[Array]) -> Dict[str, Any]:
-  return dict(enable_dropout=dropout_rng is not None,
-              rngs=None if dropout_rng is None else {'dropout': dropout_rng})
+  return dict(
+      enable_dropout=dropout_rng is not None,
+      rngs=None if dropout_rng is None else {'dropout': dropout_rng},
+  )
 
 
 def bind(module: network.Transformer, params: PyTree) -> objective.Policy:
@@ -95,21 +102,31 @@ def bind(module: network.Transformer, params: PyTree) -> objective.Policy:
   transformer = network.Transformer
 
   def read_prompt(inputs, *, segment_ids=None, dropout_rng=None):
-    encoded = module.apply(variables, inputs, segment_ids, method=transformer.encode,
-                           **_dropout(dropout_rng))
+    encoded = module.apply(
+        variables, inputs, segment_ids, method=transformer.encode, **_dropout(dropout_rng)
+    )
     return EncodedPrompt(encoded, inputs, segment_ids)
 
   def logits(prompt, continuation_inputs, continuation, *, segment_ids=None, dropout_rng=None):
-    return module.apply(variables, prompt.encoded, prompt.tokens, continuation_inputs,
-                        continuation, prompt.segment_ids, segment_ids, method=transformer.decode,
-                        **_dropout(dropout_rng))
+    return module.apply(
+        variables,
+        prompt.encoded,
+        prompt.tokens,
+        continuation_inputs,
+        continuation,
+        prompt.segment_ids,
+        segment_ids,
+        method=transformer.decode,
+        **_dropout(dropout_rng),
+    )
 
   def decode_step(tokens_Bx1, cache, position):
     return module.apply(variables, tokens_Bx1, cache, position, method=transformer.decode_step)
 
   def start_sampling(prompt, max_decode_length):
-    cache = module.apply(variables, prompt.encoded, prompt.tokens, max_decode_length,
-                         method=transformer.init_cache)
+    cache = module.apply(
+        variables, prompt.encoded, prompt.tokens, max_decode_length, method=transformer.init_cache
+    )
     return cache, decode_step
 
   return objective.Policy(read_prompt, logits, start_sampling)
@@ -117,12 +134,18 @@ def bind(module: network.Transformer, params: PyTree) -> objective.Policy:
 
 def _refuse_packing(segment_ids: Optional[Array]) -> None:
   if segment_ids is not None:
-    raise ValueError('A decoder-only policy reads one prompt and one continuation per row: '
-                     'packed examples (segment ids) are not supported; set pack=False.')
+    raise ValueError(
+        'A decoder-only policy reads one prompt and one continuation per row: '
+        'packed examples (segment ids) are not supported; set pack=False.'
+    )
 
 
-def bind_decoder_only(module: decoder_only.DecoderOnlyTransformer, params: PyTree, *,
-                      inputs_bidirectional_attention: bool = False) -> objective.Policy:
+def bind_decoder_only(
+    module: decoder_only.DecoderOnlyTransformer,
+    params: PyTree,
+    *,
+    inputs_bidirectional_attention: bool = False,
+) -> objective.Policy:
   """Binds `params` to a `decoder_only.DecoderOnlyTransformer` as the objective's `Policy`.
 
   The objective's inputs x [B, I] are LEFT-padded (0 = padding); the prompt is T5X's start
@@ -163,9 +186,14 @@ def bind_decoder_only(module: decoder_only.DecoderOnlyTransformer, params: PyTre
     prefix = None
     if inputs_bidirectional_attention:
       prefix = jnp.pad(in_prompt, ((0, 0), (0, tokens.shape[1] - width))).astype(jnp.int32)
-    row_logits = module.apply(variables, tokens, valid.astype(jnp.int32),
-                              decoder_causal_attention=prefix, **_dropout(dropout_rng))
-    return row_logits[:, width - 1:]
+    row_logits = module.apply(
+        variables,
+        tokens,
+        valid.astype(jnp.int32),
+        decoder_causal_attention=prefix,
+        **_dropout(dropout_rng),
+    )
+    return row_logits[:, width - 1 :]
 
   def decode_step(tokens_Bx1, cache, position):
     return module.apply(variables, tokens_Bx1, cache, position, method=transformer.decode_step)
@@ -174,9 +202,14 @@ def bind_decoder_only(module: decoder_only.DecoderOnlyTransformer, params: PyTre
     batch_size, width = prompt.tokens.shape
     cache = module.init_cache(batch_size, width + max_decode_length - 1)
     # decode_step recomputes the prompt's last column at position 0: prefill's logits are its.
-    _, cache = module.apply(variables, prompt.tokens, prompt.lengths, cache,
-                            inputs_bidirectional_attention=inputs_bidirectional_attention,
-                            method=transformer.prefill)
+    _, cache = module.apply(
+        variables,
+        prompt.tokens,
+        prompt.lengths,
+        cache,
+        inputs_bidirectional_attention=inputs_bidirectional_attention,
+        method=transformer.prefill,
+    )
     return cache, decode_step
 
   return objective.Policy(read_prompt, logits, start_sampling)
@@ -185,8 +218,9 @@ def bind_decoder_only(module: decoder_only.DecoderOnlyTransformer, params: PyTre
 def _gather_columns(values_BxT: Array, columns_BxN: Array) -> Array:
   """[B, N] values at the given columns of each row; 0 where a column is outside [0, T)."""
   inside = (columns_BxN >= 0) & (columns_BxN < values_BxT.shape[1])
-  picked = jnp.take_along_axis(values_BxT, jnp.clip(columns_BxN, 0, values_BxT.shape[1] - 1),
-                               axis=1)
+  picked = jnp.take_along_axis(
+      values_BxT, jnp.clip(columns_BxN, 0, values_BxT.shape[1] - 1), axis=1
+  )
   return jnp.where(inside, picked, jnp.zeros_like(picked))
 
 
@@ -208,21 +242,28 @@ def split_prefix_lm_batch(batch: Batch, inputs_length: int, targets_length: int)
     row (all zeros) gives empty inputs and targets without weight.
   """
   if 'decoder_segment_ids' in batch:
-    raise ValueError('GKDDecoderOnlyModel reads one prompt and one continuation per row: '
-                     'packed prefix-LM features are not supported; set pack=False.')
+    raise ValueError(
+        'GKDDecoderOnlyModel reads one prompt and one continuation per row: '
+        'packed prefix-LM features are not supported; set pack=False.'
+    )
   if 'decoder_causal_attention' not in batch:
-    raise ValueError('GKDDecoderOnlyModel needs prefix-LM features (seqio.PrefixLMFeatureConverter'
-                     ' of a task with "inputs" and "targets"): the batch has no '
-                     '"decoder_causal_attention" to tell the inputs from the targets.')
+    raise ValueError(
+        'GKDDecoderOnlyModel needs prefix-LM features (seqio.PrefixLMFeatureConverter'
+        ' of a task with "inputs" and "targets"): the batch has no '
+        '"decoder_causal_attention" to tell the inputs from the targets.'
+    )
   row = batch['decoder_target_tokens']
   num_inputs = jnp.maximum(jnp.sum(batch['decoder_causal_attention'] > 0, axis=-1) - 1, 0)
   input_columns = num_inputs[:, None] - inputs_length + jnp.arange(inputs_length)[None, :]
   target_columns = num_inputs[:, None] + jnp.arange(targets_length)[None, :]
-  features = {'encoder_input_tokens': _gather_columns(row, input_columns).astype(jnp.int32),
-              'decoder_target_tokens': _gather_columns(row, target_columns).astype(jnp.int32)}
+  features = {
+      'encoder_input_tokens': _gather_columns(row, input_columns).astype(jnp.int32),
+      'decoder_target_tokens': _gather_columns(row, target_columns).astype(jnp.int32),
+  }
   if 'decoder_loss_weights' in batch:
     features['decoder_loss_weights'] = _gather_columns(
-        batch['decoder_loss_weights'], target_columns).astype(jnp.float32)
+        batch['decoder_loss_weights'], target_columns
+    ).astype(jnp.float32)
   return features
 
 
@@ -232,15 +273,24 @@ def average(value: Array, count: Any = 1):
   return averages.weighted(_AVERAGE, value, count)
 
 
-def _init_encoder_decoder(module: network.Transformer, rng: Array,
-                          shapes: Mapping[str, Tuple[int, ...]],
-                          input_types: Mapping[str, Any]) -> Dict[str, Any]:
+def _init_encoder_decoder(
+    module: network.Transformer,
+    rng: Array,
+    shapes: Mapping[str, Tuple[int, ...]],
+    input_types: Mapping[str, Any],
+) -> Dict[str, Any]:
   """The variables of an encoder-decoder network for EncDec feature shapes."""
-  inputs = {name: jnp.ones(shapes[name], input_types.get(name, jnp.int32))
-            for name in ('encoder_input_tokens', 'decoder_input_tokens',
-                         'decoder_target_tokens')}
-  return module.init(rng, inputs['encoder_input_tokens'], inputs['decoder_input_tokens'],
-                     inputs['decoder_target_tokens'], enable_dropout=False)
+  inputs = {
+      name: jnp.ones(shapes[name], input_types.get(name, jnp.int32))
+      for name in ('encoder_input_tokens', 'decoder_input_tokens', 'decoder_target_tokens')
+  }
+  return module.init(
+      rng,
+      inputs['encoder_input_tokens'],
+      inputs['decoder_input_tokens'],
+      inputs['decoder_target_tokens'],
+      enable_dropout=False,
+  )
 
 
 class GKDModelBase:
@@ -261,35 +311,54 @@ class GKDModelBase:
   `optimizer_def`, the vocabularies) as T5X sets them.
   """
 
-  def _configure(self, module: Any, teacher_module: Optional[Any],
-                 input_vocabulary: vocabularies.Vocabulary,
-                 output_vocabulary: vocabularies.Vocabulary, optimizer_def: Any,
-                 gkd: objective.GKDConfig, decode_method: str, decode_temperature: float,
-                 decode_top_k: int, decode_top_p: float, beam_size: int, beam_alpha: float,
-                 calculator: bool) -> None:
+  def _configure(
+      self,
+      module: Any,
+      teacher_module: Optional[Any],
+      input_vocabulary: vocabularies.Vocabulary,
+      output_vocabulary: vocabularies.Vocabulary,
+      optimizer_def: Any,
+      gkd: objective.GKDConfig,
+      decode_method: str,
+      decode_temperature: float,
+      decode_top_k: int,
+      decode_top_p: float,
+      beam_size: int,
+      beam_alpha: float,
+      calculator: bool,
+  ) -> None:
     """Checks the settings (the concrete constructors' shared arguments) and sets them."""
     name = type(self).__name__
     if teacher_module is None and gkd.needs_teacher:
-      raise ValueError(f'{name}.teacher_module is None, but divergence {gkd.divergence!r} '
-                       f'with fixed_data {gkd.fixed_data!r} needs a teacher.')
+      raise ValueError(
+          f'{name}.teacher_module is None, but divergence {gkd.divergence!r} '
+          f'with fixed_data {gkd.fixed_data!r} needs a teacher.'
+      )
     config_name = type(module.config).__name__
     student_vocab = module.config.vocab_size
     if teacher_module is not None and teacher_module.config.vocab_size != student_vocab:
       raise ValueError(
           f'Teacher and student vocabularies differ: teacher {config_name}.vocab_size = '
           f'{teacher_module.config.vocab_size}, student {config_name}.vocab_size = '
-          f'{student_vocab}. Token-level distillation needs one shared vocabulary.')
-    for vocab_name, vocab in (('input_vocabulary', input_vocabulary),
-                              ('output_vocabulary', output_vocabulary)):
+          f'{student_vocab}. Token-level distillation needs one shared vocabulary.'
+      )
+    for vocab_name, vocab in (
+        ('input_vocabulary', input_vocabulary),
+        ('output_vocabulary', output_vocabulary),
+    ):
       if vocab.vocab_size > student_vocab:
-        raise ValueError(f'{vocab_name} has {vocab.vocab_size} tokens, more than the network\'s '
-                         f'{config_name}.vocab_size = {student_vocab}.')
+        raise ValueError(
+            f"{vocab_name} has {vocab.vocab_size} tokens, more than the network's "
+            f'{config_name}.vocab_size = {student_vocab}.'
+        )
     if decode_method not in DECODE_METHODS:
-      raise ValueError(f'{name}.decode_method must be one of {DECODE_METHODS}, got '
-                       f'{decode_method!r}.')
+      raise ValueError(
+          f'{name}.decode_method must be one of {DECODE_METHODS}, got {decode_method!r}.'
+      )
     if calculator and decode_method == 'beam':
-      raise ValueError(f'{name}.calculator works with decode_method "greedy" or "sample", '
-                       'not "beam".')
+      raise ValueError(
+          f'{name}.calculator works with decode_method "greedy" or "sample", not "beam".'
+      )
     self.module = module
     self.teacher_module = teacher_module
     self._input_vocabulary = input_vocabulary
@@ -303,8 +372,9 @@ class GKDModelBase:
     self.beam_size = beam_size
     self.beam_alpha = beam_alpha
     self._eos_id = output_vocabulary.eos_id
-    self._forcing = (calculator_lib.calculator_forcing(output_vocabulary, student_vocab)
-                     if calculator else None)
+    self._forcing = (
+        calculator_lib.calculator_forcing(output_vocabulary, student_vocab) if calculator else None
+    )
 
   @property
   def input_vocabulary(self) -> vocabularies.Vocabulary:
@@ -324,14 +394,23 @@ class GKDModelBase:
     """The objective's features of a batch of the model's features."""
     raise NotImplementedError
 
-  def _init_network(self, module: Any, rng: Array, input_shapes: Mapping[str, Tuple[int, ...]],
-                    input_types: Mapping[str, Any]) -> Dict[str, Any]:
+  def _init_network(
+      self,
+      module: Any,
+      rng: Array,
+      input_shapes: Mapping[str, Tuple[int, ...]],
+      input_types: Mapping[str, Any],
+  ) -> Dict[str, Any]:
     raise NotImplementedError
 
   # --------------------------------------------------------------------------- initialization
 
-  def get_initial_variables(self, rng: Array, input_shapes: Mapping[str, Tuple[int, ...]],
-                            input_types: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+  def get_initial_variables(
+      self,
+      rng: Array,
+      input_shapes: Mapping[str, Tuple[int, ...]],
+      input_types: Optional[Mapping[str, Any]] = None,
+  ) -> Dict[str, Any]:
     """Random student and teacher variables for the given feature shapes.
 
     Returns:
@@ -348,12 +427,22 @@ class GKDModelBase:
     variables = dict(self._init_network(self.module, student_rng, input_shapes, input_types))
     frozen = []
     if self.teacher_module is not None:
-      frozen.append((TEACHER_COLLECTION, self._init_network(
-          self.teacher_module, teacher_rng, input_shapes, input_types)))
+      frozen.append(
+          (
+              TEACHER_COLLECTION,
+              self._init_network(self.teacher_module, teacher_rng, input_shapes, input_types),
+          )
+      )
     if self.reward_module is not None:
       # The reward's classifier is an encoder-decoder whatever the student is.
-      frozen.append((REWARD_MODEL_COLLECTION, _init_encoder_decoder(
-          self.reward_module, reward_rng, self.gkd.reward.input_shapes(), input_types)))
+      frozen.append(
+          (
+              REWARD_MODEL_COLLECTION,
+              _init_encoder_decoder(
+                  self.reward_module, reward_rng, self.gkd.reward.input_shapes(), input_types
+              ),
+          )
+      )
     for collection, frozen_variables in frozen:
       variables[collection] = frozen_variables['params']
       variables[collection + '_axes'] = frozen_variables['params_axes']
@@ -364,8 +453,9 @@ class GKDModelBase:
     """The network of a model reward (`rewards.EntailmentReward`), or None."""
     return getattr(self.gkd.reward, 'module', None)
 
-  def sequence_reward(self, batch: Batch, tokens: Array,
-                      flax_mutables: Optional[Mapping[str, Any]] = None) -> Array:
+  def sequence_reward(
+      self, batch: Batch, tokens: Array, flax_mutables: Optional[Mapping[str, Any]] = None
+  ) -> Array:
     """[B] float32 reward (`GKDConfig.reward`) of decoded tokens [B, L] for the batch's inputs.
 
     `tokens` count up to and including their first EOS (as `predict_batch` returns them); the
@@ -373,23 +463,33 @@ class GKDModelBase:
     """
     reward = self._objective(flax_mutables).reward
     if reward is None:
-      raise ValueError(f'{type(self).__name__}.sequence_reward: the objective has no reward '
-                       '(GKDConfig.reward).')
+      raise ValueError(
+          f'{type(self).__name__}.sequence_reward: the objective has no reward '
+          '(GKDConfig.reward).'
+      )
     features = self.objective_batch(batch)
     targets = features['decoder_target_tokens']
     weights = decoding.weights_through_first_eos(tokens, self._eos_id) * (tokens > 0)
-    return reward(features['encoder_input_tokens'], tokens, weights, targets,
-                  features.get('decoder_loss_weights', (targets > 0).astype(jnp.float32)))
+    return reward(
+        features['encoder_input_tokens'],
+        tokens,
+        weights,
+        targets,
+        features.get('decoder_loss_weights', (targets > 0).astype(jnp.float32)),
+    )
 
   def _objective(self, flax_mutables: Optional[Mapping[str, Any]]) -> objective.GKDConfig:
     """The objective's settings, a model reward's params bound from `flax_mutables`."""
     if self.reward_module is None:
       return self.gkd
     if not flax_mutables or REWARD_MODEL_COLLECTION not in flax_mutables:
-      raise ValueError(f'This GKD model\'s reward has a network of its own; its params must '
-                       f'reach the step as flax_mutables[{REWARD_MODEL_COLLECTION!r}].')
+      raise ValueError(
+          f"This GKD model's reward has a network of its own; its params must "
+          f'reach the step as flax_mutables[{REWARD_MODEL_COLLECTION!r}].'
+      )
     return dataclasses.replace(
-        self.gkd, reward=self.gkd.reward.bind(flax_mutables[REWARD_MODEL_COLLECTION]))
+        self.gkd, reward=self.gkd.reward.bind(flax_mutables[REWARD_MODEL_COLLECTION])
+    )
 
   # --------------------------------------------------------------------------- training
 
@@ -397,8 +497,10 @@ class GKDModelBase:
     if self.teacher_module is None:
       return None
     if not flax_mutables or TEACHER_COLLECTION not in flax_mutables:
-      raise ValueError(f'This GKD model has a teacher; its params must reach the step as '
-                       f'flax_mutables[{TEACHER_COLLECTION!r}].')
+      raise ValueError(
+          f'This GKD model has a teacher; its params must reach the step as '
+          f'flax_mutables[{TEACHER_COLLECTION!r}].'
+      )
     return self.policy(self.teacher_module, flax_mutables[TEACHER_COLLECTION])
 
   def _metrics(self, loss: Array, stats: Mapping[str, Array]) -> MetricsMap:
@@ -407,8 +509,9 @@ class GKDModelBase:
     values on_policy_fraction, lmbda and num_sequences."""
     num_real = stats['num_sequences']
     per_step = ('on_policy', 'lmbda', 'num_sequences')
-    metrics = {name: average(value, 1 if name in per_step else num_real)
-               for name, value in stats.items()}
+    metrics = {
+        name: average(value, 1 if name in per_step else num_real) for name, value in stats.items()
+    }
     metrics['loss'] = average(loss, num_real)
     metrics['on_policy_fraction'] = metrics.pop('on_policy')
     if self.gkd.may_be_on_policy:
@@ -418,16 +521,35 @@ class GKDModelBase:
       metrics['sample_eos_rate'] = average(stats['eos_rate'], on_policy * num_real)
     return metrics
 
-  def _gkd_loss(self, config: objective.GKDConfig, params: PyTree, batch: Batch, rng: Array,
-                flax_mutables: Optional[Mapping[str, Any]], **kwargs):
+  def _gkd_loss(
+      self,
+      config: objective.GKDConfig,
+      params: PyTree,
+      batch: Batch,
+      rng: Array,
+      flax_mutables: Optional[Mapping[str, Any]],
+      **kwargs,
+  ):
     """`objective.gkd_loss` of the student with `params` on the batch's objective features."""
-    return objective.gkd_loss(config, self.policy(self.module, params),
-                              self._teacher(flax_mutables), self.objective_batch(batch), rng,
-                              eos_id=self._eos_id, **kwargs)
+    return objective.gkd_loss(
+        config,
+        self.policy(self.module, params),
+        self._teacher(flax_mutables),
+        self.objective_batch(batch),
+        rng,
+        eos_id=self._eos_id,
+        **kwargs,
+    )
 
-  def loss_fn(self, params: PyTree, batch: Batch, dropout_rng: Optional[Array],
-              flax_mutables: Optional[Mapping[str, Any]] = None, *,
-              step: Optional[Array] = None):
+  def loss_fn(
+      self,
+      params: PyTree,
+      batch: Batch,
+      dropout_rng: Optional[Array],
+      flax_mutables: Optional[Mapping[str, Any]] = None,
+      *,
+      step: Optional[Array] = None,
+  ):
     """One GKD training step's loss (`objective.gkd_loss`).
 
     Args:
@@ -442,27 +564,43 @@ class GKDModelBase:
       (loss, metrics) without flax_mutables, (loss, (metrics, flax_mutables)) with them.
     """
     if dropout_rng is None:
-      raise ValueError(f'{type(self).__name__}.loss_fn needs the step rng (dropout_rng): it '
-                       'draws the lambda coin and the on-policy samples from it. Use eval_fn '
-                       'for evaluation.')
-    loss, stats = self._gkd_loss(self._objective(flax_mutables), params, batch, dropout_rng,
-                                 flax_mutables, step=step,
-                                 student_dropout=self.module.config.dropout_rate > 0)
+      raise ValueError(
+          f'{type(self).__name__}.loss_fn needs the step rng (dropout_rng): it '
+          'draws the lambda coin and the on-policy samples from it. Use eval_fn '
+          'for evaluation.'
+      )
+    loss, stats = self._gkd_loss(
+        self._objective(flax_mutables),
+        params,
+        batch,
+        dropout_rng,
+        flax_mutables,
+        step=step,
+        student_dropout=self.module.config.dropout_rate > 0,
+    )
     metrics = self._metrics(loss, stats)
     if flax_mutables is None:
       return loss, metrics
     return loss, (metrics, flax_mutables)
 
-  def eval_fn(self, params: PyTree, batch: Batch,
-              flax_mutables: Optional[Mapping[str, Any]] = None):
+  def eval_fn(
+      self, params: PyTree, batch: Batch, flax_mutables: Optional[Mapping[str, Any]] = None
+  ):
     """The divergence on the batch's own targets, deterministically (no dropout, no sampling),
     so that validation losses compare across lambda and methods. Returns (loss, metrics)."""
     # `replace` passes every field explicitly, so no gin binding of GKDConfig leaks in.
     eval_config = dataclasses.replace(
-        self.gkd, lmbda=0.0, fixed_data='targets', alpha=1.0, reward=None,
-        baseline='batch_mean', num_samples_per_input=1)
-    loss, stats = self._gkd_loss(eval_config, params, batch, jax.random.PRNGKey(0),
-                                 flax_mutables, student_dropout=False)
+        self.gkd,
+        lmbda=0.0,
+        fixed_data='targets',
+        alpha=1.0,
+        reward=None,
+        baseline='batch_mean',
+        num_samples_per_input=1,
+    )
+    loss, stats = self._gkd_loss(
+        eval_config, params, batch, jax.random.PRNGKey(0), flax_mutables, student_dropout=False
+    )
     return loss, self._metrics(loss, stats)
 
   @property
@@ -471,8 +609,13 @@ class GKDModelBase:
     cross-entropy)."""
     return self.teacher_module is not None and self.gkd.divergence != 'cross_entropy'
 
-  def on_policy_eval_fn(self, params: PyTree, batch: Batch, rng: Array,
-                        flax_mutables: Optional[Mapping[str, Any]] = None) -> MetricsMap:
+  def on_policy_eval_fn(
+      self,
+      params: PyTree,
+      batch: Batch,
+      rng: Array,
+      flax_mutables: Optional[Mapping[str, Any]] = None,
+  ) -> MetricsMap:
     """The objective's divergence on the student's own samples of the batch's inputs.
 
     y ~ p_S(. | x) at the objective's sampling temperature (1 in the paper), no dropout, then
@@ -487,18 +630,32 @@ class GKDModelBase:
       'teacher_entropy' on the targets).
     """
     if not self.has_on_policy_divergence:
-      raise ValueError(f'{type(self).__name__}.on_policy_eval_fn needs a teacher and a '
-                       'divergence other than cross_entropy; this model has divergence '
-                       f'{self.gkd.divergence!r}.')
+      raise ValueError(
+          f'{type(self).__name__}.on_policy_eval_fn needs a teacher and a '
+          'divergence other than cross_entropy; this model has divergence '
+          f'{self.gkd.divergence!r}.'
+      )
     config = dataclasses.replace(
-        self.gkd, lmbda=1.0, fixed_data='targets', alpha=1.0, reward=None,
-        baseline='batch_mean', num_samples_per_input=1)
+        self.gkd,
+        lmbda=1.0,
+        fixed_data='targets',
+        alpha=1.0,
+        reward=None,
+        baseline='batch_mean',
+        num_samples_per_input=1,
+    )
     _, stats = self._gkd_loss(config, params, batch, rng, flax_mutables, student_dropout=False)
     num_real = stats['num_sequences']
-    return {f'on_policy_{name}': average(stats[stat], num_real)
-            for name, stat in (('divergence', 'divergence'), ('sample_length', 'sequence_length'),
-                               ('eos_rate', 'eos_rate'), ('teacher_entropy', 'teacher_entropy'),
-                               ('student_entropy', 'student_entropy'))}
+    return {
+        f'on_policy_{name}': average(stats[stat], num_real)
+        for name, stat in (
+            ('divergence', 'divergence'),
+            ('sample_length', 'sequence_length'),
+            ('eos_rate', 'eos_rate'),
+            ('teacher_entropy', 'teacher_entropy'),
+            ('student_entropy', 'student_entropy'),
+        )
+    }
 
   # --------------------------------------------------------------------------- inference
 
@@ -516,10 +673,16 @@ class GKDModelBase:
   def predict_batch(self, params: PyTree, batch: Batch, rng: Optional[Array] = None) -> Array:
     return self.predict_batch_with_aux(params, batch, rng)[0]
 
-  def predict_batch_with_aux(self, params: PyTree, batch: Batch, rng: Optional[Array] = None,
-                             decoder_params: Optional[Mapping[str, Any]] = None,
-                             return_all_decodes: bool = False, num_decodes: int = 1,
-                             prompt_with_targets: bool = False):
+  def predict_batch_with_aux(
+      self,
+      params: PyTree,
+      batch: Batch,
+      rng: Optional[Array] = None,
+      decoder_params: Optional[Mapping[str, Any]] = None,
+      return_all_decodes: bool = False,
+      num_decodes: int = 1,
+      prompt_with_targets: bool = False,
+  ):
     """Decodes the student's outputs for the batch's inputs.
 
     The decoding length is that of the objective's targets (`objective_batch`).
@@ -532,8 +695,10 @@ class GKDModelBase:
       return_all_decodes and beam search, tokens [B, K, L] and scores [B, K].
     """
     if prompt_with_targets:
-      raise ValueError(f'{type(self).__name__} decodes from the inputs only: '
-                       'prompt_with_targets is not supported.')
+      raise ValueError(
+          f'{type(self).__name__} decodes from the inputs only: '
+          'prompt_with_targets is not supported.'
+      )
     decoder_params = dict(decoder_params or {})
     student = self.policy(self.module, params)
     features = self.objective_batch(batch)
@@ -543,8 +708,13 @@ class GKDModelBase:
     common = dict(batch_size=inputs.shape[0], max_decode_length=length, eos_id=self._eos_id)
     if self.decode_method == 'beam':
       beam_size = max(self.beam_size, num_decodes)
-      out = decoding.beam_search(decode_step, cache, beam_size=beam_size,
-                                 alpha=decoder_params.get('alpha', self.beam_alpha), **common)
+      out = decoding.beam_search(
+          decode_step,
+          cache,
+          beam_size=beam_size,
+          alpha=decoder_params.get('alpha', self.beam_alpha),
+          **common,
+      )
       if return_all_decodes:
         return out.tokens, {'scores': out.scores}
       return out.tokens[:, 0], {'scores': out.scores[:, 0]}
@@ -556,10 +726,15 @@ class GKDModelBase:
     if rng is None:
       raise ValueError('Sampling (decode_method="sample") needs an explicit rng.')
     out = decoding.temperature_sample(
-        decode_step, cache, rng=rng,
+        decode_step,
+        cache,
+        rng=rng,
         temperature=decoder_params.get('temperature', self.decode_temperature),
         top_k=decoder_params.get('topk', self.decode_top_k),
-        top_p=decoder_params.get('topp', self.decode_top_p), forcing=self._forcing, **common)
+        top_p=decoder_params.get('topp', self.decode_top_p),
+        forcing=self._forcing,
+        **common,
+    )
     return out.tokens, {'scores': out.log_probs}
 
 
@@ -581,27 +756,48 @@ class GKDModel(GKDModelBase, _EncoderDecoderBase):
       "accuracy with calculator").
   """
 
-  def __init__(self, module: network.Transformer,
-               teacher_module: Optional[network.Transformer],
-               input_vocabulary: vocabularies.Vocabulary,
-               output_vocabulary: vocabularies.Vocabulary,
-               optimizer_def: Any = None, gkd: objective.GKDConfig = objective.GKDConfig(),
-               decode_method: str = 'greedy', decode_temperature: float = 1.0,
-               decode_top_k: int = 0, decode_top_p: float = 1.0, beam_size: int = 4,
-               beam_alpha: float = 0.6, calculator: bool = False):
-    self._configure(module, teacher_module, input_vocabulary, output_vocabulary, optimizer_def,
-                    gkd, decode_method, decode_temperature, decode_top_k, decode_top_p,
-                    beam_size, beam_alpha, calculator)
+  def __init__(
+      self,
+      module: network.Transformer,
+      teacher_module: Optional[network.Transformer],
+      input_vocabulary: vocabularies.Vocabulary,
+      output_vocabulary: vocabularies.Vocabulary,
+      optimizer_def: Any = None,
+      gkd: objective.GKDConfig = objective.GKDConfig(),
+      decode_method: str = 'greedy',
+      decode_temperature: float = 1.0,
+      decode_top_k: int = 0,
+      decode_top_p: float = 1.0,
+      beam_size: int = 4,
+      beam_alpha: float = 0.6,
+      calculator: bool = False,
+  ):
+    self._configure(
+        module,
+        teacher_module,
+        input_vocabulary,
+        output_vocabulary,
+        optimizer_def,
+        gkd,
+        decode_method,
+        decode_temperature,
+        decode_top_k,
+        decode_top_p,
+        beam_size,
+        beam_alpha,
+        calculator,
+    )
 
   @property
-  def FEATURE_CONVERTER_CLS(self):  # pylint: disable=invalid-name
+  def FEATURE_CONVERTER_CLS(self):  # noqa: N802  (T5X's name)
     """`feature_converters.EncDecFeatureConverter` (seqio's, with a task's own loss weights), the
     features `loss_fn` and `predict_batch` take.
 
     Read by the data layers (T5X's and this project's), which import seqio; looked up only then,
     so that the model itself runs where seqio is not installed.
     """
-    from gkd_t5x import feature_converters  # pylint: disable=g-import-not-at-top
+    from gkd_t5x import feature_converters
+
     return feature_converters.EncDecFeatureConverter
 
   def policy(self, module: network.Transformer, params: PyTree) -> objective.Policy:
@@ -611,24 +807,40 @@ class GKDModel(GKDModelBase, _EncoderDecoderBase):
     """EncDec features are the objective's own."""
     return batch
 
-  def _init_network(self, module: network.Transformer, rng: Array,
-                    input_shapes: Mapping[str, Tuple[int, ...]],
-                    input_types: Mapping[str, Any]) -> Dict[str, Any]:
+  def _init_network(
+      self,
+      module: network.Transformer,
+      rng: Array,
+      input_shapes: Mapping[str, Tuple[int, ...]],
+      input_types: Mapping[str, Any],
+  ) -> Dict[str, Any]:
     return _init_encoder_decoder(module, rng, input_shapes, input_types)
 
-  def _compute_logits(self, params: PyTree, batch: Batch, dropout_rng: Optional[Array] = None,
-                      mutable: Any = False, other_variables: Optional[PyTree] = None) -> Array:
+  def _compute_logits(
+      self,
+      params: PyTree,
+      batch: Batch,
+      dropout_rng: Optional[Array] = None,
+      mutable: Any = False,
+      other_variables: Optional[PyTree] = None,
+  ) -> Array:
     """[B, L, V] student logits of the batch's targets under teacher forcing (T5X's hook)."""
     if mutable or other_variables:
       raise ValueError('GKDModel._compute_logits takes no mutable or other variables.')
     student = bind(self.module, params)
     targets = batch['decoder_target_tokens']
-    prompt = student.read_prompt(batch['encoder_input_tokens'],
-                                 segment_ids=batch.get('encoder_segment_ids'),
-                                 dropout_rng=dropout_rng)
-    return student.logits(prompt, batch.get('decoder_input_tokens', objective.shift_right(targets)),
-                          targets, segment_ids=batch.get('decoder_segment_ids'),
-                          dropout_rng=dropout_rng)
+    prompt = student.read_prompt(
+        batch['encoder_input_tokens'],
+        segment_ids=batch.get('encoder_segment_ids'),
+        dropout_rng=dropout_rng,
+    )
+    return student.logits(
+        prompt,
+        batch.get('decoder_input_tokens', objective.shift_right(targets)),
+        targets,
+        segment_ids=batch.get('decoder_segment_ids'),
+        dropout_rng=dropout_rng,
+    )
 
 
 @gin.configurable
@@ -657,30 +869,55 @@ class GKDDecoderOnlyModel(GKDModelBase, _DecoderOnlyBase):
       each: right for any row, at about twice the cost.
   """
 
-  def __init__(self, module: decoder_only.DecoderOnlyTransformer,
-               teacher_module: Optional[decoder_only.DecoderOnlyTransformer],
-               vocabulary: vocabularies.Vocabulary, optimizer_def: Any = None,
-               gkd: objective.GKDConfig = objective.GKDConfig(),
-               inputs_bidirectional_attention: bool = False,
-               task_feature_lengths: Optional[Mapping[str, int]] = None,
-               decode_method: str = 'greedy', decode_temperature: float = 1.0,
-               decode_top_k: int = 0, decode_top_p: float = 1.0, beam_size: int = 4,
-               beam_alpha: float = 0.6, calculator: bool = False):
+  def __init__(
+      self,
+      module: decoder_only.DecoderOnlyTransformer,
+      teacher_module: Optional[decoder_only.DecoderOnlyTransformer],
+      vocabulary: vocabularies.Vocabulary,
+      optimizer_def: Any = None,
+      gkd: objective.GKDConfig = objective.GKDConfig(),
+      inputs_bidirectional_attention: bool = False,
+      task_feature_lengths: Optional[Mapping[str, int]] = None,
+      decode_method: str = 'greedy',
+      decode_temperature: float = 1.0,
+      decode_top_k: int = 0,
+      decode_top_p: float = 1.0,
+      beam_size: int = 4,
+      beam_alpha: float = 0.6,
+      calculator: bool = False,
+  ):
     for role, network_module in (('module', module), ('teacher_module', teacher_module)):
-      if network_module is not None and not isinstance(network_module.config,
-                                                       decoder_only.DecoderOnlyConfig):
-        raise ValueError(f'GKDDecoderOnlyModel.{role} must be a decoder_only.'
-                         'DecoderOnlyTransformer of a DecoderOnlyConfig, got a '
-                         f'{type(network_module).__name__} of a '
-                         f'{type(network_module.config).__name__}.')
+      if network_module is not None and not isinstance(
+          network_module.config, decoder_only.DecoderOnlyConfig
+      ):
+        raise ValueError(
+            f'GKDDecoderOnlyModel.{role} must be a decoder_only.'
+            'DecoderOnlyTransformer of a DecoderOnlyConfig, got a '
+            f'{type(network_module).__name__} of a '
+            f'{type(network_module.config).__name__}.'
+        )
     if task_feature_lengths is not None:
       task_feature_lengths = dict(task_feature_lengths)
       if set(task_feature_lengths) != {'inputs', 'targets'}:
-        raise ValueError('GKDDecoderOnlyModel.task_feature_lengths must have the features '
-                         f"'inputs' and 'targets', got {sorted(task_feature_lengths)}.")
-    self._configure(module, teacher_module, vocabulary, vocabulary, optimizer_def, gkd,
-                    decode_method, decode_temperature, decode_top_k, decode_top_p, beam_size,
-                    beam_alpha, calculator)
+        raise ValueError(
+            'GKDDecoderOnlyModel.task_feature_lengths must have the features '
+            f"'inputs' and 'targets', got {sorted(task_feature_lengths)}."
+        )
+    self._configure(
+        module,
+        teacher_module,
+        vocabulary,
+        vocabulary,
+        optimizer_def,
+        gkd,
+        decode_method,
+        decode_temperature,
+        decode_top_k,
+        decode_top_p,
+        beam_size,
+        beam_alpha,
+        calculator,
+    )
     # T5X's attribute name, read by T5X's own DecoderOnlyModel helpers.
     self._inputs_bidirectional_attention = inputs_bidirectional_attention
     self.task_feature_lengths = task_feature_lengths
@@ -690,16 +927,17 @@ class GKDDecoderOnlyModel(GKDModelBase, _DecoderOnlyBase):
     return self._inputs_bidirectional_attention
 
   @property
-  def FEATURE_CONVERTER_CLS(self):  # pylint: disable=invalid-name
+  def FEATURE_CONVERTER_CLS(self):  # noqa: N802  (T5X's name)
     """`feature_converters.PrefixLMFeatureConverter` (seqio's; looked up only by the data
     layers, as `GKDModel`'s)."""
-    from gkd_t5x import feature_converters  # pylint: disable=g-import-not-at-top
+    from gkd_t5x import feature_converters
+
     return feature_converters.PrefixLMFeatureConverter
 
-  def policy(self, module: decoder_only.DecoderOnlyTransformer,
-             params: PyTree) -> objective.Policy:
+  def policy(self, module: decoder_only.DecoderOnlyTransformer, params: PyTree) -> objective.Policy:
     return bind_decoder_only(
-        module, params, inputs_bidirectional_attention=self._inputs_bidirectional_attention)
+        module, params, inputs_bidirectional_attention=self._inputs_bidirectional_attention
+    )
 
   def split_widths(self, row_length: int) -> Tuple[int, int]:
     """(I, L): the prompt's inputs and the continuation's width for rows of T columns."""
@@ -707,9 +945,13 @@ class GKDDecoderOnlyModel(GKDModelBase, _DecoderOnlyBase):
     if lengths and lengths['inputs'] + lengths['targets'] == row_length:
       return lengths['inputs'], lengths['targets']
     if lengths:
-      logging.warning('GKDDecoderOnlyModel: rows of %d columns are not the task_feature_lengths'
-                      ' %s; splitting them into a prompt and a continuation of %d each.',
-                      row_length, lengths, row_length)
+      logging.warning(
+          'GKDDecoderOnlyModel: rows of %d columns are not the task_feature_lengths'
+          ' %s; splitting them into a prompt and a continuation of %d each.',
+          row_length,
+          lengths,
+          row_length,
+      )
     return row_length, row_length
 
   def objective_batch(self, batch: Batch) -> Batch:
@@ -717,23 +959,38 @@ class GKDDecoderOnlyModel(GKDModelBase, _DecoderOnlyBase):
     widths = self.split_widths(batch['decoder_target_tokens'].shape[1])
     return split_prefix_lm_batch(batch, *widths)
 
-  def _init_network(self, module: decoder_only.DecoderOnlyTransformer, rng: Array,
-                    input_shapes: Mapping[str, Tuple[int, ...]],
-                    input_types: Mapping[str, Any]) -> Dict[str, Any]:
+  def _init_network(
+      self,
+      module: decoder_only.DecoderOnlyTransformer,
+      rng: Array,
+      input_shapes: Mapping[str, Tuple[int, ...]],
+      input_types: Mapping[str, Any],
+  ) -> Dict[str, Any]:
     """Variables from the prefix-LM row shape, as T5X's DecoderOnlyModel initializes."""
-    tokens = jnp.ones(input_shapes['decoder_input_tokens'],
-                      input_types.get('decoder_input_tokens', jnp.int32))
+    tokens = jnp.ones(
+        input_shapes['decoder_input_tokens'], input_types.get('decoder_input_tokens', jnp.int32)
+    )
     return module.init(rng, tokens, tokens, enable_dropout=False)
 
-  def _compute_logits(self, params: PyTree, batch: Batch, dropout_rng: Optional[Array] = None,
-                      mutable: Any = False, other_variables: Optional[PyTree] = None) -> Array:
+  def _compute_logits(
+      self,
+      params: PyTree,
+      batch: Batch,
+      dropout_rng: Optional[Array] = None,
+      mutable: Any = False,
+      other_variables: Optional[PyTree] = None,
+  ) -> Array:
     """[B, T, V] student logits of the prefix-LM rows under teacher forcing (T5X's hook); at
     the targets' columns they are the policy's continuation logits."""
     if mutable or other_variables:
-      raise ValueError('GKDDecoderOnlyModel._compute_logits takes no mutable or other '
-                       'variables.')
+      raise ValueError('GKDDecoderOnlyModel._compute_logits takes no mutable or other variables.')
     prefix = batch['decoder_causal_attention'] if self._inputs_bidirectional_attention else None
     return self.module.apply(
-        {'params': params}, batch['decoder_input_tokens'], batch['decoder_target_tokens'],
-        batch.get('decoder_segment_ids'), batch.get('decoder_positions'), prefix,
-        **_dropout(dropout_rng))
+        {'params': params},
+        batch['decoder_input_tokens'],
+        batch['decoder_target_tokens'],
+        batch.get('decoder_segment_ids'),
+        batch.get('decoder_positions'),
+        prefix,
+        **_dropout(dropout_rng),
+    )

@@ -17,10 +17,10 @@ import dataclasses
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 import flax.linen as nn
-import gin
 from jax import lax
 import jax.numpy as jnp
 
+import gin
 from gkd_t5x import layers
 
 Array = jnp.ndarray
@@ -39,6 +39,7 @@ class T5Config:
   `dtype` is the activation dtype (a name like 'bfloat16' or a dtype); parameters are always
   float32.
   """
+
   vocab_size: int
   emb_dim: int = 512
   num_heads: int = 8
@@ -53,8 +54,15 @@ class T5Config:
   dtype: Any = 'float32'
 
   def __post_init__(self):
-    for name in ('vocab_size', 'emb_dim', 'num_heads', 'num_encoder_layers',
-                 'num_decoder_layers', 'head_dim', 'mlp_dim'):
+    for name in (
+        'vocab_size',
+        'emb_dim',
+        'num_heads',
+        'num_encoder_layers',
+        'num_decoder_layers',
+        'head_dim',
+        'mlp_dim',
+    ):
       value = getattr(self, name)
       if not isinstance(value, int) or value < 1:
         raise ValueError(f'T5Config.{name} must be a positive int, got {value!r}.')
@@ -66,6 +74,7 @@ class T5Config:
 
 class EncoderLayer(nn.Module):
   """Pre-norm self-attention + MLP block with residuals."""
+
   config: T5Config
 
   @nn.compact
@@ -75,12 +84,19 @@ class EncoderLayer(nn.Module):
     dropout = nn.Dropout(rate=cfg.dropout_rate, broadcast_dims=(-2,))
     y = layers.LayerNorm(dtype=cfg.dtype, name='pre_attention_layer_norm')(x)
     y = layers.MultiHeadDotProductAttention(
-        cfg.num_heads, cfg.head_dim, cfg.emb_dim, cfg.dropout_rate,
-        cfg.float32_attention_logits, cfg.dtype, name='attention')(y, y, bias, deterministic)
+        cfg.num_heads,
+        cfg.head_dim,
+        cfg.emb_dim,
+        cfg.dropout_rate,
+        cfg.float32_attention_logits,
+        cfg.dtype,
+        name='attention',
+    )(y, y, bias, deterministic)
     x = x + dropout(y, deterministic=deterministic)
     y = layers.LayerNorm(dtype=cfg.dtype, name='pre_mlp_layer_norm')(x)
-    y = layers.MlpBlock(cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, cfg.dtype,
-                        name='mlp')(y, deterministic)
+    y = layers.MlpBlock(cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, cfg.dtype, name='mlp')(
+        y, deterministic
+    )
     x = x + dropout(y, deterministic=deterministic)
     return layers.with_sharding_constraint(x, ('batch', 'length', 'embed'))
 
@@ -91,13 +107,19 @@ class DecoderLayer(nn.Module):
   Without `cache` it is the teacher-forced layer over a whole target sequence; with `cache`
   (this layer's entry of `Transformer.init_cache`) it processes one token at `position`.
   """
+
   config: T5Config
 
   def setup(self):
     cfg = self.config
     attention = lambda: layers.MultiHeadDotProductAttention(
-        cfg.num_heads, cfg.head_dim, cfg.emb_dim, cfg.dropout_rate,
-        cfg.float32_attention_logits, cfg.dtype)
+        cfg.num_heads,
+        cfg.head_dim,
+        cfg.emb_dim,
+        cfg.dropout_rate,
+        cfg.float32_attention_logits,
+        cfg.dtype,
+    )
     self.pre_self_attention_layer_norm = layers.LayerNorm(dtype=cfg.dtype)
     self.self_attention = attention()
     self.pre_cross_attention_layer_norm = layers.LayerNorm(dtype=cfg.dtype)
@@ -110,9 +132,16 @@ class DecoderLayer(nn.Module):
     """[B, I, E] encodings -> cross-attention keys and values, each [B, I, H, D]."""
     return self.encoder_decoder_attention.project_kv(encoded)
 
-  def __call__(self, x: Array, self_bias: Array, cross_bias: Array, deterministic: bool,
-               encoded: Optional[Array] = None, cache: Optional[Cache] = None,
-               position: Optional[Array] = None) -> Tuple[Array, Optional[Cache]]:
+  def __call__(
+      self,
+      x: Array,
+      self_bias: Array,
+      cross_bias: Array,
+      deterministic: bool,
+      encoded: Optional[Array] = None,
+      cache: Optional[Cache] = None,
+      position: Optional[Array] = None,
+  ) -> Tuple[Array, Optional[Cache]]:
     """One decoder layer.
 
     Args:
@@ -137,13 +166,13 @@ class DecoderLayer(nn.Module):
       cache = dict(cache)
       for name, step in (('self_key', step_key), ('self_value', step_value)):
         cache[name] = update_position(cache[name], step, position)
-      y = self.self_attention.attend(y, cache['self_key'], cache['self_value'], self_bias,
-                                     deterministic)
+      y = self.self_attention.attend(
+          y, cache['self_key'], cache['self_value'], self_bias, deterministic
+      )
       cross_key, cross_value = cache['cross_key'], cache['cross_value']
     x = x + self.dropout(y, deterministic=deterministic)
     y = self.pre_cross_attention_layer_norm(x)
-    y = self.encoder_decoder_attention.attend(y, cross_key, cross_value, cross_bias,
-                                              deterministic)
+    y = self.encoder_decoder_attention.attend(y, cross_key, cross_value, cross_bias, deterministic)
     x = x + self.dropout(y, deterministic=deterministic)
     y = self.pre_mlp_layer_norm(x)
     y = self.mlp(y, deterministic)
@@ -153,20 +182,22 @@ class DecoderLayer(nn.Module):
 
 def update_position(buffer_BxLxHxD: Array, step_Bx1xHxD: Array, position: Array) -> Array:
   """Writes one step's keys or values into the cache at `position` along the length axis."""
-  return lax.dynamic_update_slice_in_dim(buffer_BxLxHxD, step_Bx1xHxD.astype(buffer_BxLxHxD.dtype),
-                                         position, axis=1)
+  return lax.dynamic_update_slice_in_dim(
+      buffer_BxLxHxD, step_Bx1xHxD.astype(buffer_BxLxHxD.dtype), position, axis=1
+  )
 
 
 class Encoder(nn.Module):
   """Token embedding (shared), relative-position self-attention layers and a final norm."""
+
   config: T5Config
   shared_embedding: nn.Module
 
   def setup(self):
     cfg = self.config
     self.relpos_bias = layers.RelativePositionBiases(
-        RELPOS_NUM_BUCKETS, RELPOS_MAX_DISTANCE, cfg.num_heads, bidirectional=True,
-        dtype=cfg.dtype)
+        RELPOS_NUM_BUCKETS, RELPOS_MAX_DISTANCE, cfg.num_heads, bidirectional=True, dtype=cfg.dtype
+    )
     self.layers = [EncoderLayer(cfg) for _ in range(cfg.num_encoder_layers)]
     self.encoder_norm = layers.LayerNorm(dtype=cfg.dtype)
     self.dropout = nn.Dropout(rate=cfg.dropout_rate, broadcast_dims=(-2,))
@@ -187,20 +218,22 @@ class Encoder(nn.Module):
 class Decoder(nn.Module):
   """Token embedding (shared), causal self-attention + cross-attention layers, final norm and
   the output projection (`logits_dense`, or the embedding when `logits_via_embedding`)."""
+
   config: T5Config
   shared_embedding: nn.Module
 
   def setup(self):
     cfg = self.config
     self.relpos_bias = layers.RelativePositionBiases(
-        RELPOS_NUM_BUCKETS, RELPOS_MAX_DISTANCE, cfg.num_heads, bidirectional=False,
-        dtype=cfg.dtype)
+        RELPOS_NUM_BUCKETS, RELPOS_MAX_DISTANCE, cfg.num_heads, bidirectional=False, dtype=cfg.dtype
+    )
     self.layers = [DecoderLayer(cfg) for _ in range(cfg.num_decoder_layers)]
     self.decoder_norm = layers.LayerNorm(dtype=cfg.dtype)
     self.dropout = nn.Dropout(rate=cfg.dropout_rate, broadcast_dims=(-2,))
     if not cfg.logits_via_embedding:
-      self.logits_dense = layers.DenseGeneral(cfg.vocab_size, kernel_axes=('embed', 'vocab'),
-                                              dtype=jnp.float32)
+      self.logits_dense = layers.DenseGeneral(
+          cfg.vocab_size, kernel_axes=('embed', 'vocab'), dtype=jnp.float32
+      )
 
   def cross_kv(self, encoded: Array) -> Sequence[Tuple[Array, Array]]:
     return [layer.cross_kv(encoded) for layer in self.layers]
@@ -213,11 +246,16 @@ class Decoder(nn.Module):
       logits = self.shared_embedding.attend(y) / jnp.sqrt(y.shape[-1]).astype(y.dtype)
     else:
       logits = self.logits_dense(y)
-    return layers.with_sharding_constraint(logits.astype(jnp.float32),
-                                           ('batch', 'length', 'vocab'))
+    return layers.with_sharding_constraint(logits.astype(jnp.float32), ('batch', 'length', 'vocab'))
 
-  def __call__(self, tokens: Array, encoded: Array, self_mask_bias: Array,
-               cross_mask_bias: Array, deterministic: bool) -> Array:
+  def __call__(
+      self,
+      tokens: Array,
+      encoded: Array,
+      self_mask_bias: Array,
+      cross_mask_bias: Array,
+      deterministic: bool,
+  ) -> Array:
     """Teacher-forced decoder: [B, L] input tokens -> [B, L, V] float32 logits."""
     positions = jnp.arange(tokens.shape[1])
     self_bias = self_mask_bias + self.relpos_bias(positions, positions)
@@ -237,8 +275,9 @@ class Decoder(nn.Module):
     new_cache = {'cross_mask_bias': cache['cross_mask_bias']}
     for index, layer in enumerate(self.layers):
       name = f'layers_{index}'
-      y, new_cache[name] = layer(y, self_bias, cache['cross_mask_bias'], True,
-                                 cache=cache[name], position=position)
+      y, new_cache[name] = layer(
+          y, self_bias, cache['cross_mask_bias'], True, cache=cache[name], position=position
+      )
     return self._logits(y, True)[:, 0], new_cache
 
 
@@ -251,6 +290,7 @@ class Transformer(nn.Module):
     decode: teacher-forced logits from an encoder output.
     init_cache / decode_step: KV-cached autoregressive decoding.
   """
+
   config: T5Config
 
   def setup(self):
@@ -259,21 +299,34 @@ class Transformer(nn.Module):
     self.encoder = Encoder(cfg, shared_embedding=self.token_embedder)
     self.decoder = Decoder(cfg, shared_embedding=self.token_embedder)
 
-  def encode(self, encoder_input_tokens: Array, encoder_segment_ids: Optional[Array] = None,
-             enable_dropout: bool = True) -> Array:
+  def encode(
+      self,
+      encoder_input_tokens: Array,
+      encoder_segment_ids: Optional[Array] = None,
+      enable_dropout: bool = True,
+  ) -> Array:
     """[B, I] int tokens (0 = padding) -> [B, I, E] encodings.
 
     `encoder_segment_ids` [B, I] keeps packed examples from attending to each other.
     """
     valid = encoder_input_tokens > 0
     mask = layers.attention_mask(valid, valid, encoder_segment_ids, encoder_segment_ids)
-    return self.encoder(encoder_input_tokens, layers.mask_to_bias(mask, self.config.dtype),
-                        deterministic=not enable_dropout)
+    return self.encoder(
+        encoder_input_tokens,
+        layers.mask_to_bias(mask, self.config.dtype),
+        deterministic=not enable_dropout,
+    )
 
-  def decode(self, encoded: Array, encoder_input_tokens: Array, decoder_input_tokens: Array,
-             decoder_target_tokens: Array, encoder_segment_ids: Optional[Array] = None,
-             decoder_segment_ids: Optional[Array] = None,
-             enable_dropout: bool = True) -> Array:
+  def decode(
+      self,
+      encoded: Array,
+      encoder_input_tokens: Array,
+      decoder_input_tokens: Array,
+      decoder_target_tokens: Array,
+      encoder_segment_ids: Optional[Array] = None,
+      decoder_segment_ids: Optional[Array] = None,
+      enable_dropout: bool = True,
+  ) -> Array:
     """Teacher-forced logits of every target position.
 
     Args:
@@ -290,20 +343,34 @@ class Transformer(nn.Module):
     length = decoder_target_tokens.shape[1]
     target_valid = decoder_target_tokens > 0
     causal = jnp.tril(jnp.ones((length, length), jnp.bool_))[None, None]
-    self_mask = causal & layers.attention_mask(target_valid, target_valid, decoder_segment_ids,
-                                               decoder_segment_ids)
-    cross_mask = layers.attention_mask(target_valid, encoder_input_tokens > 0,
-                                       decoder_segment_ids, encoder_segment_ids)
+    self_mask = causal & layers.attention_mask(
+        target_valid, target_valid, decoder_segment_ids, decoder_segment_ids
+    )
+    cross_mask = layers.attention_mask(
+        target_valid, encoder_input_tokens > 0, decoder_segment_ids, encoder_segment_ids
+    )
     dtype = self.config.dtype
-    return self.decoder(decoder_input_tokens, encoded, layers.mask_to_bias(self_mask, dtype),
-                        layers.mask_to_bias(cross_mask, dtype), deterministic=not enable_dropout)
+    return self.decoder(
+        decoder_input_tokens,
+        encoded,
+        layers.mask_to_bias(self_mask, dtype),
+        layers.mask_to_bias(cross_mask, dtype),
+        deterministic=not enable_dropout,
+    )
 
-  def __call__(self, encoder_input_tokens: Array, decoder_input_tokens: Array,
-               decoder_target_tokens: Array, encoder_segment_ids: Optional[Array] = None,
-               decoder_segment_ids: Optional[Array] = None,
-               encoder_positions: Optional[Array] = None,
-               decoder_positions: Optional[Array] = None, *, enable_dropout: bool = True,
-               decode: bool = False) -> Array:
+  def __call__(
+      self,
+      encoder_input_tokens: Array,
+      decoder_input_tokens: Array,
+      decoder_target_tokens: Array,
+      encoder_segment_ids: Optional[Array] = None,
+      decoder_segment_ids: Optional[Array] = None,
+      encoder_positions: Optional[Array] = None,
+      decoder_positions: Optional[Array] = None,
+      *,
+      enable_dropout: bool = True,
+      decode: bool = False,
+  ) -> Array:
     """Teacher-forced [B, L, V] float32 logits (T5X's signature).
 
     Positions are accepted for T5X compatibility and unused: relative attention with segment
@@ -313,15 +380,23 @@ class Transformer(nn.Module):
     """
     del encoder_positions, decoder_positions
     if decode:
-      raise ValueError('Transformer.__call__ is teacher-forced; decode with init_cache and '
-                       'decode_step.')
+      raise ValueError(
+          'Transformer.__call__ is teacher-forced; decode with init_cache and decode_step.'
+      )
     encoded = self.encode(encoder_input_tokens, encoder_segment_ids, enable_dropout)
-    return self.decode(encoded, encoder_input_tokens, decoder_input_tokens,
-                       decoder_target_tokens, encoder_segment_ids, decoder_segment_ids,
-                       enable_dropout)
+    return self.decode(
+        encoded,
+        encoder_input_tokens,
+        decoder_input_tokens,
+        decoder_target_tokens,
+        encoder_segment_ids,
+        decoder_segment_ids,
+        enable_dropout,
+    )
 
-  def init_cache(self, encoded: Array, encoder_input_tokens: Array,
-                 max_decode_length: int) -> Cache:
+  def init_cache(
+      self, encoded: Array, encoder_input_tokens: Array, max_decode_length: int
+  ) -> Cache:
     """The decoding cache for `decode_step`, every leaf batch-leading.
 
     Args:
@@ -339,8 +414,12 @@ class Transformer(nn.Module):
     cache = {'cross_mask_bias': layers.mask_to_bias(cross_mask, cfg.dtype)}
     zeros = jnp.zeros((batch, max_decode_length, cfg.num_heads, cfg.head_dim), cfg.dtype)
     for index, (key, value) in enumerate(self.decoder.cross_kv(encoded)):
-      cache[f'layers_{index}'] = {'self_key': zeros, 'self_value': zeros, 'cross_key': key,
-                                  'cross_value': value}
+      cache[f'layers_{index}'] = {
+          'self_key': zeros,
+          'self_value': zeros,
+          'cross_key': key,
+          'cross_value': value,
+      }
     return cache
 
   def decode_step(self, tokens_Bx1: Array, cache: Cache, position: Array) -> Tuple[Array, Cache]:

@@ -42,11 +42,11 @@ import dataclasses
 import functools
 from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple, Union
 
-import gin
 import jax
 from jax import lax
 import jax.numpy as jnp
 
+import gin
 from gkd_t5x import decoding
 from gkd_t5x import divergences
 from gkd_t5x import rewards as rewards_lib
@@ -83,6 +83,7 @@ class Policy(NamedTuple):
       from it, fed token 0 at position 0. Per-row state belongs in the cache (batch-leading
       leaves), not in decode_step's closure: beam search repeats and reorders cache rows only.
   """
+
   read_prompt: Callable[..., PromptState]
   logits: Callable[..., Array]
   start_sampling: Callable[[PromptState, int], Tuple[Any, decoding.TokensToLogits]]
@@ -95,6 +96,7 @@ class LambdaSchedule:
 
   `end=None` (or end == start) is a constant schedule. ImitKD uses a non-increasing one.
   """
+
   start: float = 1.0
   end: Optional[float] = None
   transition_steps: int = 0
@@ -103,11 +105,15 @@ class LambdaSchedule:
     for name in ('start', 'end'):
       value = getattr(self, name)
       if value is not None and not 0.0 <= value <= 1.0:
-        raise ValueError(f'LambdaSchedule.{name} (lambda, the student data fraction) must be in '
-                         f'[0, 1], got {value}.')
+        raise ValueError(
+            f'LambdaSchedule.{name} (lambda, the student data fraction) must be in '
+            f'[0, 1], got {value}.'
+        )
     if not self.is_constant and self.transition_steps < 1:
-      raise ValueError('LambdaSchedule.transition_steps must be >= 1 when end != start, got '
-                       f'{self.transition_steps}.')
+      raise ValueError(
+          'LambdaSchedule.transition_steps must be >= 1 when end != start, got '
+          f'{self.transition_steps}.'
+      )
 
   @property
   def is_constant(self) -> bool:
@@ -118,8 +124,10 @@ class LambdaSchedule:
     if self.is_constant:
       return jnp.asarray(self.start, jnp.float32)
     if step is None:
-      raise ValueError('A LambdaSchedule that changes over training needs the training step; '
-                       'the standalone trainer passes it, under T5X use a constant lambda.')
+      raise ValueError(
+          'A LambdaSchedule that changes over training needs the training step; '
+          'the standalone trainer passes it, under T5X use a constant lambda.'
+      )
     progress = jnp.minimum(jnp.asarray(step, jnp.float32) / self.transition_steps, 1.0)
     return self.start + (self.end - self.start) * progress
 
@@ -156,6 +164,7 @@ class GKDConfig:
     num_samples_per_input: samples per input for on-policy steps with 'per_input_mean' (the
       inputs are repeated, so the step trains on batch x this many sequences).
   """
+
   divergence: str = 'forward_kl'
   beta: float = 0.5
   lmbda: Union[float, LambdaSchedule] = 1.0
@@ -174,44 +183,55 @@ class GKDConfig:
 
   def __post_init__(self):
     if self.divergence not in DIVERGENCE_NAMES:
-      raise ValueError(f'GKDConfig.divergence must be one of {DIVERGENCE_NAMES}, got '
-                       f'{self.divergence!r}.')
+      raise ValueError(
+          f'GKDConfig.divergence must be one of {DIVERGENCE_NAMES}, got {self.divergence!r}.'
+      )
     _check_unit_interval('beta', self.beta)
     _check_unit_interval('alpha', self.alpha)
     if not isinstance(self.lmbda, LambdaSchedule):
       _check_unit_interval('lmbda', self.lmbda)
       object.__setattr__(self, 'lmbda', LambdaSchedule(start=float(self.lmbda)))
     if self.fixed_data not in FIXED_DATA_SOURCES:
-      raise ValueError(f'GKDConfig.fixed_data must be one of {FIXED_DATA_SOURCES}, got '
-                       f'{self.fixed_data!r}.')
+      raise ValueError(
+          f'GKDConfig.fixed_data must be one of {FIXED_DATA_SOURCES}, got {self.fixed_data!r}.'
+      )
     if self.baseline not in BASELINES:
       raise ValueError(f'GKDConfig.baseline must be one of {BASELINES}, got {self.baseline!r}.')
     for name in ('sampling_temperature', 'teacher_sampling_temperature'):
       if getattr(self, name) < 0:
-        raise ValueError(f'GKDConfig.{name} must be >= 0 (0 = greedy), got '
-                         f'{getattr(self, name)}.')
+        raise ValueError(f'GKDConfig.{name} must be >= 0 (0 = greedy), got {getattr(self, name)}.')
     for name in ('teacher_temperature', 'student_temperature'):
       if not getattr(self, name) > 0:
         raise ValueError(f'GKDConfig.{name} must be > 0, got {getattr(self, name)}.')
     if self.max_decode_length is not None and self.max_decode_length < 1:
-      raise ValueError(f'GKDConfig.max_decode_length must be >= 1 or None, got '
-                       f'{self.max_decode_length}.')
+      raise ValueError(
+          f'GKDConfig.max_decode_length must be >= 1 or None, got {self.max_decode_length}.'
+      )
     if self.num_samples_per_input < 1:
-      raise ValueError('GKDConfig.num_samples_per_input must be >= 1, got '
-                       f'{self.num_samples_per_input}.')
+      raise ValueError(
+          f'GKDConfig.num_samples_per_input must be >= 1, got {self.num_samples_per_input}.'
+      )
     if self.divergence == 'cross_entropy' and self.may_be_on_policy:
-      raise ValueError("divergence 'cross_entropy' trains on fixed sequences only: it needs "
-                       f'lmbda = 0, got {self.lmbda}.')
+      raise ValueError(
+          "divergence 'cross_entropy' trains on fixed sequences only: it needs "
+          f'lmbda = 0, got {self.lmbda}.'
+      )
     if self.uses_rl:
       if self.reward is None:
-        raise ValueError(f'GKDConfig.alpha = {self.alpha} < 1 adds the RL term of Eq. 5, which '
-                         'needs a reward (GKDConfig.reward).')
+        raise ValueError(
+            f'GKDConfig.alpha = {self.alpha} < 1 adds the RL term of Eq. 5, which '
+            'needs a reward (GKDConfig.reward).'
+        )
       if not (self.lmbda.is_constant and self.lmbda.start == 1.0):
-        raise ValueError('RL + GKD (alpha < 1) trains on on-policy samples: it needs lmbda = 1, '
-                         f'got {self.lmbda}.')
+        raise ValueError(
+            'RL + GKD (alpha < 1) trains on on-policy samples: it needs lmbda = 1, '
+            f'got {self.lmbda}.'
+        )
     if self.baseline == 'per_input_mean' and self.num_samples_per_input < 2:
-      raise ValueError("baseline 'per_input_mean' needs num_samples_per_input >= 2, got "
-                       f'{self.num_samples_per_input}.')
+      raise ValueError(
+          "baseline 'per_input_mean' needs num_samples_per_input >= 2, got "
+          f'{self.num_samples_per_input}.'
+      )
 
   @property
   def uses_rl(self) -> bool:
@@ -233,6 +253,7 @@ class GKDConfig:
 
 class Sequences(NamedTuple):
   """The sequences a step trains on: tokens [B, L] int32, weights [B, L] float32."""
+
   tokens: Array
   weights: Array
 
@@ -242,9 +263,19 @@ def shift_right(tokens: Array, start_id: int = 0) -> Array:
   return jnp.pad(tokens, ((0, 0), (1, 0)), constant_values=start_id)[:, :-1]
 
 
-def sample_sequences(policy: Policy, prompt: PromptState, *, rng: Array, batch_size: int,
-                     length: int, max_decode_length: int, temperature: float, top_k: int = 0,
-                     top_p: float = 1.0, eos_id: int = 1) -> Sequences:
+def sample_sequences(
+    policy: Policy,
+    prompt: PromptState,
+    *,
+    rng: Array,
+    batch_size: int,
+    length: int,
+    max_decode_length: int,
+    temperature: float,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    eos_id: int = 1,
+) -> Sequences:
   """Samples y ~ p(. | x) with a KV cache, under stop_gradient, padded to `length`.
 
   The padding token 0 is excluded from sampling: it is not a token a sequence may contain, and
@@ -271,12 +302,20 @@ def sample_sequences(policy: Policy, prompt: PromptState, *, rng: Array, batch_s
     return logits_BxV.at[:, 0].set(-1e9), cache
 
   out = decoding.temperature_sample(
-      tokens_to_logits, cache, rng=rng, batch_size=batch_size,
-      max_decode_length=max_decode_length, temperature=temperature, top_k=top_k, top_p=top_p,
-      eos_id=eos_id)
+      tokens_to_logits,
+      cache,
+      rng=rng,
+      batch_size=batch_size,
+      max_decode_length=max_decode_length,
+      temperature=temperature,
+      top_k=top_k,
+      top_p=top_p,
+      eos_id=eos_id,
+  )
   pad = ((0, 0), (0, length - max_decode_length))
-  return Sequences(lax.stop_gradient(jnp.pad(out.tokens, pad)),
-                   lax.stop_gradient(jnp.pad(out.weights, pad)))
+  return Sequences(
+      lax.stop_gradient(jnp.pad(out.tokens, pad)), lax.stop_gradient(jnp.pad(out.weights, pad))
+  )
 
 
 def reward_baseline(config: GKDConfig, rewards_B: Array) -> Array:
@@ -297,12 +336,16 @@ def _repeat_batch(batch: Batch, times: int) -> Batch:
 
 def _check_step(config: GKDConfig, teacher: Optional[Policy], batch: Batch) -> None:
   if config.needs_teacher and teacher is None:
-    raise ValueError(f'divergence {config.divergence!r} with fixed_data {config.fixed_data!r} '
-                     'needs a teacher.')
+    raise ValueError(
+        f'divergence {config.divergence!r} with fixed_data {config.fixed_data!r} '
+        'needs a teacher.'
+    )
   packed = 'decoder_segment_ids' in batch or 'encoder_segment_ids' in batch
   if packed and config.may_be_on_policy:
-    raise ValueError('On-policy steps sample unpacked sequences: set pack=False in the feature '
-                     'converter (packing only works with lmbda = 0).')
+    raise ValueError(
+        'On-policy steps sample unpacked sequences: set pack=False in the feature '
+        'converter (packing only works with lmbda = 0).'
+    )
 
 
 def _batch_targets(batch: Batch) -> Sequences:
@@ -316,8 +359,10 @@ def _sample_length(config: GKDConfig, length: int) -> int:
   """How many tokens a step samples: `GKDConfig.max_decode_length`, at most the target length."""
   max_decode_length = config.max_decode_length or length
   if max_decode_length > length:
-    raise ValueError(f'GKDConfig.max_decode_length ({max_decode_length}) must not exceed the '
-                     f'target feature length ({length}).')
+    raise ValueError(
+        f'GKDConfig.max_decode_length ({max_decode_length}) must not exceed the '
+        f'target feature length ({length}).'
+    )
   return max_decode_length
 
 
@@ -325,8 +370,11 @@ def _continuation_inputs(config: GKDConfig, batch: Batch, tokens: Array) -> Arra
   """[B, L] the tokens fed to predict `tokens`: the batch's decoder inputs when the step can only
   train on the batch's targets (packed examples shift within their segment), else `tokens`
   shifted right."""
-  if (not config.may_be_on_policy and config.fixed_data == 'targets' and
-      'decoder_input_tokens' in batch):
+  if (
+      not config.may_be_on_policy
+      and config.fixed_data == 'targets'
+      and 'decoder_input_tokens' in batch
+  ):
     return batch['decoder_input_tokens']
   return shift_right(tokens)
 
@@ -335,11 +383,19 @@ def _real_mean(values_B: Array, real_B: Array) -> Array:
   return divergences.batch_mean(values_B.astype(jnp.float32), real_B)
 
 
-def choose_sequences(config: GKDConfig, lmbda: Array, student: Policy,
-                     sampling_prompt: Callable[[], PromptState], teacher: Optional[Policy],
-                     teacher_prompt: Optional[PromptState], targets: Sequences, *,
-                     coin_rng: Array, sample_rng: Array,
-                     eos_id: int) -> Tuple[Sequences, Array]:
+def choose_sequences(
+    config: GKDConfig,
+    lmbda: Array,
+    student: Policy,
+    sampling_prompt: Callable[[], PromptState],
+    teacher: Optional[Policy],
+    teacher_prompt: Optional[PromptState],
+    targets: Sequences,
+    *,
+    coin_rng: Array,
+    sample_rng: Array,
+    eos_id: int,
+) -> Tuple[Sequences, Array]:
   """Stage 1, Algorithm 1's choice of the step's sequences: with probability lambda the
   student's own samples (on-policy), else the fixed data (`GKDConfig.fixed_data`).
 
@@ -359,13 +415,23 @@ def choose_sequences(config: GKDConfig, lmbda: Array, student: Policy,
     ([B, L] sequences, float32 scalar: 1.0 if they are the student's samples, else 0.0).
   """
   batch_size, length = targets.tokens.shape
-  sample = functools.partial(sample_sequences, rng=sample_rng, batch_size=batch_size,
-                             length=length, max_decode_length=_sample_length(config, length),
-                             eos_id=eos_id)
+  sample = functools.partial(
+      sample_sequences,
+      rng=sample_rng,
+      batch_size=batch_size,
+      length=length,
+      max_decode_length=_sample_length(config, length),
+      eos_id=eos_id,
+  )
 
   def on_policy() -> Sequences:
-    return sample(student, sampling_prompt(), temperature=config.sampling_temperature,
-                  top_k=config.sampling_top_k, top_p=config.sampling_top_p)
+    return sample(
+        student,
+        sampling_prompt(),
+        temperature=config.sampling_temperature,
+        top_k=config.sampling_top_k,
+        top_p=config.sampling_top_p,
+    )
 
   def fixed() -> Sequences:
     if config.fixed_data == 'teacher_samples':
@@ -383,8 +449,9 @@ def choose_sequences(config: GKDConfig, lmbda: Array, student: Policy,
   return lax.cond(coin, on_policy, fixed), coin.astype(jnp.float32)
 
 
-def divergence_term(config: GKDConfig, sequences: Sequences, student_logits: Array,
-                    teacher_logits: Optional[Array]) -> Tuple[Array, Dict[str, Array]]:
+def divergence_term(
+    config: GKDConfig, sequences: Sequences, student_logits: Array, teacher_logits: Optional[Array]
+) -> Tuple[Array, Dict[str, Array]]:
   """Stage 2, E_y[D(p_T || p_S)(y|x)]: the token-level divergence averaged over each sequence
   (Eq. 2), then over the batch's sequences; 'cross_entropy' is the student's negative
   log-likelihood of the tokens instead, with no teacher.
@@ -401,20 +468,25 @@ def divergence_term(config: GKDConfig, sequences: Sequences, student_logits: Arr
   tokens, weights = sequences
   if config.divergence == 'cross_entropy':
     per_position = divergences.token_cross_entropy(
-        tokens, student_logits, student_temperature=config.student_temperature)
+        tokens, student_logits, student_temperature=config.student_temperature
+    )
     stats = {}
   else:
     divergence_fn = divergences.get_divergence(config.divergence, config.beta)
-    per_position = divergence_fn(teacher_logits, student_logits,
-                                 teacher_temperature=config.teacher_temperature,
-                                 student_temperature=config.student_temperature)
+    per_position = divergence_fn(
+        teacher_logits,
+        student_logits,
+        teacher_temperature=config.teacher_temperature,
+        student_temperature=config.student_temperature,
+    )
     stats = _next_token_stats(config, weights, teacher_logits, student_logits)
   per_sequence, valid = divergences.sequence_mean(per_position, weights)
   return divergences.batch_mean(per_sequence, valid), stats
 
 
-def _next_token_stats(config: GKDConfig, weights: Array, teacher_logits: Array,
-                      student_logits: Array) -> Dict[str, Array]:
+def _next_token_stats(
+    config: GKDConfig, weights: Array, teacher_logits: Array, student_logits: Array
+) -> Dict[str, Array]:
   """Means over the weighted tokens: how often the two models' likeliest next tokens agree,
   and each model's next-token entropy (nats, at the loss's temperatures)."""
   token_mean = lambda values: jnp.sum(values * weights) / jnp.maximum(jnp.sum(weights), 1.0)
@@ -423,14 +495,25 @@ def _next_token_stats(config: GKDConfig, weights: Array, teacher_logits: Array,
   # the student's own samples hands that uncertainty to an on-policy student.
   return dict(
       token_agreement=token_mean(agree),
-      teacher_entropy=token_mean(divergences.entropy(
-          teacher_logits, temperature=config.teacher_temperature)),
-      student_entropy=token_mean(divergences.entropy(
-          lax.stop_gradient(student_logits), temperature=config.student_temperature)))
+      teacher_entropy=token_mean(
+          divergences.entropy(teacher_logits, temperature=config.teacher_temperature)
+      ),
+      student_entropy=token_mean(
+          divergences.entropy(
+              lax.stop_gradient(student_logits), temperature=config.student_temperature
+          )
+      ),
+  )
 
 
-def rl_term(config: GKDConfig, inputs: Array, targets: Sequences, sequences: Sequences,
-            student_logits: Array, real_B: Array) -> Tuple[Array, Dict[str, Array]]:
+def rl_term(
+    config: GKDConfig,
+    inputs: Array,
+    targets: Sequences,
+    sequences: Sequences,
+    student_logits: Array,
+    real_B: Array,
+) -> Tuple[Array, Dict[str, Array]]:
   """Stage 3, the REINFORCE term of Eq. 5: pg_loss = -mean_b (r_b - baseline_b) log p_S(y_b|x_b),
   whose gradient estimates -grad E_y[r(y)] on the step's samples.
 
@@ -445,29 +528,43 @@ def rl_term(config: GKDConfig, inputs: Array, targets: Sequences, sequences: Seq
   Returns:
     (scalar pg_loss, {reward, reward_baseline: means over the real rows; pg_loss}).
   """
-  reward = config.reward(inputs, sequences.tokens, sequences.weights, targets.tokens,
-                         targets.weights)
+  reward = config.reward(
+      inputs, sequences.tokens, sequences.weights, targets.tokens, targets.weights
+  )
   baseline = reward_baseline(config, reward)
   token_log_probs = -divergences.token_cross_entropy(sequences.tokens, student_logits)
   sequence_log_prob = jnp.sum(token_log_probs * sequences.weights, axis=-1)
   advantage = lax.stop_gradient(reward - baseline)
   pg_loss = -jnp.mean(advantage * sequence_log_prob)
-  return pg_loss, dict(reward=_real_mean(reward, real_B),
-                       reward_baseline=_real_mean(baseline, real_B), pg_loss=pg_loss)
+  return pg_loss, dict(
+      reward=_real_mean(reward, real_B),
+      reward_baseline=_real_mean(baseline, real_B),
+      pg_loss=pg_loss,
+  )
 
 
 def sequence_stats(sequences: Sequences, real_B: Array, eos_id: int) -> Dict[str, Array]:
   """Stage 4, what the step trained on: sequence_length and eos_rate, means over the real rows
   `real_B` [B] (those with a target), and num_sequences, their number."""
   reached_eos = jnp.any((sequences.tokens == eos_id) & (sequences.weights > 0), axis=-1)
-  return dict(sequence_length=_real_mean(jnp.sum(sequences.weights, axis=-1), real_B),
-              eos_rate=_real_mean(reached_eos, real_B),
-              num_sequences=jnp.sum(real_B.astype(jnp.float32)))
+  return dict(
+      sequence_length=_real_mean(jnp.sum(sequences.weights, axis=-1), real_B),
+      eos_rate=_real_mean(reached_eos, real_B),
+      num_sequences=jnp.sum(real_B.astype(jnp.float32)),
+  )
 
 
-def gkd_loss(config: GKDConfig, student: Policy, teacher: Optional[Policy], batch: Batch,
-             rng: Array, *, step: Optional[Array] = None, student_dropout: bool = False,
-             eos_id: int = 1) -> Tuple[Array, Dict[str, Array]]:
+def gkd_loss(
+    config: GKDConfig,
+    student: Policy,
+    teacher: Optional[Policy],
+    batch: Batch,
+    rng: Array,
+    *,
+    step: Optional[Array] = None,
+    student_dropout: bool = False,
+    eos_id: int = 1,
+) -> Tuple[Array, Dict[str, Array]]:
   """One step of the GKD objective (Algorithm 1), differentiable in the student's params.
 
   Args:
@@ -499,32 +596,56 @@ def gkd_loss(config: GKDConfig, student: Policy, teacher: Optional[Policy], batc
   inputs, input_segments = batch['encoder_input_tokens'], batch.get('encoder_segment_ids')
   targets = _batch_targets(batch)
   student_rng = dropout_rng if student_dropout else None
-  student_prompt = student.read_prompt(inputs, segment_ids=input_segments,
-                                       dropout_rng=student_rng)
-  teacher_prompt = (lax.stop_gradient(teacher.read_prompt(inputs, segment_ids=input_segments))
-                    if config.needs_teacher else None)
+  student_prompt = student.read_prompt(inputs, segment_ids=input_segments, dropout_rng=student_rng)
+  teacher_prompt = (
+      lax.stop_gradient(teacher.read_prompt(inputs, segment_ids=input_segments))
+      if config.needs_teacher
+      else None
+  )
 
   lmbda = config.lmbda(step)
   # The student samples without dropout: from the training pass's prompt state unless that
   # one has dropout.
-  sampling_prompt = ((lambda: student.read_prompt(inputs)) if student_dropout
-                     else (lambda: student_prompt))
+  sampling_prompt = (
+      (lambda: student.read_prompt(inputs)) if student_dropout else (lambda: student_prompt)
+  )
   sequences, on_policy = choose_sequences(
-      config, lmbda, student, sampling_prompt, teacher, teacher_prompt, targets,
-      coin_rng=coin_rng, sample_rng=sample_rng, eos_id=eos_id)
+      config,
+      lmbda,
+      student,
+      sampling_prompt,
+      teacher,
+      teacher_prompt,
+      targets,
+      coin_rng=coin_rng,
+      sample_rng=sample_rng,
+      eos_id=eos_id,
+  )
   # A padded row (an evaluation split's last batch) has no target: it is no sequence of the
   # batch, so neither its on-policy sample nor any statistic may count it.
   real_B = jnp.any(targets.weights > 0, axis=-1)
   sequences = sequences._replace(
-      weights=sequences.weights * real_B[:, None].astype(sequences.weights.dtype))
+      weights=sequences.weights * real_B[:, None].astype(sequences.weights.dtype)
+  )
 
   continuation_inputs = _continuation_inputs(config, batch, sequences.tokens)
   segment_ids = batch.get('decoder_segment_ids')
-  student_logits = student.logits(student_prompt, continuation_inputs, sequences.tokens,
-                                  segment_ids=segment_ids, dropout_rng=student_rng)
-  teacher_logits = None if config.divergence == 'cross_entropy' else lax.stop_gradient(
-      teacher.logits(teacher_prompt, continuation_inputs, sequences.tokens,
-                     segment_ids=segment_ids))
+  student_logits = student.logits(
+      student_prompt,
+      continuation_inputs,
+      sequences.tokens,
+      segment_ids=segment_ids,
+      dropout_rng=student_rng,
+  )
+  teacher_logits = (
+      None
+      if config.divergence == 'cross_entropy'
+      else lax.stop_gradient(
+          teacher.logits(
+              teacher_prompt, continuation_inputs, sequences.tokens, segment_ids=segment_ids
+          )
+      )
+  )
 
   divergence, stats = divergence_term(config, sequences, student_logits, teacher_logits)
   loss = divergence
@@ -532,6 +653,10 @@ def gkd_loss(config: GKDConfig, student: Policy, teacher: Optional[Policy], batc
     pg_loss, rl_stats = rl_term(config, inputs, targets, sequences, student_logits, real_B)
     loss = config.alpha * divergence + (1.0 - config.alpha) * pg_loss
     stats.update(rl_stats)
-  stats.update(divergence=divergence, on_policy=on_policy, lmbda=lmbda,
-               **sequence_stats(sequences, real_B, eos_id))
+  stats.update(
+      divergence=divergence,
+      on_policy=on_policy,
+      lmbda=lmbda,
+      **sequence_stats(sequences, real_B, eos_id),
+  )
   return loss, stats

@@ -26,24 +26,27 @@ Every `@optimizers.<builder>()` reference is called by gin when the macro is eva
 import numbers
 from typing import Optional, Union
 
-import gin
 import jax.numpy as jnp
 import optax
+
+import gin
 
 ScalarOrSchedule = Union[float, optax.Schedule]
 
 
 def _check_positive(name: str, value, *, allow_zero: bool = False) -> None:
-  ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and (
-      value >= 0 if allow_zero else value > 0)
+  ok = (
+      isinstance(value, numbers.Real)
+      and not isinstance(value, bool)
+      and (value >= 0 if allow_zero else value > 0)
+  )
   if not ok:
     allowed = '>= 0' if allow_zero else '> 0'
     raise ValueError(f'{name} must be a number {allowed}, got {value!r}.')
 
 
 def _check_steps(name: str, value, *, minimum: int) -> None:
-  if (not isinstance(value, numbers.Integral) or isinstance(value, bool)
-      or value < minimum):
+  if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < minimum:
     raise ValueError(f'{name} must be an int >= {minimum}, got {value!r}.')
 
 
@@ -60,8 +63,7 @@ def constant_schedule(learning_rate: float) -> optax.Schedule:
 
 
 @gin.configurable
-def warmup_rsqrt_schedule(learning_rate: float = 1.0,
-                          warmup_steps: int = 10000) -> optax.Schedule:
+def warmup_rsqrt_schedule(learning_rate: float = 1.0, warmup_steps: int = 10000) -> optax.Schedule:
   """T5X / Mesh-TF rsqrt decay: lr(step) = learning_rate / sqrt(max(step, warmup_steps)).
 
   This is T5X's `utils.create_learning_rate_scheduler(factors='constant * rsqrt_decay',
@@ -85,8 +87,9 @@ def warmup_rsqrt_schedule(learning_rate: float = 1.0,
 
 
 @gin.configurable
-def warmup_cosine_schedule(learning_rate: float, warmup_steps: int, decay_steps: int,
-                           end_value: float = 0.0) -> optax.Schedule:
+def warmup_cosine_schedule(
+    learning_rate: float, warmup_steps: int, decay_steps: int, end_value: float = 0.0
+) -> optax.Schedule:
   """Linear warmup from 0, then cosine decay to end_value (`optax.warmup_cosine_decay_schedule`).
 
     lr(step) = learning_rate * step / warmup_steps                     for step < warmup_steps
@@ -108,14 +111,21 @@ def warmup_cosine_schedule(learning_rate: float, warmup_steps: int, decay_steps:
   _check_steps('decay_steps', decay_steps, minimum=warmup_steps + 1)
   _check_positive('end_value', end_value, allow_zero=True)
   return optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=learning_rate, warmup_steps=warmup_steps,
-      decay_steps=decay_steps, end_value=end_value)
+      init_value=0.0,
+      peak_value=learning_rate,
+      warmup_steps=warmup_steps,
+      decay_steps=decay_steps,
+      end_value=end_value,
+  )
 
 
 @gin.configurable
-def linear_warmup_constant_schedule(learning_rate: float, warmup_steps: int,
-                                    cooldown_start: Optional[int] = None,
-                                    cooldown_end: Optional[int] = None) -> optax.Schedule:
+def linear_warmup_constant_schedule(
+    learning_rate: float,
+    warmup_steps: int,
+    cooldown_start: Optional[int] = None,
+    cooldown_end: Optional[int] = None,
+) -> optax.Schedule:
   """Linear warmup from 0, constant, then an optional linear cooldown to 0 (the GKD paper's
   schedules, Tables A.1-A.3: e.g. XSum warms up over 2,000 steps and cools down over
   (30,000, 40,000)).
@@ -135,8 +145,10 @@ def linear_warmup_constant_schedule(learning_rate: float, warmup_steps: int,
   _check_positive('learning_rate', learning_rate)
   _check_steps('warmup_steps', warmup_steps, minimum=0)
   if (cooldown_start is None) != (cooldown_end is None):
-    raise ValueError('cooldown_start and cooldown_end must both be set or both be None, got '
-                     f'{cooldown_start!r} and {cooldown_end!r}.')
+    raise ValueError(
+        'cooldown_start and cooldown_end must both be set or both be None, got '
+        f'{cooldown_start!r} and {cooldown_end!r}.'
+    )
   pieces = [optax.constant_schedule(learning_rate)]
   boundaries = []
   if warmup_steps:
@@ -162,17 +174,19 @@ _OPTAX_ADAFACTOR_EPSILON2 = 1e-3
 
 
 @gin.configurable
-def adafactor(learning_rate: ScalarOrSchedule,
-              decay_rate: float = 0.8,
-              step_offset: int = 0,
-              multiply_by_parameter_scale: bool = True,
-              clipping_threshold: Optional[float] = 1.0,
-              factored: bool = True,
-              min_dim_size_to_factor: int = 128,
-              epsilon1: float = 1e-30,
-              epsilon2: float = 1e-3,
-              momentum: Optional[float] = None,
-              weight_decay_rate: Optional[float] = None) -> optax.GradientTransformation:
+def adafactor(
+    learning_rate: ScalarOrSchedule,
+    decay_rate: float = 0.8,
+    step_offset: int = 0,
+    multiply_by_parameter_scale: bool = True,
+    clipping_threshold: Optional[float] = 1.0,
+    factored: bool = True,
+    min_dim_size_to_factor: int = 128,
+    epsilon1: float = 1e-30,
+    epsilon2: float = 1e-3,
+    momentum: Optional[float] = None,
+    weight_decay_rate: Optional[float] = None,
+) -> optax.GradientTransformation:
   """Adafactor with T5X's default `adafactor.Adafactor` settings, built with `optax.adafactor`.
 
   At step t (0-based), for a gradient G of a parameter W:
@@ -217,7 +231,8 @@ def adafactor(learning_rate: ScalarOrSchedule,
   if epsilon2 != _OPTAX_ADAFACTOR_EPSILON2:
     raise ValueError(
         f'epsilon2 must be {_OPTAX_ADAFACTOR_EPSILON2} (optax.adafactor fixes the minimum '
-        f'parameter scale), got {epsilon2!r}.')
+        f'parameter scale), got {epsilon2!r}.'
+    )
   _check_positive('decay_rate', decay_rate)
   _check_steps('min_dim_size_to_factor', min_dim_size_to_factor, minimum=1)
   if clipping_threshold is not None:
@@ -232,12 +247,18 @@ def adafactor(learning_rate: ScalarOrSchedule,
       momentum=momentum,
       weight_decay_rate=weight_decay_rate,
       eps=epsilon1,
-      factored=factored)
+      factored=factored,
+  )
 
 
 @gin.configurable
-def adamw(learning_rate: ScalarOrSchedule, b1: float = 0.9, b2: float = 0.999,
-          eps: float = 1e-8, weight_decay: float = 0.0) -> optax.GradientTransformation:
+def adamw(
+    learning_rate: ScalarOrSchedule,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+) -> optax.GradientTransformation:
   """AdamW (`optax.adamw`), with decoupled weight decay; t counts from 1:
 
     m_t = b1 m_{t-1} + (1 - b1) g,     v_t = b2 v_{t-1} + (1 - b2) g^2
@@ -250,9 +271,11 @@ def adamw(learning_rate: ScalarOrSchedule, b1: float = 0.9, b2: float = 0.999,
 
 
 @gin.configurable
-def make_optimizer(optimizer: optax.GradientTransformation,
-                   max_grad_norm: Optional[float] = None,
-                   accumulation_steps: int = 1) -> optax.GradientTransformation:
+def make_optimizer(
+    optimizer: optax.GradientTransformation,
+    max_grad_norm: Optional[float] = None,
+    accumulation_steps: int = 1,
+) -> optax.GradientTransformation:
   """Global-norm clipping and gradient accumulation around `optimizer`.
 
     g <- g * min(1, max_grad_norm / ||g||_2)     (over all leaves; if max_grad_norm is set)
@@ -275,10 +298,14 @@ def make_optimizer(optimizer: optax.GradientTransformation,
   """
   if not (hasattr(optimizer, 'init') and hasattr(optimizer, 'update')):
     raise ValueError(
-        f'optimizer must be an optax.GradientTransformation, got {type(optimizer).__name__}.')
+        f'optimizer must be an optax.GradientTransformation, got {type(optimizer).__name__}.'
+    )
   if max_grad_norm is not None:
-    if (not isinstance(max_grad_norm, numbers.Real) or isinstance(max_grad_norm, bool)
-        or not max_grad_norm > 0):
+    if (
+        not isinstance(max_grad_norm, numbers.Real)
+        or isinstance(max_grad_norm, bool)
+        or not max_grad_norm > 0
+    ):
       raise ValueError(f'max_grad_norm must be a number > 0 or None, got {max_grad_norm!r}.')
   _check_steps('accumulation_steps', accumulation_steps, minimum=1)
 

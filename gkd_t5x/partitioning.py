@@ -14,12 +14,13 @@ from typing import Any, Iterator, Optional, Sequence, Tuple
 import flax
 import flax.linen as nn
 from flax.linen import partitioning as nn_partitioning
-import gin
 import jax
 from jax.sharding import Mesh
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec
 import numpy as np
+
+import gin
 
 LogicalAxisRules = Sequence[Tuple[str, Optional[str]]]
 
@@ -52,14 +53,15 @@ def make_mesh(model_partitions: int = 1, devices: Optional[Sequence[Any]] = None
   """
   devices = list(devices if devices is not None else jax.devices())
   if model_partitions < 1 or len(devices) % model_partitions:
-    raise ValueError(f'model_partitions ({model_partitions}) must be >= 1 and divide the number '
-                     f'of devices ({len(devices)}).')
+    raise ValueError(
+        f'model_partitions ({model_partitions}) must be >= 1 and divide the number '
+        f'of devices ({len(devices)}).'
+    )
   grid = np.asarray(devices).reshape(len(devices) // model_partitions, model_partitions)
   return Mesh(grid, (DATA_AXIS, MODEL_AXIS))
 
 
-def variable_shardings(mesh: Mesh, axes_collection: Any,
-                       rules: LogicalAxisRules) -> Any:
+def variable_shardings(mesh: Mesh, axes_collection: Any, rules: LogicalAxisRules) -> Any:
   """NamedShardings for a variable tree from its `*_axes` collection (e.g. `params_axes`).
 
   Returns:
@@ -89,7 +91,8 @@ def check_divisible(variables: Any, shardings: Any, name: str) -> None:
             f'The {name} param {jax.tree_util.keystr(path)} of shape {leaf.shape} is split '
             f'{parts} ways over mesh axes {axes}, which does not divide {dim}: choose a number '
             'of model partitions (NUM_PARTITIONS) that divides the model dimensions, or pad '
-            'the vocabulary to a multiple of 128.')
+            'the vocabulary to a multiple of 128.'
+        )
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

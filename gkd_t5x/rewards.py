@@ -20,10 +20,11 @@ pass them into the step beside the teacher's, sharded by the same logical axis r
 import functools
 from typing import Any, Callable, Dict, Optional, Protocol, Sequence, Tuple
 
-import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+import gin
 from gkd_t5x import network
 from gkd_t5x import vocabularies
 
@@ -34,8 +35,14 @@ StringScoreFn = Callable[[Sequence[str], Sequence[str], Sequence[str]], Sequence
 class Reward(Protocol):
   """The reward interface (see the module docstring for shapes)."""
 
-  def __call__(self, inputs: Array, samples: Array, sample_weights: Array, targets: Array,
-               target_weights: Array) -> Array:
+  def __call__(
+      self,
+      inputs: Array,
+      samples: Array,
+      sample_weights: Array,
+      targets: Array,
+      target_weights: Array,
+  ) -> Array:
     ...
 
 
@@ -47,15 +54,19 @@ class ExactMatchReward:
     del inputs
     length = max(samples.shape[1], targets.shape[1])
     pad = lambda x, w: (jnp.pad(jnp.where(w > 0, x, 0), ((0, 0), (0, length - x.shape[1]))))
-    return jnp.all(pad(samples, sample_weights) == pad(targets, target_weights),
-                   axis=-1).astype(jnp.float32)
+    return jnp.all(pad(samples, sample_weights) == pad(targets, target_weights), axis=-1).astype(
+        jnp.float32
+    )
 
 
-def _decode_rows(vocabulary: vocabularies.Vocabulary, tokens: np.ndarray,
-                 weights: np.ndarray) -> list:
+def _decode_rows(
+    vocabulary: vocabularies.Vocabulary, tokens: np.ndarray, weights: np.ndarray
+) -> list:
   # Only the weighted tokens belong to the sequence; the vocabulary stops at EOS by itself.
-  return [vocabulary.decode([int(t) for t, w in zip(row, row_w) if w > 0])
-          for row, row_w in zip(tokens, weights)]
+  return [
+      vocabulary.decode([int(t) for t, w in zip(row, row_w) if w > 0])
+      for row, row_w in zip(tokens, weights)
+  ]
 
 
 @gin.configurable
@@ -73,25 +84,37 @@ class StringReward:
 
   def _host_scores(self, inputs, samples, sample_weights, targets, target_weights):
     inputs, samples, sample_weights, targets, target_weights = map(
-        np.asarray, (inputs, samples, sample_weights, targets, target_weights))
+        np.asarray, (inputs, samples, sample_weights, targets, target_weights)
+    )
     input_strings = _decode_rows(self.vocabulary, inputs, inputs > 0)
     predictions = _decode_rows(self.vocabulary, samples, sample_weights)
     references = _decode_rows(self.vocabulary, targets, target_weights)
     scores = np.asarray(self.score_fn(input_strings, predictions, references), np.float32)
     if scores.shape != (len(predictions),):
-      raise ValueError(f'score_fn must return one score per sequence ({len(predictions)}), '
-                       f'got shape {scores.shape}.')
+      raise ValueError(
+          f'score_fn must return one score per sequence ({len(predictions)}), '
+          f'got shape {scores.shape}.'
+      )
     return scores
 
   def __call__(self, inputs, samples, sample_weights, targets, target_weights):
     result_shape = jax.ShapeDtypeStruct((samples.shape[0],), jnp.float32)
-    return jax.pure_callback(self._host_scores, result_shape, inputs, samples, sample_weights,
-                             targets, target_weights, vmap_method='sequential')
+    return jax.pure_callback(
+        self._host_scores,
+        result_shape,
+        inputs,
+        samples,
+        sample_weights,
+        targets,
+        target_weights,
+        vmap_method='sequential',
+    )
 
 
 @gin.configurable
-def string_exact_match_reward(vocabulary: vocabularies.Vocabulary,
-                              normalize: Optional[Callable[[str], str]] = None) -> StringReward:
+def string_exact_match_reward(
+    vocabulary: vocabularies.Vocabulary, normalize: Optional[Callable[[str], str]] = None
+) -> StringReward:
   """1.0 where normalize(prediction) == normalize(target) (identity by default)."""
   normalize = normalize or (lambda s: s)
 
@@ -142,9 +165,15 @@ class EntailmentReward:
     input_length: the classifier's encoder length.
   """
 
-  def __init__(self, module: network.Transformer, vocabulary: vocabularies.Vocabulary,
-               target: str = '1', premise_prefix: str = 'premise: ',
-               hypothesis_prefix: str = ' hypothesis: ', input_length: int = 1024):
+  def __init__(
+      self,
+      module: network.Transformer,
+      vocabulary: vocabularies.Vocabulary,
+      target: str = '1',
+      premise_prefix: str = 'premise: ',
+      hypothesis_prefix: str = ' hypothesis: ',
+      input_length: int = 1024,
+  ):
     self.module = module
     self.vocabulary = vocabulary
     self.input_length = int(input_length)
@@ -157,48 +186,68 @@ class EntailmentReward:
     # Encoded on first use, so that building the reward (gin, config checks) reads no
     # vocabulary file.
     if self.module.config.vocab_size < self.vocabulary.vocab_size:
-      raise ValueError(f'EntailmentReward: the classifier\'s T5Config.vocab_size = '
-                       f'{self.module.config.vocab_size} is smaller than the vocabulary\'s '
-                       f'{self.vocabulary.vocab_size} tokens; it must share the student\'s '
-                       'vocabulary.')
+      raise ValueError(
+          f"EntailmentReward: the classifier's T5Config.vocab_size = "
+          f"{self.module.config.vocab_size} is smaller than the vocabulary's "
+          f"{self.vocabulary.vocab_size} tokens; it must share the student's "
+          'vocabulary.'
+      )
     encode = lambda text: np.asarray(self.vocabulary.encode(text), np.int32).reshape(-1)
     target = np.concatenate([encode(self.target), [self.vocabulary.eos_id]]).astype(np.int32)
     premise_prefix, hypothesis_prefix = encode(self.premise_prefix), encode(self.hypothesis_prefix)
     if len(target) < 2:
       raise ValueError(f'EntailmentReward.target {self.target!r} encodes to no token.')
     if self.input_length - len(premise_prefix) - len(hypothesis_prefix) < 2:
-      raise ValueError(f'EntailmentReward.input_length = {self.input_length} leaves no room for '
-                       'premise and hypothesis after the prefixes.')
+      raise ValueError(
+          f'EntailmentReward.input_length = {self.input_length} leaves no room for '
+          'premise and hypothesis after the prefixes.'
+      )
     return premise_prefix, hypothesis_prefix, target
 
   def input_shapes(self, batch_size: int = 1) -> Dict[str, Tuple[int, int]]:
     """The classifier's feature shapes, for initializing its params."""
     target = (batch_size, len(self._tokens[2]))
-    return {'encoder_input_tokens': (batch_size, self.input_length),
-            'decoder_input_tokens': target, 'decoder_target_tokens': target}
+    return {
+        'encoder_input_tokens': (batch_size, self.input_length),
+        'decoder_input_tokens': target,
+        'decoder_target_tokens': target,
+    }
 
   def classifier_inputs(self, inputs: Array, samples: Array, sample_weights: Array) -> Array:
     """[B, input_length] 'premise: x hypothesis: y' tokens of inputs [B, I] and samples [B, L]."""
     batch = inputs.shape[0]
     premise_prefix, hypothesis_prefix, _ = self._tokens
     hypothesis = jnp.where(sample_weights > 0, samples, 0)
-    room = (self.input_length - len(premise_prefix) - len(hypothesis_prefix)
-            - jnp.sum(hypothesis > 0, axis=1, keepdims=True))
+    room = (
+        self.input_length
+        - len(premise_prefix)
+        - len(hypothesis_prefix)
+        - jnp.sum(hypothesis > 0, axis=1, keepdims=True)
+    )
     premise = jnp.where((inputs > 0) & (jnp.cumsum(inputs > 0, axis=1) <= room), inputs, 0)
     prefix = lambda tokens: jnp.broadcast_to(jnp.asarray(tokens), (batch, len(tokens)))
-    return pack_rows([prefix(premise_prefix), premise, prefix(hypothesis_prefix), hypothesis],
-                     self.input_length)
+    return pack_rows(
+        [prefix(premise_prefix), premise, prefix(hypothesis_prefix), hypothesis], self.input_length
+    )
 
-  def score(self, params: Any, inputs: Array, samples: Array, sample_weights: Array,
-            targets: Array, target_weights: Array) -> Array:
+  def score(
+      self,
+      params: Any,
+      inputs: Array,
+      samples: Array,
+      sample_weights: Array,
+      targets: Array,
+      target_weights: Array,
+  ) -> Array:
     """[B] float32 probability of the target string (the `Reward` signature after params)."""
     del targets, target_weights
     classifier_inputs = self.classifier_inputs(inputs, samples, sample_weights)
     target_tokens = self._tokens[2]
     target = jnp.broadcast_to(jnp.asarray(target_tokens), (inputs.shape[0], len(target_tokens)))
     decoder_inputs = jnp.pad(target, ((0, 0), (1, 0)))[:, :-1]
-    logits = self.module.apply({'params': params}, classifier_inputs, decoder_inputs, target,
-                               enable_dropout=False)
+    logits = self.module.apply(
+        {'params': params}, classifier_inputs, decoder_inputs, target, enable_dropout=False
+    )
     log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     token_log_probs = jnp.take_along_axis(log_probs, target[..., None], axis=-1)[..., 0]
     return jax.lax.stop_gradient(jnp.exp(jnp.sum(token_log_probs, axis=-1)))

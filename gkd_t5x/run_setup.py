@@ -34,14 +34,21 @@ class RunSetup:
     layout: shapes and shardings of the state, the frozen networks and the batch.
     step_dirs: {gin setting: the `checkpoint_<step>` directory it names} of each path given.
   """
+
   layout: trainer.StateLayout
   step_dirs: Mapping[str, epath.Path]
 
 
-def build_run(model: models.GKDModelBase, optimizer: optax.GradientTransformation,
-              dataset_cfg: data.DatasetConfig, *, model_partitions: int,
-              rules: partitioning.LogicalAxisRules, pack: bool,
-              checkpoint_paths: Mapping[str, Optional[str]]) -> RunSetup:
+def build_run(
+    model: models.GKDModelBase,
+    optimizer: optax.GradientTransformation,
+    dataset_cfg: data.DatasetConfig,
+    *,
+    model_partitions: int,
+    rules: partitioning.LogicalAxisRules,
+    pack: bool,
+    checkpoint_paths: Mapping[str, Optional[str]],
+) -> RunSetup:
   """The ('data', 'model') mesh and the layout of `model` on batches of `dataset_cfg`.
 
   Args:
@@ -57,8 +64,11 @@ def build_run(model: models.GKDModelBase, optimizer: optax.GradientTransformatio
   """
   mesh = partitioning.make_mesh(model_partitions)
   data.validate(dataset_cfg, mesh.shape[partitioning.DATA_AXIS])
-  step_dirs = {setting: checkpoints.resolve_step_dir(path, setting)
-               for setting, path in checkpoint_paths.items() if path}
+  step_dirs = {
+      setting: checkpoints.resolve_step_dir(path, setting)
+      for setting, path in checkpoint_paths.items()
+      if path
+  }
   converter = model.FEATURE_CONVERTER_CLS(pack=pack)
   lengths = converter.get_model_feature_lengths(dict(dataset_cfg.task_feature_lengths))
   batch_shapes = {name: (dataset_cfg.batch_size, length) for name, length in lengths.items()}
@@ -66,21 +76,36 @@ def build_run(model: models.GKDModelBase, optimizer: optax.GradientTransformatio
   return RunSetup(layout=layout, step_dirs=step_dirs)
 
 
-def restore_frozen(layout: trainer.StateLayout, teacher_checkpoint_path: Optional[str],
-                   reward_checkpoint_path: Optional[str]) -> Dict[str, PyTree]:
+def restore_frozen(
+    layout: trainer.StateLayout,
+    teacher_checkpoint_path: Optional[str],
+    reward_checkpoint_path: Optional[str],
+) -> Dict[str, PyTree]:
   """The frozen networks the model has and a path is given for ({'teacher': params,
   'reward_model': params}, each in its `layout.frozen_shardings`); the caller decides which
   of them a run requires."""
-  paths = {models.TEACHER_COLLECTION: teacher_checkpoint_path,
-           models.REWARD_MODEL_COLLECTION: reward_checkpoint_path}
-  return {name: checkpoints.restore_params(paths[name], abstract,
-                                           setting=models.FROZEN_COLLECTIONS[name])
-          for name, abstract in layout.abstract_frozen.items() if paths[name]}
+  paths = {
+      models.TEACHER_COLLECTION: teacher_checkpoint_path,
+      models.REWARD_MODEL_COLLECTION: reward_checkpoint_path,
+  }
+  return {
+      name: checkpoints.restore_params(
+          paths[name], abstract, setting=models.FROZEN_COLLECTIONS[name]
+      )
+      for name, abstract in layout.abstract_frozen.items()
+      if paths[name]
+  }
 
 
-def write_results(directory: str, step: int, metrics: Mapping[str, float],
-                  records: List[Mapping[str, Any]], *, writer: metric_writers.MetricWriter,
-                  summary: Optional[Mapping[str, Any]] = None) -> None:
+def write_results(
+    directory: str,
+    step: int,
+    metrics: Mapping[str, float],
+    records: List[Mapping[str, Any]],
+    *,
+    writer: metric_writers.MetricWriter,
+    summary: Optional[Mapping[str, Any]] = None,
+) -> None:
   """Writes one evaluation: its metrics as TensorBoard scalars through `writer` (every host),
   and, on host 0, its metrics and predictions as JSON in `directory`.
 

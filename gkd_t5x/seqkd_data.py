@@ -24,9 +24,9 @@ on it with the SFT method and evaluates on the base task (EVAL_MIXTURE_OR_TASK_N
 import json
 import os
 
-import gin
 import jax
 
+import gin
 from gkd_t5x import gin_utils
 from gkd_t5x.tasks import seqkd as seqkd_tasks
 
@@ -44,8 +44,10 @@ def write_data_dir(data_dir: str, metrics_file: str, predictions_file: str) -> s
     result = json.load(f)
   task_names = {name.split('/')[1] for name in result['metrics'] if name.startswith('inference/')}
   if len(task_names) != 1:
-    raise ValueError(f'{metrics_file} must hold the inference metrics of one task, found '
-                     f'{sorted(task_names)}.')
+    raise ValueError(
+        f'{metrics_file} must hold the inference metrics of one task, found '
+        f'{sorted(task_names)}.'
+    )
   split = result['split']
   data_file = os.path.join(data_dir, f'{split}.jsonl')
   num_examples = 0
@@ -55,8 +57,16 @@ def write_data_dir(data_dir: str, metrics_file: str, predictions_file: str) -> s
       sink.write(json.dumps({'inputs': record['input'], 'targets': record['prediction']}) + '\n')
       num_examples += 1
   with open(os.path.join(data_dir, seqkd_tasks.TASK_FILE), 'w') as f:
-    json.dump({'base_task': task_names.pop(), 'split': split, 'num_examples': num_examples,
-               'checkpoint': result['checkpoint']}, f, indent=2)
+    json.dump(
+        {
+            'base_task': task_names.pop(),
+            'split': split,
+            'num_examples': num_examples,
+            'checkpoint': result['checkpoint'],
+        },
+        f,
+        indent=2,
+    )
   return data_file
 
 
@@ -64,13 +74,17 @@ def write_data_dir(data_dir: str, metrics_file: str, predictions_file: str) -> s
 def write_seqkd_data(data_dir: str = gin.REQUIRED) -> str:
   """Decodes the gin-configured model (the teacher) over its task's EVAL_SPLIT into `data_dir`
   (gin: SEQKD_DATA_DIR); returns the JSON lines file."""
-  from gkd_t5x import eval as eval_lib  # pylint: disable=g-import-not-at-top
+  from gkd_t5x import eval as eval_lib
+
   decode_dir = os.path.join(data_dir, 'teacher_decode')
-  eval_lib.evaluate(output_dir=decode_dir)  # pylint: disable=no-value-for-parameter
+  eval_lib.evaluate(output_dir=decode_dir)
   if jax.process_index() != 0:
     return ''
-  return write_data_dir(data_dir, os.path.join(decode_dir, 'metrics.json'),
-                        os.path.join(decode_dir, 'predictions.jsonl'))
+  return write_data_dir(
+      data_dir,
+      os.path.join(decode_dir, 'metrics.json'),
+      os.path.join(decode_dir, 'predictions.jsonl'),
+  )
 
 
 def main(argv):
@@ -78,7 +92,9 @@ def main(argv):
     raise ValueError(f'Unexpected arguments: {argv[1:]}')
   gin_utils.parse_gin_flags()
   # The gin files configure the imported module's function, not this __main__ copy's.
-  from gkd_t5x import seqkd_data as seqkd_lib  # pylint: disable=g-import-not-at-top
+  # The configurables gin binds live in the importable module, not in `__main__`.
+  from gkd_t5x import seqkd_data as seqkd_lib  # noqa: PLW0406
+
   print(seqkd_lib.write_seqkd_data(), flush=True)
 
 

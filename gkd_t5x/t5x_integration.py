@@ -32,6 +32,7 @@ from t5x import utils as t5x_utils
 from gkd_t5x import checkpoints
 from gkd_t5x import models
 
+
 class TeacherTrainStateInitializer(t5x_utils.TrainStateInitializer):
   """T5X's `TrainStateInitializer`, whose from-scratch state holds the restored frozen networks.
 
@@ -46,11 +47,18 @@ class TeacherTrainStateInitializer(t5x_utils.TrainStateInitializer):
       input_types), passed by `t5x/train.py`.
   """
 
-  def __init__(self, *, teacher_checkpoint_path: Optional[str] = None,
-               reward_checkpoint_path: Optional[str] = None, **kwargs):
+  def __init__(
+      self,
+      *,
+      teacher_checkpoint_path: Optional[str] = None,
+      reward_checkpoint_path: Optional[str] = None,
+      **kwargs,
+  ):
     super().__init__(**kwargs)
-    given = {models.TEACHER_COLLECTION: teacher_checkpoint_path,
-             models.REWARD_MODEL_COLLECTION: reward_checkpoint_path}
+    given = {
+        models.TEACHER_COLLECTION: teacher_checkpoint_path,
+        models.REWARD_MODEL_COLLECTION: reward_checkpoint_path,
+    }
     self._frozen_paths = {}
     for name, setting in models.FROZEN_COLLECTIONS.items():
       if name not in self.global_train_state_shape.flax_mutables:
@@ -58,7 +66,8 @@ class TeacherTrainStateInitializer(t5x_utils.TrainStateInitializer):
       if given[name] is None:
         raise checkpoints.CheckpointError(
             f'The model has a {name} network, but {setting} is None. Set it to its T5X '
-            'checkpoint (a step directory or a model directory).')
+            'checkpoint (a step directory or a model directory).'
+        )
       # Fails before anything is compiled or initialized if the path is not a checkpoint.
       checkpoints.resolve_step_dir(given[name], setting)
       self._frozen_paths[name] = given[name]
@@ -78,16 +87,18 @@ class TeacherTrainStateInitializer(t5x_utils.TrainStateInitializer):
       shardings = jax.tree_util.tree_map(
           lambda spec: jax.sharding.NamedSharding(mesh, spec),
           self.train_state_axes.flax_mutables[name],
-          is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+          is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec),
+      )
       abstract = checkpoints.abstract_tree(mutables[name], shardings)
-      mutables[name] = checkpoints.restore_params(path, abstract,
-                                                  setting=models.FROZEN_COLLECTIONS[name])
+      mutables[name] = checkpoints.restore_params(
+          path, abstract, setting=models.FROZEN_COLLECTIONS[name]
+      )
     return state.replace_flax_mutables(flax.core.freeze(mutables))
 
 
-def skip_teacher_of_initial_checkpoint(ckpt_state: Mapping[str, Any],
-                                       target_state: Mapping[str, Any], *,
-                                       is_resuming: bool = False) -> Mapping[str, Any]:
+def skip_teacher_of_initial_checkpoint(
+    ckpt_state: Mapping[str, Any], target_state: Mapping[str, Any], *, is_resuming: bool = False
+) -> Mapping[str, Any]:
   """T5X restore transformation: drops the frozen networks from the checkpoint a run starts from.
 
   With `RestoreCheckpointConfig.fallback_to_scratch`, T5X then takes the teacher (and a model
@@ -100,6 +111,7 @@ def skip_teacher_of_initial_checkpoint(ckpt_state: Mapping[str, Any],
   if is_resuming or not mutables or not set(mutables) & set(models.FROZEN_COLLECTIONS):
     return ckpt_state
   ckpt_state = dict(ckpt_state)
-  ckpt_state['flax_mutables'] = {name: value for name, value in mutables.items()
-                                 if name not in models.FROZEN_COLLECTIONS}
+  ckpt_state['flax_mutables'] = {
+      name: value for name, value in mutables.items() if name not in models.FROZEN_COLLECTIONS
+  }
   return ckpt_state

@@ -30,10 +30,10 @@ from typing import Any, Dict, List, Mapping, Optional
 from absl import flags
 from absl import logging
 from clu import metric_writers
-import gin
 import jax
 import optax
 
+import gin
 from gkd_t5x import averages
 from gkd_t5x import checkpoints
 from gkd_t5x import data
@@ -47,15 +47,19 @@ from gkd_t5x import trainer
 PyTree = Any
 
 
-def initialize_distributed(coordinator_address: Optional[str] = None,
-                           num_processes: Optional[int] = None,
-                           process_id: Optional[int] = None, auto: bool = False) -> None:
+def initialize_distributed(
+    coordinator_address: Optional[str] = None,
+    num_processes: Optional[int] = None,
+    process_id: Optional[int] = None,
+    auto: bool = False,
+) -> None:
   """Joins a multi-process job (several hosts, or several local processes on CPU)."""
   if coordinator_address is not None:
     if num_processes is None or process_id is None:
       raise ValueError('--coordinator_address needs --num_processes and --process_id.')
-    jax.distributed.initialize(coordinator_address=coordinator_address,
-                               num_processes=num_processes, process_id=process_id)
+    jax.distributed.initialize(
+        coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id
+    )
   elif auto:
     jax.distributed.initialize()
 
@@ -87,22 +91,32 @@ def _check_feature_lengths(model: models.GKDModelBase, lengths: Mapping[str, int
     raise ValueError(
         f'GKDConfig.max_decode_length = {max_decode_length} exceeds '
         f'TASK_FEATURE_LENGTHS["targets"] = {lengths["targets"]}: samples must fit the '
-        'target feature length.')
+        'target feature length.'
+    )
 
 
 @gin.configurable
-def train(*, model: models.GKDModelBase, model_dir: str,
-          train_dataset_cfg: data.DatasetConfig, total_steps: int,
-          optimizer: optax.GradientTransformation,
-          eval_dataset_cfg: Optional[data.DatasetConfig] = None,
-          initial_checkpoint_path: Optional[str] = None,
-          teacher_checkpoint_path: Optional[str] = None,
-          reward_checkpoint_path: Optional[str] = None,
-          model_partitions: int = 1,
-          logical_axis_rules: partitioning.LogicalAxisRules = (),
-          random_seed: int = 0, checkpoint_period: int = 1000, keep_checkpoints: Optional[int] = 3,
-          eval_period: Optional[int] = None, eval_num_examples: Optional[int] = None,
-          log_period: int = 100, async_checkpointing: bool = True) -> Dict[str, float]:
+def train(
+    *,
+    model: models.GKDModelBase,
+    model_dir: str,
+    train_dataset_cfg: data.DatasetConfig,
+    total_steps: int,
+    optimizer: optax.GradientTransformation,
+    eval_dataset_cfg: Optional[data.DatasetConfig] = None,
+    initial_checkpoint_path: Optional[str] = None,
+    teacher_checkpoint_path: Optional[str] = None,
+    reward_checkpoint_path: Optional[str] = None,
+    model_partitions: int = 1,
+    logical_axis_rules: partitioning.LogicalAxisRules = (),
+    random_seed: int = 0,
+    checkpoint_period: int = 1000,
+    keep_checkpoints: Optional[int] = 3,
+    eval_period: Optional[int] = None,
+    eval_num_examples: Optional[int] = None,
+    log_period: int = 100,
+    async_checkpointing: bool = True,
+) -> Dict[str, float]:
   """Trains `model` on `train_dataset_cfg` for `total_steps` steps, resumably.
 
   Args:
@@ -134,30 +148,45 @@ def train(*, model: models.GKDModelBase, model_dir: str,
   rules = tuple(logical_axis_rules) or partitioning.standard_logical_axis_rules()
   if total_steps < 0:
     raise ValueError(f'TRAIN_STEPS must be >= 0, got {total_steps}.')
-  for name, value in (('checkpoint_period', checkpoint_period), ('log_period', log_period),
-                      ('eval_period', eval_period or 1)):
+  for name, value in (
+      ('checkpoint_period', checkpoint_period),
+      ('log_period', log_period),
+      ('eval_period', eval_period or 1),
+  ):
     if value < 1:
       raise ValueError(f'train.{name} must be >= 1, got {value}.')
   if model.teacher_module is not None and not teacher_checkpoint_path:
-    raise ValueError(f'The model has a teacher ({type(model).__name__}.teacher_module), but '
-                     'TEACHER_CHECKPOINT_PATH is not set: distilling from random params is '
-                     'never meant. Train a teacher first, or use a method without teacher.')
+    raise ValueError(
+        f'The model has a teacher ({type(model).__name__}.teacher_module), but '
+        'TEACHER_CHECKPOINT_PATH is not set: distilling from random params is '
+        'never meant. Train a teacher first, or use a method without teacher.'
+    )
   if model.reward_module is not None and not reward_checkpoint_path:
-    raise ValueError('The reward has a network of its own (GKDConfig.reward = '
-                     f'{type(model.gkd.reward).__name__}), but REWARD_CHECKPOINT_PATH is not '
-                     'set: give the classifier\'s T5X checkpoint.')
+    raise ValueError(
+        'The reward has a network of its own (GKDConfig.reward = '
+        f'{type(model.gkd.reward).__name__}), but REWARD_CHECKPOINT_PATH is not '
+        "set: give the classifier's T5X checkpoint."
+    )
   _check_feature_lengths(model, train_dataset_cfg.task_feature_lengths)
   layout = run_setup.build_run(
-      model, optimizer, train_dataset_cfg, model_partitions=model_partitions, rules=rules,
+      model,
+      optimizer,
+      train_dataset_cfg,
+      model_partitions=model_partitions,
+      rules=rules,
       pack=train_dataset_cfg.pack,
-      checkpoint_paths={'INITIAL_CHECKPOINT_PATH': initial_checkpoint_path,
-                        'TEACHER_CHECKPOINT_PATH': teacher_checkpoint_path,
-                        'REWARD_CHECKPOINT_PATH': reward_checkpoint_path}).layout
+      checkpoint_paths={
+          'INITIAL_CHECKPOINT_PATH': initial_checkpoint_path,
+          'TEACHER_CHECKPOINT_PATH': teacher_checkpoint_path,
+          'REWARD_CHECKPOINT_PATH': reward_checkpoint_path,
+      },
+  ).layout
   # Both are restored when the model has them: the checks above require their paths.
   frozen = run_setup.restore_frozen(layout, teacher_checkpoint_path, reward_checkpoint_path)
   init_rng, step_rng = jax.random.split(jax.random.PRNGKey(random_seed))
-  manager = checkpoints.make_manager(model_dir, keep=keep_checkpoints,
-                                     async_save=async_checkpointing)
+  manager = checkpoints.make_manager(
+      model_dir, keep=keep_checkpoints, async_save=async_checkpointing
+  )
   try:
     resumed = checkpoints.restore_latest(manager, layout.abstract_state)
     if resumed is not None:
@@ -167,45 +196,83 @@ def train(*, model: models.GKDModelBase, model_dir: str,
       initial_params = None
       if initial_checkpoint_path:
         initial_params = checkpoints.restore_params(
-            initial_checkpoint_path, layout.abstract_state['target'],
-            setting='INITIAL_CHECKPOINT_PATH')
+            initial_checkpoint_path,
+            layout.abstract_state['target'],
+            setting='INITIAL_CHECKPOINT_PATH',
+        )
       state = trainer.init_state(model, optimizer, layout, init_rng, initial_params)
       batches_consumed = 0
-    return _train_loop(model, optimizer, layout, state, frozen, batches_consumed, step_rng,
-                       manager=manager, model_dir=model_dir, total_steps=total_steps,
-                       train_dataset_cfg=train_dataset_cfg, eval_dataset_cfg=eval_dataset_cfg,
-                       checkpoint_period=checkpoint_period, eval_period=eval_period,
-                       eval_num_examples=eval_num_examples, log_period=log_period,
-                       random_seed=random_seed)
+    return _train_loop(
+        model,
+        optimizer,
+        layout,
+        state,
+        frozen,
+        batches_consumed,
+        step_rng,
+        manager=manager,
+        model_dir=model_dir,
+        total_steps=total_steps,
+        train_dataset_cfg=train_dataset_cfg,
+        eval_dataset_cfg=eval_dataset_cfg,
+        checkpoint_period=checkpoint_period,
+        eval_period=eval_period,
+        eval_num_examples=eval_num_examples,
+        log_period=log_period,
+        random_seed=random_seed,
+    )
   finally:
     manager.wait_until_finished()
     manager.close()
 
 
-def _train_loop(model: models.GKDModelBase, optimizer: optax.GradientTransformation,
-                layout: trainer.StateLayout, state: trainer.TrainState, frozen: PyTree,
-                batches_consumed: int, step_rng: jax.Array, *, manager, model_dir: str,
-                total_steps: int, train_dataset_cfg: data.DatasetConfig,
-                eval_dataset_cfg: Optional[data.DatasetConfig], checkpoint_period: int,
-                eval_period: Optional[int], eval_num_examples: Optional[int],
-                log_period: int, random_seed: int) -> Dict[str, float]:
+def _train_loop(
+    model: models.GKDModelBase,
+    optimizer: optax.GradientTransformation,
+    layout: trainer.StateLayout,
+    state: trainer.TrainState,
+    frozen: PyTree,
+    batches_consumed: int,
+    step_rng: jax.Array,
+    *,
+    manager,
+    model_dir: str,
+    total_steps: int,
+    train_dataset_cfg: data.DatasetConfig,
+    eval_dataset_cfg: Optional[data.DatasetConfig],
+    checkpoint_period: int,
+    eval_period: Optional[int],
+    eval_num_examples: Optional[int],
+    log_period: int,
+    random_seed: int,
+) -> Dict[str, float]:
   """Steps from the state's step to `total_steps`: logging, checkpoints and evaluation."""
   mesh, rules = layout.mesh, layout.rules
   converter = model.FEATURE_CONVERTER_CLS(pack=train_dataset_cfg.pack)
   train_step = trainer.make_train_step(model, optimizer, layout, step_rng)
   evaluator = None
   if eval_dataset_cfg is not None:
-    evaluator = evaluation.Evaluator(model, eval_dataset_cfg, mesh, layout.param_shardings,
-                                     layout.frozen_shardings, rules,
-                                     num_examples=eval_num_examples, seed=random_seed)
-  dataset = data.get_dataset(train_dataset_cfg, converter, repeat=True,
-                             start_batch=batches_consumed)
+    evaluator = evaluation.Evaluator(
+        model,
+        eval_dataset_cfg,
+        mesh,
+        layout.param_shardings,
+        layout.frozen_shardings,
+        rules,
+        num_examples=eval_num_examples,
+        seed=random_seed,
+    )
+  dataset = data.get_dataset(
+      train_dataset_cfg, converter, repeat=True, start_batch=batches_consumed
+  )
   batches = dataset.as_numpy_iterator()
   is_chief = jax.process_index() == 0
   train_writer = metric_writers.create_default_writer(
-      os.path.join(model_dir, 'train'), just_logging=not is_chief)
+      os.path.join(model_dir, 'train'), just_logging=not is_chief
+  )
   eval_writer = metric_writers.create_default_writer(
-      os.path.join(model_dir, 'eval'), just_logging=not is_chief)
+      os.path.join(model_dir, 'eval'), just_logging=not is_chief
+  )
 
   step = int(state['step'])
   first_step = step
@@ -214,8 +281,9 @@ def _train_loop(model: models.GKDModelBase, optimizer: optax.GradientTransformat
   previous_loss = None
   eval_metrics: Dict[str, float] = {}
   if is_chief:
-    print(f'Training {model_dir}: steps {step} -> {total_steps}, mesh {dict(mesh.shape)}.',
-          flush=True)
+    print(
+        f'Training {model_dir}: steps {step} -> {total_steps}, mesh {dict(mesh.shape)}.', flush=True
+    )
   with partitioning.activate(mesh, rules):
     while step < total_steps:
       batch = data.make_global_batch(next(batches), mesh)
@@ -234,15 +302,18 @@ def _train_loop(model: models.GKDModelBase, optimizer: optax.GradientTransformat
         values.update(progress.update(step))
         train_writer.write_scalars(step, values)
         if is_chief:
-          print(f'step {step}/{total_steps}  loss {values["loss"]:.4f}  '
-                f'{values["steps_per_sec"]:.2f} steps/s  '
-                f'ETA {_format_eta(values["eta_seconds"])}', flush=True)
+          print(
+              f'step {step}/{total_steps}  loss {values["loss"]:.4f}  '
+              f'{values["steps_per_sec"]:.2f} steps/s  '
+              f'ETA {_format_eta(values["eta_seconds"])}',
+              flush=True,
+          )
       if step % checkpoint_period == 0 or step == total_steps:
         checkpoints.save(manager, step, state, batches_consumed)
-      if evaluator is not None and ((eval_period and step % eval_period == 0)
-                                    or step == total_steps):
-        eval_metrics = _evaluate(evaluator, state['target'], frozen, step, eval_writer,
-                                 model_dir)
+      if evaluator is not None and (
+          (eval_period and step % eval_period == 0) or step == total_steps
+      ):
+        eval_metrics = _evaluate(evaluator, state['target'], frozen, step, eval_writer, model_dir)
     if evaluator is not None and first_step == total_steps:
       eval_metrics = _evaluate(evaluator, state['target'], frozen, step, eval_writer, model_dir)
   train_writer.close()
@@ -256,8 +327,14 @@ def _check_finite(loss: Any, step: int) -> None:
     raise FloatingPointError(f'The training loss is {value} at step {step}; stopping.')
 
 
-def _evaluate(evaluator: evaluation.Evaluator, params: PyTree, frozen: PyTree, step: int,
-              writer: metric_writers.MetricWriter, model_dir: str) -> Dict[str, float]:
+def _evaluate(
+    evaluator: evaluation.Evaluator,
+    params: PyTree,
+    frozen: PyTree,
+    step: int,
+    writer: metric_writers.MetricWriter,
+    model_dir: str,
+) -> Dict[str, float]:
   """Loss and inference metrics on the eval split: written to TensorBoard and JSON files."""
   start = time.perf_counter()
   metrics, records = evaluator.evaluate(params, frozen)
@@ -271,21 +348,31 @@ def _evaluate(evaluator: evaluation.Evaluator, params: PyTree, frozen: PyTree, s
 def main(argv):
   if len(argv) > 1:
     raise ValueError(f'Unexpected arguments: {argv[1:]}')
-  initialize_distributed(flags.FLAGS.coordinator_address, flags.FLAGS.num_processes,
-                         flags.FLAGS.process_id, flags.FLAGS.multiprocess)
+  initialize_distributed(
+      flags.FLAGS.coordinator_address,
+      flags.FLAGS.num_processes,
+      flags.FLAGS.process_id,
+      flags.FLAGS.multiprocess,
+  )
   gin_utils.parse_gin_flags()
   # The gin files import this module as gkd_t5x.train, whose `train` carries the bindings
   # (this file also runs as __main__, a second module object).
-  from gkd_t5x import train as train_lib  # pylint: disable=g-import-not-at-top
-  train_lib.train()  # pylint: disable=no-value-for-parameter
+  # The configurables gin binds live in the importable module, not in `__main__`.
+  from gkd_t5x import train as train_lib  # noqa: PLW0406
+
+  train_lib.train()
 
 
 if __name__ == '__main__':
-  flags.DEFINE_string('coordinator_address', None,
-                      'Multi-host: address:port of process 0 for jax.distributed.initialize. On '
-                      'TPU pods use --multiprocess instead (auto-detected).')
+  flags.DEFINE_string(
+      'coordinator_address',
+      None,
+      'Multi-host: address:port of process 0 for jax.distributed.initialize. On '
+      'TPU pods use --multiprocess instead (auto-detected).',
+  )
   flags.DEFINE_integer('num_processes', None, 'Multi-host: number of processes.')
-  flags.DEFINE_integer('process_id', None, 'Multi-host: this process\'s index.')
-  flags.DEFINE_bool('multiprocess', False,
-                    'Call jax.distributed.initialize() with its auto-detection (TPU pods).')
+  flags.DEFINE_integer('process_id', None, "Multi-host: this process's index.")
+  flags.DEFINE_bool(
+      'multiprocess', False, 'Call jax.distributed.initialize() with its auto-detection (TPU pods).'
+  )
   gin_utils.run(main)

@@ -51,6 +51,7 @@ class StateLayout:
     frozen_shardings: their NamedShardings, by the student's logical axis rules.
     batch_shapes: {feature: (B, length)} of the model features.
   """
+
   mesh: jax.sharding.Mesh
   rules: partitioning.LogicalAxisRules
   abstract_state: PyTree
@@ -64,59 +65,81 @@ class StateLayout:
     return self.state_shardings['target']
 
 
-def make_layout(model: models.GKDModelBase, optimizer: optax.GradientTransformation,
-                mesh: jax.sharding.Mesh, rules: partitioning.LogicalAxisRules,
-                batch_shapes: Mapping[str, Tuple[int, ...]]) -> StateLayout:
+def make_layout(
+    model: models.GKDModelBase,
+    optimizer: optax.GradientTransformation,
+    mesh: jax.sharding.Mesh,
+    rules: partitioning.LogicalAxisRules,
+    batch_shapes: Mapping[str, Tuple[int, ...]],
+) -> StateLayout:
   """Abstract train state and frozen networks with their shardings; allocates nothing."""
   variables = jax.eval_shape(
       functools.partial(model.get_initial_variables, input_shapes=batch_shapes),
-      jax.random.PRNGKey(0))
+      jax.random.PRNGKey(0),
+  )
   param_shardings = partitioning.variable_shardings(mesh, variables['params_axes'], rules)
   partitioning.check_divisible(variables['params'], param_shardings, 'student')
   abstract_params = checkpoints.abstract_tree(variables['params'], param_shardings)
   with partitioning.activate(mesh, rules):
-    opt_state_shardings = jax.jit(optimizer.init).lower(
-        abstract_params).compile().output_shardings
+    opt_state_shardings = jax.jit(optimizer.init).lower(abstract_params).compile().output_shardings
   replicated = partitioning.replicated(mesh)
-  state_shardings = {'target': param_shardings, 'opt_state': opt_state_shardings,
-                     'step': replicated}
+  state_shardings = {
+      'target': param_shardings,
+      'opt_state': opt_state_shardings,
+      'step': replicated,
+  }
   abstract_state = {
       'target': abstract_params,
-      'opt_state': checkpoints.abstract_tree(jax.eval_shape(optimizer.init, abstract_params),
-                                             opt_state_shardings),
+      'opt_state': checkpoints.abstract_tree(
+          jax.eval_shape(optimizer.init, abstract_params), opt_state_shardings
+      ),
       'step': jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated),
   }
   frozen = {name: variables[name] for name in models.FROZEN_COLLECTIONS if name in variables}
-  frozen_shardings = {name: partitioning.variable_shardings(mesh, variables[name + '_axes'],
-                                                            rules) for name in frozen}
+  frozen_shardings = {
+      name: partitioning.variable_shardings(mesh, variables[name + '_axes'], rules)
+      for name in frozen
+  }
   for name in frozen:
     partitioning.check_divisible({name: frozen[name]}, {name: frozen_shardings[name]}, name)
-  return StateLayout(mesh, rules, abstract_state, state_shardings,
-                     checkpoints.abstract_tree(frozen, frozen_shardings), frozen_shardings,
-                     dict(batch_shapes))
+  return StateLayout(
+      mesh,
+      rules,
+      abstract_state,
+      state_shardings,
+      checkpoints.abstract_tree(frozen, frozen_shardings),
+      frozen_shardings,
+      dict(batch_shapes),
+  )
 
 
-def init_state(model: models.GKDModelBase, optimizer: optax.GradientTransformation,
-               layout: StateLayout, rng: jax.Array,
-               params: Optional[PyTree] = None) -> TrainState:
+def init_state(
+    model: models.GKDModelBase,
+    optimizer: optax.GradientTransformation,
+    layout: StateLayout,
+    rng: jax.Array,
+    params: Optional[PyTree] = None,
+) -> TrainState:
   """A step-0 train state, its params random (from `rng`) or given, created sharded."""
   shapes = layout.batch_shapes
 
   def init(rng, params):
     if params is None:
       params = model.get_initial_variables(rng, shapes)['params']
-    return {'target': params, 'opt_state': optimizer.init(params),
-            'step': jnp.zeros((), jnp.int32)}
+    return {'target': params, 'opt_state': optimizer.init(params), 'step': jnp.zeros((), jnp.int32)}
 
   with partitioning.activate(layout.mesh, layout.rules):
     if params is None:
       return jax.jit(lambda rng: init(rng, None), out_shardings=layout.state_shardings)(rng)
-    return jax.jit(init, out_shardings=layout.state_shardings,
-                   donate_argnums=1)(rng, params)
+    return jax.jit(init, out_shardings=layout.state_shardings, donate_argnums=1)(rng, params)
 
 
-def make_train_step(model: models.GKDModelBase, optimizer: optax.GradientTransformation,
-                    layout: StateLayout, seed_rng: jax.Array) -> Callable[..., Any]:
+def make_train_step(
+    model: models.GKDModelBase,
+    optimizer: optax.GradientTransformation,
+    layout: StateLayout,
+    seed_rng: jax.Array,
+) -> Callable[..., Any]:
   """The jitted step: (state, frozen, batch) -> (new state, metrics).
 
   Args:
@@ -151,10 +174,10 @@ def make_train_step(model: models.GKDModelBase, optimizer: optax.GradientTransfo
   replicated = partitioning.replicated(layout.mesh)
   jitted = jax.jit(
       train_step,
-      in_shardings=(layout.state_shardings, layout.frozen_shardings, batch_shardings,
-                    replicated),
+      in_shardings=(layout.state_shardings, layout.frozen_shardings, batch_shardings, replicated),
       out_shardings=(layout.state_shardings, replicated),
-      donate_argnums=0)
+      donate_argnums=0,
+  )
   host_rng = np.asarray(jax.device_get(seed_rng))
   run_rng = jax.make_array_from_callback(host_rng.shape, replicated, lambda index: host_rng[index])
   return lambda state, frozen, batch: jitted(state, frozen, batch, run_rng)

@@ -37,6 +37,7 @@ class TokenIdVocabulary:
     vocab_size: the number of ids, 0 (padding) included.
     eos_id: the end-of-sequence id.
   """
+
   vocab_size: int
   eos_id: int = 1
 
@@ -46,4 +47,4 @@ class TokenIdVocabulary:
   def decode(self, ids: Sequence[int]) -> Sequence[int]:
     """The ids up to (not including) the first EOS."""
     ids = [int(i) for i in ids]
-    return ids[:ids.index(self.eos_id)] if self.eos_id in ids else ids
+    return ids[: ids.index(self.eos_id)] if self.eos_id in ids else ids

@@ -1,6 +1,6 @@
 """Copies a run's params (no optimizer state) into a small checkpoint directory of their own.
 
-    python launch/export_params.py --checkpoint=/tmp/teacher --output=launch/checkpoints/x
+python launch/export_params.py --checkpoint=/tmp/teacher --output=launch/checkpoints/x
 """
 
 from absl import app
@@ -8,8 +8,9 @@ from absl import flags
 
 from gkd_t5x import checkpoints
 
-flags.DEFINE_string('checkpoint', None, 'A checkpoint step directory or a run directory.',
-                    required=True)
+flags.DEFINE_string(
+    'checkpoint', None, 'A checkpoint step directory or a run directory.', required=True
+)
 flags.DEFINE_string('output', None, 'The new model directory.', required=True)
 
 

@@ -27,7 +27,6 @@ if __name__ == '__main__' and not __package__:
   # Run as `python launch/figures.py`: the package is in the repository root, not in launch/.
   sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# pylint: disable=g-import-not-at-top,wrong-import-position
 from launch import plan
 from launch import plots
 from launch import results
@@ -35,17 +34,16 @@ from launch import spec as spec_lib
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  parser = argparse.ArgumentParser(description='Draws a sweep\'s figure panel and its CSV.')
+  parser = argparse.ArgumentParser(description="Draws a sweep's figure panel and its CSV.")
   parser.add_argument('spec', help='the sweep spec (JSON)')
-  parser.add_argument('--root', required=True, help='the sweep\'s output root')
+  parser.add_argument('--root', required=True, help="the sweep's output root")
   parser.add_argument('--out', required=True, help='where <name>.csv and .png go')
-  parser.add_argument('--seeds', help='comma-separated seeds replacing the spec\'s')
+  parser.add_argument('--seeds', help="comma-separated seeds replacing the spec's")
   parser.add_argument('--strict', action='store_true', help='fail on any missing result')
   args = parser.parse_args(argv)
   try:
     spec = spec_lib.load(args.spec)
-    seeds = ([int(s) for s in args.seeds.split(',') if s.strip()] if args.seeds
-             else list(spec.seeds))
+    seeds = list(spec_lib.parse_seeds(args.seeds) if args.seeds else spec.seeds)
     root = args.root if results.is_url(args.root) else os.path.abspath(args.root)
     runs = plan.expand(spec, root, seeds=seeds)
     stats, missing = results.collect(spec, runs)
@@ -56,8 +54,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f'error: no results of {spec.name} under {root}', file=sys.stderr)
     return 2
   if missing:
-    print(f'{len(missing)} results missing' +
-          (':' if args.strict else ' (left out of the figure):'), file=sys.stderr)
+    print(
+        f'{len(missing)} results missing' + (':' if args.strict else ' (left out of the figure):'),
+        file=sys.stderr,
+    )
     for line in missing:
       print(f'  {line}', file=sys.stderr)
     if args.strict:

@@ -33,7 +33,12 @@ import posixpath
 import re
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, TypeVar, Union
 
-from launch.spec import Axis, AxisValue, Spec, SpecError, TEMPLATE, safe
+from launch.spec import TEMPLATE
+from launch.spec import Axis
+from launch.spec import AxisValue
+from launch.spec import Spec
+from launch.spec import SpecError
+from launch.spec import safe
 
 STEP_DIR = re.compile(r'checkpoint_\d+')
 
@@ -41,6 +46,7 @@ STEP_DIR = re.compile(r'checkpoint_\d+')
 @dataclasses.dataclass(frozen=True)
 class RunDir:
   """A run's MODEL_DIR, where a path or a binding names it."""
+
   path: str
 
 
@@ -48,8 +54,9 @@ class RunDir:
 class Text:
   """A path or a gin literal, with the run directories it names kept as parts of their own, so
   that merging runs renames a directory, never a substring that reads like one."""
+
   parts: Tuple[Union[str, RunDir], ...]
-  gin_string: bool = False   # rendered as a gin string literal: quoted, with \ and ' escaped
+  gin_string: bool = False  # rendered as a gin string literal: quoted, with \ and ' escaped
 
   def __str__(self) -> str:
     text = ''.join(part if isinstance(part, str) else part.path for part in self.parts)
@@ -63,8 +70,13 @@ class Text:
 
   def renamed(self, links: Mapping[str, str]) -> 'Text':
     """The run directories that `links` maps replaced by theirs."""
-    return Text(tuple(RunDir(links.get(part.path, part.path)) if isinstance(part, RunDir)
-                      else part for part in self.parts), self.gin_string)
+    return Text(
+        tuple(
+            RunDir(links.get(part.path, part.path)) if isinstance(part, RunDir) else part
+            for part in self.parts
+        ),
+        self.gin_string,
+    )
 
 
 def _literal(text: str) -> Text:
@@ -78,12 +90,13 @@ def _run_dir(path: str) -> Text:
 @dataclasses.dataclass(frozen=True)
 class Command:
   """One process: `python -m <module> --gin_file=<file> ... --gin.<KEY>=<VALUE> ... <flags>`."""
-  kind: str                               # 'train' or 'eval'
+
+  kind: str  # 'train' or 'eval'
   module: str
-  gin_files: Tuple[str, ...]              # the runner's run file first
+  gin_files: Tuple[str, ...]  # the runner's run file first
   bindings: Tuple[Tuple[str, Text], ...]  # in command-line order: a later one wins
-  output: Text                            # MODEL_DIR (train) or EVAL_OUTPUT_DIR (eval)
-  log_name: str                           # its logs' name, e.g. 'train' or 'eval_T_1_sample_0'
+  output: Text  # MODEL_DIR (train) or EVAL_OUTPUT_DIR (eval)
+  log_name: str  # its logs' name, e.g. 'train' or 'eval_T_1_sample_0'
   flags: Tuple[str, ...] = ()
 
   @property
@@ -94,38 +107,50 @@ class Command:
     return {key: str(value) for key, value in self.bindings}
 
   def argv(self, python: str = 'python') -> List[str]:
-    return [python, '-m', self.module, *[f'--gin_file={path}' for path in self.gin_files],
-            *[f'--gin.{key}={value}' for key, value in self.gin_bindings().items()],
-            *self.flags]
+    return [
+        python,
+        '-m',
+        self.module,
+        *[f'--gin_file={path}' for path in self.gin_files],
+        *[f'--gin.{key}={value}' for key, value in self.gin_bindings().items()],
+        *self.flags,
+    ]
 
   def renamed(self, links: Mapping[str, str]) -> 'Command':
     """This command with the run directories that `links` maps replaced by theirs."""
     return dataclasses.replace(
-        self, bindings=tuple((key, value.renamed(links)) for key, value in self.bindings),
-        output=self.output.renamed(links))
+        self,
+        bindings=tuple((key, value.renamed(links)) for key, value in self.bindings),
+        output=self.output.renamed(links),
+    )
 
   def setting(self, *without: str) -> tuple:
     """What the process computes: equal for two commands whose bindings, but `without`, are
     the same in any order (and whose module, gin files and flags are the same)."""
-    return (self.module, self.gin_files, self.flags,
-            frozenset((key, str(value)) for key, value in self.bindings if key not in without))
+    return (
+        self.module,
+        self.gin_files,
+        self.flags,
+        frozenset((key, str(value)) for key, value in self.bindings if key not in without),
+    )
 
 
 @dataclasses.dataclass(frozen=True)
 class Run:
   """One training (or one evaluated checkpoint) of a sweep, with its commands."""
-  name: str                 # '<spec>/<point>/seed_<k>', relative to the root
-  point: str                # '<axis>_<label>__...' or 'ref_<NAME>': the seeds' common dir
+
+  name: str  # '<spec>/<point>/seed_<k>', relative to the root
+  point: str  # '<axis>_<label>__...' or 'ref_<NAME>': the seeds' common dir
   reference: Optional[str]  # the reference's name; None for an axis run
-  labels: Dict[str, str]    # axis name -> label ({} for a reference)
-  seed: Optional[int]       # None for an unseeded reference
-  model_dir: str            # where its outputs go
-  checkpoint: str           # what its evaluations (and {ref:NAME}) read
-  gin_files: List[str]      # experiment files (without the run file)
+  labels: Dict[str, str]  # axis name -> label ({} for a reference)
+  seed: Optional[int]  # None for an unseeded reference
+  model_dir: str  # where its outputs go
+  checkpoint: str  # what its evaluations (and {ref:NAME}) read
+  gin_files: List[str]  # experiment files (without the run file)
   bindings: Dict[str, str]  # resolved training bindings, in command-line order
   eval_dirs: Dict[str, List[str]]  # evaluation label -> its output dir(s), one per sample
   commands: List[Command]
-  needs: List[str]          # names of the reference runs it reads
+  needs: List[str]  # names of the reference runs it reads
 
 
 def point_name(axes: Sequence[Axis], labels: Mapping[str, str]) -> str:
@@ -133,9 +158,15 @@ def point_name(axes: Sequence[Axis], labels: Mapping[str, str]) -> str:
   return '__'.join(f'{axis.name}_{safe(labels[axis.name])}' for axis in axes)
 
 
-def expand(spec: Spec, root: str, *, seeds: Optional[Sequence[int]] = None,
-           overrides: Optional[Mapping[str, str]] = None, extra_gin_files: Sequence[str] = (),
-           multiprocess: bool = False) -> List[Run]:
+def expand(
+    spec: Spec,
+    root: str,
+    *,
+    seeds: Optional[Sequence[int]] = None,
+    overrides: Optional[Mapping[str, str]] = None,
+    extra_gin_files: Sequence[str] = (),
+    multiprocess: bool = False,
+) -> List[Run]:
   """The runs of `spec` under `root`, in the order they run: references, then axis points.
 
   Args:
@@ -168,8 +199,14 @@ _Binding = Tuple[str, str, str]
 class _Expansion:
   """Builds the runs of one spec, and knows what {ref:NAME} stands for at each seed."""
 
-  def __init__(self, spec: Spec, root: str, overrides: Dict[str, str],
-               extra_gin_files: List[str], multiprocess: bool):
+  def __init__(
+      self,
+      spec: Spec,
+      root: str,
+      overrides: Dict[str, str],
+      extra_gin_files: List[str],
+      multiprocess: bool,
+  ):
     self.spec, self.root, self.overrides = spec, root, overrides
     self.extra_gin_files, self.multiprocess = extra_gin_files, multiprocess
     # Reference name -> {seed (None when unseeded): (what {ref:NAME} stands for, run name)}.
@@ -181,12 +218,14 @@ class _Expansion:
     if reference.checkpoint is None:
       checkpoint = _run_dir(self._model_dir(point, seed))
     else:
-      checkpoint = self._resolve(reference.checkpoint, f'references.{name}.checkpoint', point,
-                                 seed, needs)
+      checkpoint = self._resolve(
+          reference.checkpoint, f'references.{name}.checkpoint', point, seed, needs
+      )
     # Known before its evaluations are built: they may name it.
     self.references.setdefault(name, {})[seed] = (checkpoint, self._name(point, seed))
-    bindings = [(key, value, f'references.{name}.bindings')
-                for key, value in reference.bindings.items()]
+    bindings = [
+        (key, value, f'references.{name}.bindings') for key, value in reference.bindings.items()
+    ]
     return self._run(point, name, {}, seed, checkpoint, reference.gin_files, bindings, needs)
 
   def point(self, values: Sequence[Tuple[int, AxisValue]], seed: int) -> Run:
@@ -197,14 +236,24 @@ class _Expansion:
     bindings = [(key, value, 'bindings') for key, value in self.spec.bindings.items()]
     for axis_index, (value_index, value) in enumerate(values):
       gin_files += value.gin_files
-      bindings += [(key, v, f'axes[{axis_index}].values[{value_index}].bindings')
-                   for key, v in value.bindings.items()]
+      bindings += [
+          (key, v, f'axes[{axis_index}].values[{value_index}].bindings')
+          for key, v in value.bindings.items()
+      ]
     checkpoint = _run_dir(self._model_dir(point, seed))
     return self._run(point, None, labels, seed, checkpoint, gin_files, bindings, [])
 
-  def _run(self, point: str, reference: Optional[str], labels: Dict[str, str],
-           seed: Optional[int], checkpoint: Text, gin_files: Sequence[str],
-           bindings: Sequence[_Binding], needs: List[str]) -> Run:
+  def _run(
+      self,
+      point: str,
+      reference: Optional[str],
+      labels: Dict[str, str],
+      seed: Optional[int],
+      checkpoint: Text,
+      gin_files: Sequence[str],
+      bindings: Sequence[_Binding],
+      needs: List[str],
+  ) -> Run:
     model_dir = self._model_dir(point, seed)
     train_bindings = {'MODEL_DIR': Text((RunDir(model_dir),), gin_string=True)}
     if seed is not None:
@@ -214,29 +263,62 @@ class _Expansion:
     for key, value in self.overrides.items():
       _bind(train_bindings, key, _literal(value))
     files = list(gin_files) + self.extra_gin_files
-    runner = self.spec.runner
     commands = []
     if reference is None or self.spec.references[reference].checkpoint is None:  # trained
-      # The standalone trainer's flag for running on every host of a pod slice.
-      flags = ('--multiprocess',) if (
-          self.multiprocess and runner.train_module == 'gkd_t5x.train') else ()
-      commands.append(Command('train', runner.train_module, (runner.train_gin, *files),
-                              tuple(train_bindings.items()), _run_dir(model_dir), 'train', flags))
+      commands.append(self._train_command(files, train_bindings, model_dir))
     eval_dirs = {}
     for i, evaluation in enumerate(self.spec.evaluations):
-      evaluations = [self._evaluation(i, sample, train_bindings, files, model_dir, checkpoint,
-                                      point, seed, needs)
-                     for sample in range(evaluation.num_samples)]
+      evaluations = [
+          self._evaluation(
+              i, sample, train_bindings, files, model_dir, checkpoint, point, seed, needs
+          )
+          for sample in range(evaluation.num_samples)
+      ]
       eval_dirs[evaluation.label] = [command.output_dir for command in evaluations]
       commands += evaluations
-    return Run(name=self._name(point, seed), point=point, reference=reference, labels=labels,
-               seed=seed, model_dir=model_dir, checkpoint=str(checkpoint), gin_files=files,
-               bindings={key: str(value) for key, value in train_bindings.items()},
-               eval_dirs=eval_dirs, commands=commands, needs=list(dict.fromkeys(needs)))
+    return Run(
+        name=self._name(point, seed),
+        point=point,
+        reference=reference,
+        labels=labels,
+        seed=seed,
+        model_dir=model_dir,
+        checkpoint=str(checkpoint),
+        gin_files=files,
+        bindings={key: str(value) for key, value in train_bindings.items()},
+        eval_dirs=eval_dirs,
+        commands=commands,
+        needs=list(dict.fromkeys(needs)),
+    )
 
-  def _evaluation(self, index: int, sample: int, train_bindings: Mapping[str, Text],
-                  files: Sequence[str], model_dir: str, checkpoint: Text, point: str,
-                  seed: Optional[int], needs: List[str]) -> Command:
+  def _train_command(
+      self, files: Sequence[str], train_bindings: Mapping[str, Text], model_dir: str
+  ) -> Command:
+    runner = self.spec.runner
+    # The standalone trainer's flag for running on every host of a pod slice.
+    multiprocess = self.multiprocess and runner.train_module == 'gkd_t5x.train'
+    return Command(
+        'train',
+        runner.train_module,
+        (runner.train_gin, *files),
+        tuple(train_bindings.items()),
+        _run_dir(model_dir),
+        'train',
+        ('--multiprocess',) if multiprocess else (),
+    )
+
+  def _evaluation(
+      self,
+      index: int,
+      sample: int,
+      train_bindings: Mapping[str, Text],
+      files: Sequence[str],
+      model_dir: str,
+      checkpoint: Text,
+      point: str,
+      seed: Optional[int],
+      needs: List[str],
+  ) -> Command:
     """Sample `sample` of the spec's evaluation `index` of one run."""
     evaluation, runner = self.spec.evaluations[index], self.spec.runner
     samples = evaluation.num_samples
@@ -246,33 +328,44 @@ class _Expansion:
     _bind(bindings, 'CHECKPOINT_PATH', dataclasses.replace(checkpoint, gin_string=True))
     _bind(bindings, 'EVAL_OUTPUT_DIR', dataclasses.replace(output, gin_string=True))
     if runner.eval_module == 't5x.eval' and not STEP_DIR.fullmatch(
-        posixpath.basename(str(checkpoint).rstrip('/'))):
+        posixpath.basename(str(checkpoint).rstrip('/'))
+    ):
       # T5X's evaluator restores one 'specific' step by default; 'latest' takes a run dir.
       _bind(bindings, 'utils.RestoreCheckpointConfig.mode', _literal("'latest'"))
     for key, value in evaluation.bindings.items():
-      _bind(bindings, key, self._resolve(value, f'evaluations[{index}].bindings.{key}', point,
-                                         seed, needs))
+      _bind(
+          bindings,
+          key,
+          self._resolve(value, f'evaluations[{index}].bindings.{key}', point, seed, needs),
+      )
     for key, value in self.overrides.items():
       _bind(bindings, key, _literal(value))
     if samples > 1:
       _bind(bindings, 'RANDOM_SEED', _literal(str(sample)))
-    return Command('eval', runner.eval_module, (runner.eval_gin, *files),
-                   tuple(bindings.items()), output,
-                   name + (f'_sample_{sample}' if samples > 1 else ''))
+    return Command(
+        'eval',
+        runner.eval_module,
+        (runner.eval_gin, *files),
+        tuple(bindings.items()),
+        output,
+        name + (f'_sample_{sample}' if samples > 1 else ''),
+    )
 
-  def _resolve(self, value: str, field: str, point: str, seed: Optional[int],
-               needs: List[str]) -> Text:
+  def _resolve(
+      self, value: str, field: str, point: str, seed: Optional[int], needs: List[str]
+  ) -> Text:
     """`value` with its templates replaced; the runs of the references it reads go to `needs`."""
     parts, end = [], 0
     for match in TEMPLATE.finditer(value):
-      parts.append(value[end:match.start()])
+      parts.append(value[end : match.start()])
       parts += self._template(match.group(1), field, point, seed, needs).parts
       end = match.end()
     parts.append(value[end:])
     return Text(tuple(part for part in parts if part != ''))
 
-  def _template(self, key: str, field: str, point: str, seed: Optional[int],
-                needs: List[str]) -> Text:
+  def _template(
+      self, key: str, field: str, point: str, seed: Optional[int], needs: List[str]
+  ) -> Text:
     if key == 'root':
       return _literal(self.root)
     if key == 'seed':
@@ -303,8 +396,9 @@ def _bind(bindings: Dict[str, Text], key: str, value: Text) -> None:
 Item = TypeVar('Item')
 
 
-def select(items: Sequence[Item], pattern: str,
-           key: Callable[[Item], str] = operator.attrgetter('name')) -> List[Item]:
+def select(
+    items: Sequence[Item], pattern: str, key: Callable[[Item], str] = operator.attrgetter('name')
+) -> List[Item]:
   """The items (runs or jobs) whose name matches `pattern` (re.search), with every item they
   need, directly or not: an item's `needs` are the `key`s of others."""
   regex = re.compile(pattern)
@@ -325,10 +419,11 @@ def select(items: Sequence[Item], pattern: str,
 @dataclasses.dataclass(frozen=True)
 class Job:
   """One command of a merged plan."""
-  name: str                 # '<run name>: train' or '<run name>: eval <label>'
-  command: Command          # with the run directories it reads renamed to their first copies
-  log: str                  # the job's log file
-  needs: Tuple[str, ...]    # output directories of the trainings it reads
+
+  name: str  # '<run name>: train' or '<run name>: eval <label>'
+  command: Command  # with the run directories it reads renamed to their first copies
+  log: str  # the job's log file
+  needs: Tuple[str, ...]  # output directories of the trainings it reads
 
   @property
   def kind(self) -> str:
@@ -342,7 +437,7 @@ class Job:
 @dataclasses.dataclass(frozen=True)
 class Plan:
   jobs: List[Job]
-  links: Dict[str, str]     # run directory -> the directory of the identical first run
+  links: Dict[str, str]  # run directory -> the directory of the identical first run
 
 
 def merge(specs: Sequence[Spec], root: str) -> Plan:
@@ -358,8 +453,8 @@ def merge(specs: Sequence[Spec], root: str) -> Plan:
     ValueError: two different evaluations write into one directory.
   """
   links: Dict[str, str] = {}
-  trained: Dict[tuple, str] = {}      # a training's setting -> its first MODEL_DIR
-  evaluated: Dict[tuple, str] = {}    # an evaluation's setting -> its first EVAL_OUTPUT_DIR
+  trained: Dict[tuple, str] = {}  # a training's setting -> its first MODEL_DIR
+  evaluated: Dict[tuple, str] = {}  # an evaluation's setting -> its first EVAL_OUTPUT_DIR
   jobs: List[Job] = []
   for spec in specs:
     runs = expand(spec, root)
@@ -376,19 +471,32 @@ def merge(specs: Sequence[Spec], root: str) -> Plan:
             links[run.model_dir] = trained[setting]
             continue
           trained[setting] = run.model_dir
-          jobs.append(Job(f'{run.name}: train', command,
-                          os.path.join(run.model_dir, 'logs', 'train.log'), tuple(needs)))
+          jobs.append(
+              Job(
+                  f'{run.name}: train',
+                  command,
+                  os.path.join(run.model_dir, 'logs', 'train.log'),
+                  tuple(needs),
+              )
+          )
           continue
         if command.setting() in evaluated:
           continue
         if command.output_dir in evaluated.values():
-          raise ValueError(f'{run.name}: evaluation {command.log_name!r} writes to '
-                           f'{command.output_dir}, where another evaluation of the same run (in '
-                           'another spec, with other settings) writes: give it its own label.')
+          raise ValueError(
+              f'{run.name}: evaluation {command.log_name!r} writes to '
+              f'{command.output_dir}, where another evaluation of the same run (in '
+              'another spec, with other settings) writes: give it its own label.'
+          )
         evaluated[command.setting()] = command.output_dir
         train_dir = links.get(run.model_dir, run.model_dir)
         own = [train_dir] if train_dir in trained.values() else []
-        jobs.append(Job(f'{run.name}: {command.log_name.replace("_", " ", 1)}', command,
-                        os.path.join(train_dir, 'logs', f'{command.log_name}.log'),
-                        tuple(dict.fromkeys(needs + own))))
+        jobs.append(
+            Job(
+                f'{run.name}: {command.log_name.replace("_", " ", 1)}',
+                command,
+                os.path.join(train_dir, 'logs', f'{command.log_name}.log'),
+                tuple(dict.fromkeys(needs + own)),
+            )
+        )
   return Plan(jobs, links)

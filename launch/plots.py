@@ -1,17 +1,17 @@
 r"""A figure panel drawn from its results, in the paper's layout, by plot kind.
 
-  heatmap            rows x columns grid of mean minus the baseline's mean (or the mean
-                     without baseline), value and +- std in each cell, colorbar (Figs. 6, 7,
-                     A.12-A.14).
-  bars               grouped bars: x = one axis, one bar per value of "group", std error
-                     bars, dashed lines for "references" (Figs. 1, 2, 9, A.10, A.11, A.15).
-  lines              x = an axis with numeric labels (log scale with "log_x"), one line per
-                     value of "series", std bands, dashed lines for "references" (Figs. 3, 8).
-  quality_diversity  x = Self-BLEU, y = the metric, one curve per value of "series" through
-                     the sampled evaluations (temperatures) (Fig. 4).
-  tradeoff           x = delta of x_metric, y = delta of y_metric against the baseline, one
-                     point per value of "points" (with "series": one curve per series
-                     value through its points), references as extra points (Fig. 5).
+heatmap            rows x columns grid of mean minus the baseline's mean (or the mean
+                   without baseline), value and +- std in each cell, colorbar (Figs. 6, 7,
+                   A.12-A.14).
+bars               grouped bars: x = one axis, one bar per value of "group", std error
+                   bars, dashed lines for "references" (Figs. 1, 2, 9, A.10, A.11, A.15).
+lines              x = an axis with numeric labels (log scale with "log_x"), one line per
+                   value of "series", std bands, dashed lines for "references" (Figs. 3, 8).
+quality_diversity  x = Self-BLEU, y = the metric, one curve per value of "series" through
+                   the sampled evaluations (temperatures) (Fig. 4).
+tradeoff           x = delta of x_metric, y = delta of y_metric against the baseline, one
+                   point per value of "points" (with "series": one curve per series
+                   value through its points), references as extra points (Fig. 5).
 """
 
 import math
@@ -19,8 +19,10 @@ import textwrap
 from typing import List, Mapping, Optional
 
 from launch import plan
-from launch.results import Key, Stat
-from launch.spec import Plot, Spec
+from launch.results import Key
+from launch.results import Stat
+from launch.spec import Plot
+from launch.spec import Spec
 
 
 def _given(label: Optional[str], default: str) -> str:
@@ -40,8 +42,13 @@ class Panel:
       return [None]
     return [value.label for value in self.axes[axis].values]
 
-  def stat(self, metric: str, labels: Optional[Mapping[str, Optional[str]]] = None,
-           evaluation: Optional[str] = None, reference: Optional[str] = None) -> Stat:
+  def stat(
+      self,
+      metric: str,
+      labels: Optional[Mapping[str, Optional[str]]] = None,
+      evaluation: Optional[str] = None,
+      reference: Optional[str] = None,
+  ) -> Stat:
     """A point by its labels on the plot's axes (an axis it does not use has one value), or
     a reference; at the plot's evaluation unless `evaluation` is given."""
     evaluation = self.plot.evaluation if evaluation is None else evaluation
@@ -63,8 +70,7 @@ def draw_heatmap(ax, panel: Panel) -> None:
   baseline = panel.stat(metric, reference=plot.baseline) if plot.baseline is not None else None
   offset = baseline.mean if baseline is not None and baseline.ok else 0.0
   relative = baseline is not None and baseline.ok
-  grid = [[panel.stat(metric, {plot.rows: r, plot.columns: c}) for c in columns]
-          for r in rows]
+  grid = [[panel.stat(metric, {plot.rows: r, plot.columns: c}) for c in columns] for r in rows]
   means = [[s.mean - offset if s.ok else math.nan for s in row] for row in grid]
   finite = [abs(v) for row in means for v in row if not math.isnan(v)] or [1.0]
   if relative:
@@ -74,8 +80,11 @@ def draw_heatmap(ax, panel: Panel) -> None:
     image = ax.imshow(means, cmap='viridis', aspect='auto')
   for i, row in enumerate(grid):
     for j, stat in enumerate(row):
-      text = (f'{stat.mean - offset:+.2f}' if relative else f'{stat.mean:.2f}') if stat.ok \
+      text = (
+          (f'{stat.mean - offset:+.2f}' if relative else f'{stat.mean:.2f}')
+          if stat.ok
           else 'missing'
+      )
       if stat.ok and stat.n > 1:
         text += f'\n±{stat.std:.2f}'
       ax.text(j, i, text, ha='center', va='center', fontsize=9)
@@ -83,8 +92,7 @@ def draw_heatmap(ax, panel: Panel) -> None:
   ax.set_yticks(range(len(rows)), rows)
   ax.set_xlabel(_given(plot.xlabel, plot.columns))
   ax.set_ylabel(_given(plot.ylabel, plot.rows))
-  name = (f'{metric} - {plot.baseline} ({baseline.mean:.2f})' if relative
-          else metric)
+  name = f'{metric} - {plot.baseline} ({baseline.mean:.2f})' if relative else metric
   ax.figure.colorbar(image, ax=ax, label=name)
 
 
@@ -94,8 +102,12 @@ def _reference_lines(ax, panel: Panel, metric: str) -> List[float]:
   for i, reference in enumerate(panel.plot.references):
     stat = panel.stat(metric, reference=reference)
     if stat.ok:
-      ax.axhline(stat.mean, color=f'C{7 - i % 3}', linestyle=styles[i % 3],
-                 label=f'{reference} ({stat.mean:.2f})')
+      ax.axhline(
+          stat.mean,
+          color=f'C{7 - i % 3}',
+          linestyle=styles[i % 3],
+          label=f'{reference} ({stat.mean:.2f})',
+      )
       values.append(stat.mean)
   return values
 
@@ -141,8 +153,13 @@ def draw_lines(ax, panel: Panel) -> None:
       continue
     px, means, stds = zip(*points)
     ax.plot(px, means, marker='o', color=f'C{s}', label=series)
-    ax.fill_between(px, [m - d for m, d in zip(means, stds)],
-                    [m + d for m, d in zip(means, stds)], color=f'C{s}', alpha=0.2)
+    ax.fill_between(
+        px,
+        [m - d for m, d in zip(means, stds)],
+        [m + d for m, d in zip(means, stds)],
+        color=f'C{s}',
+        alpha=0.2,
+    )
   _reference_lines(ax, panel, metric)
   if plot.log_x:
     ax.set_xscale('log')
@@ -182,8 +199,7 @@ def draw_tradeoff(ax, panel: Panel) -> None:
   base_x = panel.stat(x_metric, reference=plot.baseline)
   base_y = panel.stat(y_metric, reference=plot.baseline)
   if not (base_x.ok and base_y.ok):
-    ax.text(0.5, 0.5, f'baseline {plot.baseline} missing', transform=ax.transAxes,
-            ha='center')
+    ax.text(0.5, 0.5, f'baseline {plot.baseline} missing', transform=ax.transAxes, ha='center')
     return
   series = plot.series
   for i, group in enumerate(panel.labels(series)):
@@ -195,18 +211,39 @@ def draw_tradeoff(ax, panel: Panel) -> None:
         continue
       curve.append((x.mean - base_x.mean, y.mean - base_y.mean))
       color = f'C{i}' if series else f'C{j}'
-      ax.errorbar(*curve[-1], xerr=x.std, yerr=y.std, marker='o', color=color, capsize=2,
-                  label=None if series else label)
+      ax.errorbar(
+          *curve[-1],
+          xerr=x.std,
+          yerr=y.std,
+          marker='o',
+          color=color,
+          capsize=2,
+          label=None if series else label,
+      )
       if series:
-        ax.annotate(f'{plot.points}={label}', curve[-1], fontsize=7,
-                    textcoords='offset points', xytext=(4, 4))
+        ax.annotate(
+            f'{plot.points}={label}',
+            curve[-1],
+            fontsize=7,
+            textcoords='offset points',
+            xytext=(4, 4),
+        )
     if series and curve:
       ax.plot(*zip(*curve), color=f'C{i}', label=group)
   for k, reference in enumerate(plot.references):
     x, y = panel.stat(x_metric, reference=reference), panel.stat(y_metric, reference=reference)
     if x.ok and y.ok:
-      ax.errorbar(x.mean - base_x.mean, y.mean - base_y.mean, xerr=x.std, yerr=y.std,
-                  marker='*', markersize=10, color=f'C{k + 5}', capsize=2, label=reference)
+      ax.errorbar(
+          x.mean - base_x.mean,
+          y.mean - base_y.mean,
+          xerr=x.std,
+          yerr=y.std,
+          marker='*',
+          markersize=10,
+          color=f'C{k + 5}',
+          capsize=2,
+          label=reference,
+      )
   ax.axhline(0.0, color='gray', linewidth=0.5)
   ax.axvline(0.0, color='gray', linewidth=0.5)
   ax.set_xlabel(_given(plot.xlabel, f'Δ {x_metric} vs {plot.baseline}'))
@@ -214,14 +251,21 @@ def draw_tradeoff(ax, panel: Panel) -> None:
   ax.legend(fontsize=8, title=series or plot.points)
 
 
-DRAW = {'heatmap': draw_heatmap, 'bars': draw_bars, 'lines': draw_lines,
-        'quality_diversity': draw_quality_diversity, 'tradeoff': draw_tradeoff}
+DRAW = {
+    'heatmap': draw_heatmap,
+    'bars': draw_bars,
+    'lines': draw_lines,
+    'quality_diversity': draw_quality_diversity,
+    'tradeoff': draw_tradeoff,
+}
 
 
 def draw(path: str, panel: Panel) -> None:
-  import matplotlib  # pylint: disable=g-import-not-at-top
+  import matplotlib
+
   matplotlib.use('Agg')
-  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  from matplotlib import pyplot as plt
+
   figure, ax = plt.subplots(figsize=(8, 5.5))
   DRAW[panel.plot.kind](ax, panel)
   ax.set_title(panel.title(), fontsize=10)

@@ -31,7 +31,6 @@ if __name__ == '__main__' and not __package__:
   # Run as `python launch/reproduce.py`: the package is in the repository root, not in launch/.
   sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# pylint: disable=g-import-not-at-top,wrong-import-position
 from launch import REPO_ROOT
 from launch import figures
 from launch import plan
@@ -48,18 +47,26 @@ def draw(specs: Sequence[Tuple[str, spec_lib.Spec]], root: str, out: str) -> int
   for path, _ in specs:
     status = max(status, figures.main([path, '--root', root, '--out', out]))
   with open(os.path.join(out, 'tables.md'), 'w') as f:
-    f.write('# Tables (written by launch/reproduce.py)\n\n'
-            + results.tables([spec for _, spec in specs], out))
+    f.write(
+        '# Tables (written by launch/reproduce.py)\n\n'
+        + results.tables([spec for _, spec in specs], out)
+    )
   return status
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   parser = argparse.ArgumentParser(description='The small-scale reproduction, end to end.')
   parser.add_argument('--specs', default=DEFAULT_SPECS, help='a directory of sweep specs')
-  parser.add_argument('--root', default=os.path.join(REPO_ROOT, 'results', 'runs'),
-                      help='where the runs go (not committed)')
-  parser.add_argument('--out', default=os.path.join(REPO_ROOT, 'results', 'figures'),
-                      help='where the figures, CSVs and tables.md go')
+  parser.add_argument(
+      '--root',
+      default=os.path.join(REPO_ROOT, 'results', 'runs'),
+      help='where the runs go (not committed)',
+  )
+  parser.add_argument(
+      '--out',
+      default=os.path.join(REPO_ROOT, 'results', 'figures'),
+      help='where the figures, CSVs and tables.md go',
+  )
   parser.add_argument('--workers', type=int, default=2, help='worker processes (CPU cores)')
   parser.add_argument('--only', help='regex on job names; the trainings they read are kept')
   parser.add_argument('--print', action='store_true', help='print the merged jobs and stop')
@@ -77,8 +84,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f'error: {e}', file=sys.stderr)
     return 2
   if args.only:
-    merged = plan.Plan(plan.select(merged.jobs, args.only, key=lambda job: job.output_dir),
-                       merged.links)
+    merged = plan.Plan(
+        plan.select(merged.jobs, args.only, key=lambda job: job.output_dir), merged.links
+    )
   if args.print:
     for job in merged.jobs:
       print(f'{job.name}\n  {" ".join(job.command.argv(sys.executable))}')

@@ -31,8 +31,9 @@ def is_url(path: str) -> bool:
 
 def eval_finished(output_dir: str) -> bool:
   """Whether an evaluation wrote its metrics (gkd_t5x.eval's metrics.json, or T5X's)."""
-  return (_exists(posixpath.join(output_dir, 'metrics.json'))
-          or bool(_glob(posixpath.join(output_dir, 'inference_eval', '*-metrics.jsonl'))))
+  return _exists(posixpath.join(output_dir, 'metrics.json')) or bool(
+      _glob(posixpath.join(output_dir, 'inference_eval', '*-metrics.jsonl'))
+  )
 
 
 def read_metric(directory: str, metric: str) -> Optional[float]:
@@ -61,13 +62,15 @@ def read_metric(directory: str, metric: str) -> Optional[float]:
     if records:
       found.append((path, _match(max(records, key=lambda r: r['step']), metric, path)))
   if len(found) > 1:
-    raise ValueError(f'{directory}: metric {metric!r} is in several tasks: '
-                     f'{[path for path, _ in found]}')
+    raise ValueError(
+        f'{directory}: metric {metric!r} is in several tasks: {[path for path, _ in found]}'
+    )
   if found:
     return found[0][1]
   event_dir = posixpath.join(directory, 'eval')
   if _glob(posixpath.join(event_dir, 'events.out.tfevents.*')):
-    from gkd_t5x import event_files  # pylint: disable=g-import-not-at-top  (imports TensorFlow)
+    from gkd_t5x import event_files  # imports TensorFlow
+
     scalars = event_files.read_scalars(event_dir)
     return _match({tag: values[-1][1] for tag, values in scalars.items()}, metric, event_dir)
   return None
@@ -86,7 +89,8 @@ def run_metric(run: Run, metric: str, evaluation: Optional[str] = None) -> Optio
 def self_bleu_of(directories: Sequence[str]) -> Optional[float]:
   """Self-BLEU (x100) of the samples in `directories` (one predictions.jsonl each, the same
   inputs in the same order); None if one is missing."""
-  from gkd_t5x import metrics  # pylint: disable=g-import-not-at-top  (written alongside)
+  from gkd_t5x import metrics  # written alongside
+
   samples = []
   for directory in directories:
     path = os.path.join(directory, 'predictions.jsonl')
@@ -97,10 +101,15 @@ def self_bleu_of(directories: Sequence[str]) -> Optional[float]:
   inputs = [record['input'] for record in samples[0]]
   for directory, records in zip(directories, samples):
     if [record['input'] for record in records] != inputs:
-      raise ValueError(f'{directory}/predictions.jsonl has other inputs than '
-                       f'{directories[0]}/predictions.jsonl; the samples cannot be aligned.')
-  return float(metrics.self_bleu([[records[i]['prediction'] for records in samples]
-                                  for i in range(len(inputs))]))
+      raise ValueError(
+          f'{directory}/predictions.jsonl has other inputs than '
+          f'{directories[0]}/predictions.jsonl; the samples cannot be aligned.'
+      )
+  return float(
+      metrics.self_bleu(
+          [[records[i]['prediction'] for records in samples] for i in range(len(inputs))]
+      )
+  )
 
 
 def _match(metrics: Mapping[str, float], metric: str, where: str) -> Optional[float]:
@@ -120,21 +129,24 @@ def _json_lines(path: str) -> List[dict]:
 
 def _exists(path: str) -> bool:
   if is_url(path):
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    import tensorflow as tf
+
     return tf.io.gfile.exists(path)
   return os.path.exists(path)
 
 
 def _glob(pattern: str) -> List[str]:
   if is_url(pattern):
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    import tensorflow as tf
+
     return tf.io.gfile.glob(pattern)
   return glob.glob(pattern)
 
 
 def _read(path: str) -> str:
   if is_url(path):
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    import tensorflow as tf
+
     with tf.io.gfile.GFile(path) as f:
       return f.read()
   with open(path) as f:
@@ -152,8 +164,13 @@ class Stat:
     numbers = list(self.values.values())
     self.n = len(numbers)
     self.mean = sum(numbers) / self.n if numbers else math.nan
-    self.std = (math.sqrt(sum((x - self.mean) ** 2 for x in numbers) / (self.n - 1))
-                if self.n > 1 else 0.0 if numbers else math.nan)
+    self.std = (
+        math.sqrt(sum((x - self.mean) ** 2 for x in numbers) / (self.n - 1))
+        if self.n > 1
+        else 0.0
+        if numbers
+        else math.nan
+    )
 
   @property
   def ok(self) -> bool:
@@ -184,15 +201,17 @@ def collect(spec: Spec, runs: Sequence[Run]) -> Tuple[Dict[Key, Stat], List[str]
           continue  # undefined for this run (a rate over nothing), so not part of the mean
         if value is None:
           where = run.eval_dirs[label] if label is not None else [run.model_dir]
-          missing.append(f'{run.name}: {metric}' + (f' ({label})' if label else '') +
-                         f' in {", ".join(where)}')
+          missing.append(
+              f'{run.name}: {metric}' + (f' ({label})' if label else '') + f' in {", ".join(where)}'
+          )
         else:
           values[(run.point, label, metric)][run.seed] = value
   return {key: Stat(v) for key, v in values.items()}, missing
 
 
-def write_csv(path: str, spec: Spec, runs: Sequence[Run], stats: Mapping[Key, Stat],
-              seeds: Sequence[int]) -> None:
+def write_csv(
+    path: str, spec: Spec, runs: Sequence[Run], stats: Mapping[Key, Stat], seeds: Sequence[int]
+) -> None:
   """One row per (point, evaluation, metric): the point, its label on every axis, the
   reference, the evaluation, the metric, mean, std, n_seeds, then every seed's value."""
   axis_names = [axis.name for axis in spec.axes]
@@ -201,22 +220,43 @@ def write_csv(path: str, spec: Spec, runs: Sequence[Run], stats: Mapping[Key, St
     first.setdefault(run.point, run)
   with open(path, 'w', newline='') as f:
     writer = csv.writer(f)
-    writer.writerow(['point', *axis_names, 'reference', 'evaluation', 'metric', 'mean', 'std',
-                     'n_seeds', *[f'seed_{seed}' for seed in seeds]])
+    writer.writerow(
+        [
+            'point',
+            *axis_names,
+            'reference',
+            'evaluation',
+            'metric',
+            'mean',
+            'std',
+            'n_seeds',
+            *[f'seed_{seed}' for seed in seeds],
+        ]
+    )
     for (point, label, metric), stat in stats.items():
       run = first[point]
-      writer.writerow([point, *[run.labels.get(name, '') for name in axis_names],
-                       run.reference or '', label or '', metric,
-                       _number(stat.mean), _number(stat.std), stat.n,
-                       *[_number(stat.values.get(seed)) for seed in seeds]])
+      writer.writerow(
+          [
+              point,
+              *[run.labels.get(name, '') for name in axis_names],
+              run.reference or '',
+              label or '',
+              metric,
+              _number(stat.mean),
+              _number(stat.std),
+              stat.n,
+              *[_number(stat.values.get(seed)) for seed in seeds],
+          ]
+      )
 
 
 def _number(value: Optional[float]) -> str:
   return '' if value is None or math.isnan(value) else repr(float(value))
 
 
-def effect_size(mean: float, std: float, n: int, base_mean: float, base_std: float,
-                base_n: int) -> Optional[float]:
+def effect_size(
+    mean: float, std: float, n: int, base_mean: float, base_std: float, base_n: int
+) -> Optional[float]:
   """(mean - base_mean) / s_pooled, s_pooled^2 = ((n-1) std^2 + (m-1) base_std^2) / (n+m-2).
 
   The difference in standard deviations of a single seed (Cohen's d); None where the pooled
@@ -224,7 +264,7 @@ def effect_size(mean: float, std: float, n: int, base_mean: float, base_std: flo
   """
   if n + base_n <= 2:
     return None
-  pooled = math.sqrt(((n - 1) * std ** 2 + (base_n - 1) * base_std ** 2) / (n + base_n - 2))
+  pooled = math.sqrt(((n - 1) * std**2 + (base_n - 1) * base_std**2) / (n + base_n - 2))
   return (mean - base_mean) / pooled if pooled > 0 else None
 
 
@@ -241,8 +281,21 @@ def tables(specs: Sequence[Spec], out: str) -> str:
     baseline = next((plot.baseline for plot in spec.plots if plot.baseline), None)
     lines += [f'### {spec.name}', '', spec.figure or '', '']
     axes = [axis.name for axis in spec.axes]
-    lines.append('| ' + ' | '.join(['point', 'evaluation', 'metric', 'mean ± std', 'n',
-                                    f'Δ vs {baseline or "-"}', 'Δ / pooled std']) + ' |')
+    lines.append(
+        '| '
+        + ' | '.join(
+            [
+                'point',
+                'evaluation',
+                'metric',
+                'mean ± std',
+                'n',
+                f'Δ vs {baseline or "-"}',
+                'Δ / pooled std',
+            ]
+        )
+        + ' |'
+    )
     lines.append('|' + ' --- |' * 7)
     base = {(r['evaluation'], r['metric']): r for r in rows if r['reference'] == baseline}
     base_any = {r['metric']: r for r in rows if r['reference'] == baseline}
@@ -255,11 +308,12 @@ def tables(specs: Sequence[Spec], out: str) -> str:
       b = base.get((r['evaluation'], r['metric'])) or base_any.get(r['metric'])
       if b is not None and b is not r and b['mean']:
         diff = mean - float(b['mean'])
-        size = effect_size(mean, std, n, float(b['mean']), float(b['std'] or 0),
-                           int(b['n_seeds']))
+        size = effect_size(mean, std, n, float(b['mean']), float(b['std'] or 0), int(b['n_seeds']))
         delta = f'{diff:+.2f}'
         effect = '' if size is None else f'{size:+.1f}'
-      lines.append(f'| {label} | {r["evaluation"] or "final"} | {r["metric"]} | '
-                   f'{mean:.2f} ± {std:.2f} | {n} | {delta} | {effect} |')
+      lines.append(
+          f'| {label} | {r["evaluation"] or "final"} | {r["metric"]} | '
+          f'{mean:.2f} ± {std:.2f} | {n} | {delta} | {effect} |'
+      )
     lines.append('')
   return '\n'.join(lines)

@@ -35,7 +35,10 @@ from typing import Dict, List, Mapping, Optional, Sequence, Set, Tuple
 from launch import REPO_ROOT
 from launch import results
 from launch import tpu_pod
-from launch.plan import Command, Job, Plan, Run
+from launch.plan import Command
+from launch.plan import Job
+from launch.plan import Plan
+from launch.plan import Run
 
 # In a MODEL_DIR: its training finished. run_jobs writes it after the training, run_local once
 # the whole run (training and evaluations) succeeded.
@@ -43,15 +46,19 @@ DONE = 'DONE'
 # What launch/reproduce.py wrote instead of DONE before run_jobs and run_local shared one
 # marker: the reproduction's run directories of that time are trained, not to be run again.
 _TRAINED_BEFORE = 'TRAINED'
-ENTRY_POINTS = {'gkd_t5x.train': ('gkd_t5x.train', 'train'),
-                'gkd_t5x.eval': ('gkd_t5x.eval', 'evaluate')}
+ENTRY_POINTS = {
+    'gkd_t5x.train': ('gkd_t5x.train', 'train'),
+    'gkd_t5x.eval': ('gkd_t5x.eval', 'evaluate'),
+}
 
 
 def finished(command: Command) -> bool:
   """Whether a training's MODEL_DIR has DONE, or an evaluation's directory its metrics."""
   if command.kind == 'train':
-    return any(os.path.exists(os.path.join(command.output_dir, marker))
-               for marker in (DONE, _TRAINED_BEFORE))
+    return any(
+        os.path.exists(os.path.join(command.output_dir, marker))
+        for marker in (DONE, _TRAINED_BEFORE)
+    )
   return results.eval_finished(command.output_dir)
 
 
@@ -82,24 +89,32 @@ class Progress:
     """Starts the line of a job that runs alone, for `done` or `failed` to end."""
     print(f'{self._next(name)} ...', end=' ', flush=True)
 
-  def done(self, kind: str, seconds: float, pending: Sequence[str],
-           running: Sequence[str] = (), name: Optional[str] = None) -> None:
+  def done(
+      self,
+      kind: str,
+      seconds: float,
+      pending: Sequence[str],
+      running: Sequence[str] = (),
+      name: Optional[str] = None,
+  ) -> None:
     """A finished job of `kind`, with the kinds of the jobs `pending` and `running` (counted
     half done) for the ETA; with `name`, on a line of its own."""
     self.durations.setdefault(kind, []).append(seconds)
     left = sum(map(self._mean, pending)) + sum(map(self._mean, running)) / 2
     head = '' if name is None else f'{self._next(name)} '
-    print(f'{head}done in {format_duration(seconds)}; elapsed '
-          f'{format_duration(time.monotonic() - self.start)}, '
-          f'ETA {format_duration(left / self.workers)}', flush=True)
+    print(
+        f'{head}done in {format_duration(seconds)}; elapsed '
+        f'{format_duration(time.monotonic() - self.start)}, '
+        f'ETA {format_duration(left / self.workers)}',
+        flush=True,
+    )
 
   def failed(self, name: Optional[str] = None, seconds: float = 0.0, log: str = '') -> None:
     """Ends a begun line, or with `name` is a line of its own with the job's time and log."""
     if name is None:
       print('FAILED', flush=True)
     else:
-      print(f'{self._next(name)}: FAILED after {format_duration(seconds)}; log: {log}',
-            flush=True)
+      print(f'{self._next(name)}: FAILED after {format_duration(seconds)}; log: {log}', flush=True)
 
   def _next(self, name: str) -> str:
     self.count += 1
@@ -113,8 +128,7 @@ class Progress:
 # ------------------------------------------------------------------------------- one by one
 
 
-def run_local(runs: Sequence[Run], python: str, cwd: str = REPO_ROOT,
-              tail_lines: int = 40) -> int:
+def run_local(runs: Sequence[Run], python: str, cwd: str = REPO_ROOT, tail_lines: int = 40) -> int:
   """Runs the commands that are not finished, in order; returns the exit status."""
   progress = Progress(len(runs))
   for index, run in enumerate(runs, 1):
@@ -130,22 +144,32 @@ def run_local(runs: Sequence[Run], python: str, cwd: str = REPO_ROOT,
       argv = command.argv(python)
       out, err = (os.path.join(logs, f'{command.log_name}.{ext}') for ext in ('out', 'err'))
       with open(out, 'w') as stdout, open(err, 'w') as stderr:
-        status = subprocess.run(argv, cwd=cwd, stdout=stdout, stderr=stderr).returncode
+        status = subprocess.run(argv, cwd=cwd, stdout=stdout, stderr=stderr, check=False).returncode
       if status != 0:
         progress.failed()
         with open(err) as f:
           tail = f.read().splitlines()[-tail_lines:]
-        print(f'\n{run.name}: {command.kind} failed (exit status {status}):\n'
-              f'  {tpu_pod.shell_join(argv)}\nlast lines of {err}:\n' + '\n'.join(tail),
-              file=sys.stderr)
+        print(
+            f'\n{run.name}: {command.kind} failed (exit status {status}):\n'
+            f'  {tpu_pod.shell_join(argv)}\nlast lines of {err}:\n' + '\n'.join(tail),
+            file=sys.stderr,
+        )
         return status
     _mark_done(run.model_dir)
     progress.done('run', time.monotonic() - started, ['run'] * (len(runs) - index))
   return 0
 
 
-def run_pod(runs: Sequence[Run], *, python: str, tpu: str, zone: str, project: Optional[str],
-            repo_dir: str, dry_run: bool) -> int:
+def run_pod(
+    runs: Sequence[Run],
+    *,
+    python: str,
+    tpu: str,
+    zone: str,
+    project: Optional[str],
+    repo_dir: str,
+    dry_run: bool,
+) -> int:
   """Runs every command on all workers of the pod slice, one after another; `dry_run` prints
   the gcloud commands instead."""
   progress = Progress(len(runs))
@@ -153,8 +177,11 @@ def run_pod(runs: Sequence[Run], *, python: str, tpu: str, zone: str, project: O
     lines = [tpu_pod.shell_join(command.argv(python)) for command in run.commands]
     if dry_run:
       for line in lines:
-        print(tpu_pod.shell_join(tpu_pod.pod_command(tpu, zone, line, project=project,
-                                                     repo_dir=repo_dir)))
+        print(
+            tpu_pod.shell_join(
+                tpu_pod.pod_command(tpu, zone, line, project=project, repo_dir=repo_dir)
+            )
+        )
       continue
     started = time.monotonic()
     progress.begin(run.name)
@@ -162,8 +189,10 @@ def run_pod(runs: Sequence[Run], *, python: str, tpu: str, zone: str, project: O
       status = tpu_pod.run_on_pod(tpu, zone, line, project=project, repo_dir=repo_dir)
       if status != 0:
         progress.failed()
-        print(f'\n{run.name}: {command.kind} failed on the pod (exit status {status}):\n'
-              f'  {line}', file=sys.stderr)
+        print(
+            f'\n{run.name}: {command.kind} failed on the pod (exit status {status}):\n  {line}',
+            file=sys.stderr,
+        )
         return status
     progress.done('run', time.monotonic() - started, ['run'] * (len(runs) - index))
   return 0
@@ -177,23 +206,25 @@ def _exit_with_parent(parent: int) -> None:
   # job, so that no orphan writes into run directories the next driver schedules afresh.
   while os.getppid() == parent:
     time.sleep(1.0)
-  os._exit(1)  # pylint: disable=protected-access
+  os._exit(1)
 
 
 def _init_worker(cache_dir: str) -> None:
   """Runs once per worker process, before JAX or TensorFlow is imported."""
   threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
-  os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
-                             ' --xla_cpu_multi_thread_eigen=false'
-                             ' intra_op_parallelism_threads=1').strip()
+  os.environ['XLA_FLAGS'] = (
+      os.environ.get('XLA_FLAGS', '') + ' --xla_cpu_multi_thread_eigen=false'
+      ' intra_op_parallelism_threads=1'
+  ).strip()
   for name in ('TF_NUM_INTRAOP_THREADS', 'TF_NUM_INTEROP_THREADS', 'OMP_NUM_THREADS'):
     os.environ[name] = '1'
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-  import jax  # pylint: disable=g-import-not-at-top
+  import jax
+
   jax.config.update('jax_compilation_cache_dir', cache_dir)
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
   jax.config.update('jax_persistent_cache_min_entry_size_bytes', -1)
-  import gkd_t5x.tasks  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  import gkd_t5x.tasks  # noqa: F401
 
 
 @contextlib.contextmanager
@@ -219,21 +250,24 @@ def _output_to(path: str):
 
 def _execute(job: Job) -> Tuple[bool, float]:
   """Runs one job in this worker; (succeeded, seconds). Its output goes to job.log."""
-  import gin  # pylint: disable=g-import-not-at-top
-  from gkd_t5x import gin_utils  # pylint: disable=g-import-not-at-top
+  import gin
+  from gkd_t5x import gin_utils
+
   started = time.monotonic()
   command = job.command
   with _output_to(job.log):
     try:
       gin.clear_config()
-      gin_utils.parse_gin(list(command.gin_files),
-                          [f'{key} = {value}' for key, value in command.gin_bindings().items()])
+      gin_utils.parse_gin(
+          list(command.gin_files),
+          [f'{key} = {value}' for key, value in command.gin_bindings().items()],
+      )
       module_name, function = ENTRY_POINTS[command.module]
       getattr(importlib.import_module(module_name), function)()
       if job.kind == 'train':
         _mark_done(job.output_dir)
       return True, time.monotonic() - started
-    except Exception:  # pylint: disable=broad-except  # reported, then the scheduler stops
+    except Exception:  # reported, then the scheduler stops
       traceback.print_exc()
       return False, time.monotonic() - started
 
@@ -261,8 +295,9 @@ def link_merged_runs(links: Mapping[str, str]) -> None:
       os.makedirs(os.path.dirname(alias), exist_ok=True)
       os.symlink(relative, alias)
     elif not os.path.islink(alias):
-      raise RuntimeError(f'{alias} and {target} both hold a run of the same training; remove '
-                         'one of them.')
+      raise RuntimeError(
+          f'{alias} and {target} both hold a run of the same training; remove one of them.'
+      )
 
 
 def run_jobs(plan: Plan, workers: int, cache_dir: str) -> int:
@@ -272,14 +307,17 @@ def run_jobs(plan: Plan, workers: int, cache_dir: str) -> int:
   pending = [job for job in plan.jobs if not finished(job.command)]
   done = {job.output_dir for job in plan.jobs if finished(job.command)}
   total, skipped = len(plan.jobs), len(plan.jobs) - len(pending)
-  print(f'{total} jobs ({sum(j.kind == "train" for j in plan.jobs)} trainings), '
-        f'{skipped} done already; {workers} workers.', flush=True)
+  print(
+      f'{total} jobs ({sum(j.kind == "train" for j in plan.jobs)} trainings), '
+      f'{skipped} done already; {workers} workers.',
+      flush=True,
+  )
   progress = Progress(total, workers, done=skipped)
   context = multiprocessing.get_context('spawn')
   try:
-    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context,
-                                                initializer=_init_worker,
-                                                initargs=(cache_dir,)) as pool:
+    with concurrent.futures.ProcessPoolExecutor(
+        workers, mp_context=context, initializer=_init_worker, initargs=(cache_dir,)
+    ) as pool:
       failed = _schedule(pool, workers, pending, done, progress)
   except RuntimeError as e:
     print(f'error: {e}', file=sys.stderr)
@@ -288,13 +326,17 @@ def run_jobs(plan: Plan, workers: int, cache_dir: str) -> int:
     return 0
   with open(failed.log) as f:
     tail = f.read().splitlines()[-30:]
-  print(f'\n{failed.name} failed; the end of {failed.log}:\n' + '\n'.join(tail),
-        file=sys.stderr)
+  print(f'\n{failed.name} failed; the end of {failed.log}:\n' + '\n'.join(tail), file=sys.stderr)
   return 1
 
 
-def _schedule(pool: concurrent.futures.Executor, workers: int, pending: List[Job],
-              done: Set[str], progress: Progress) -> Optional[Job]:
+def _schedule(
+    pool: concurrent.futures.Executor,
+    workers: int,
+    pending: List[Job],
+    done: Set[str],
+    progress: Progress,
+) -> Optional[Job]:
   """Runs the `pending` jobs, each once the trainings it needs are `done`; returns the first
   that failed, or None.
 
@@ -313,8 +355,7 @@ def _schedule(pool: concurrent.futures.Executor, workers: int, pending: List[Job
     if not running:
       missing = sorted({n for job in pending for n in job.needs} - done)
       raise RuntimeError(f'{len(pending)} jobs wait for trainings that no job makes: {missing}')
-    completed, _ = concurrent.futures.wait(running,
-                                           return_when=concurrent.futures.FIRST_COMPLETED)
+    completed, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
     for future in completed:
       job = running.pop(future)
       ok, seconds = future.result()
@@ -323,6 +364,11 @@ def _schedule(pool: concurrent.futures.Executor, workers: int, pending: List[Job
         progress.failed(job.name, seconds, job.log)
         continue
       done.add(job.output_dir)
-      progress.done(job.kind, seconds, [j.kind for j in pending],
-                    [j.kind for j in running.values()], name=job.name)
+      progress.done(
+          job.kind,
+          seconds,
+          [j.kind for j in pending],
+          [j.kind for j in running.values()],
+          name=job.name,
+      )
   return failed

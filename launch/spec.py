@@ -20,8 +20,18 @@ TEMPLATE = re.compile(r'\{(root|seed|ref:[^{}]*)\}')
 SAFE_NAME = re.compile(r'[A-Za-z0-9._-]+')
 IDENTIFIER = re.compile(r'[A-Za-z_][A-Za-z0-9_]*')
 
-TOP_KEYS = ('name', 'figure', 'runner', 'gin_files', 'bindings', 'references', 'axes', 'seeds',
-            'evaluations', 'plot')
+TOP_KEYS = (
+    'name',
+    'figure',
+    'runner',
+    'gin_files',
+    'bindings',
+    'references',
+    'axes',
+    'seeds',
+    'evaluations',
+    'plot',
+)
 REFERENCE_KEYS = ('gin_files', 'bindings', 'seeded', 'checkpoint')
 AXIS_KEYS = ('name', 'values')
 VALUE_KEYS = ('label', 'bindings', 'gin_files')
@@ -34,8 +44,11 @@ PLOT_KINDS = {
     'bars': (('metric', 'x'), ('group', 'references', 'evaluation'), ('x', 'group')),
     'lines': (('metric', 'x'), ('series', 'references', 'evaluation', 'log_x'), ('x', 'series')),
     'quality_diversity': (('metric', 'series'), ('evaluations', 'references'), ('series',)),
-    'tradeoff': (('x_metric', 'y_metric', 'points', 'baseline'),
-                 ('series', 'references', 'evaluation'), ('points', 'series')),
+    'tradeoff': (
+        ('x_metric', 'y_metric', 'points', 'baseline'),
+        ('series', 'references', 'evaluation'),
+        ('points', 'series'),
+    ),
 }
 PLOT_COMMON_KEYS = ('kind', 'name', 'title', 'xlabel', 'ylabel')
 
@@ -43,6 +56,7 @@ PLOT_COMMON_KEYS = ('kind', 'name', 'title', 'xlabel', 'ylabel')
 @dataclasses.dataclass(frozen=True)
 class Runner:
   """How a spec's trainer and evaluator start: `python -m <module> --gin_file=<run file> ...`."""
+
   name: str
   train_module: str
   train_gin: str
@@ -50,10 +64,17 @@ class Runner:
   eval_gin: str
 
 
-RUNNERS = {runner.name: runner for runner in (
-    Runner('gkd_t5x', 'gkd_t5x.train', 'gin/runs/train.gin', 'gkd_t5x.eval', 'gin/runs/eval.gin'),
-    Runner('t5x', 't5x.train', 'gin/runs/t5x_finetune.gin', 't5x.eval', 'gin/runs/t5x_eval.gin'),
-)}
+RUNNERS = {
+    runner.name: runner
+    for runner in (
+        Runner(
+            'gkd_t5x', 'gkd_t5x.train', 'gin/runs/train.gin', 'gkd_t5x.eval', 'gin/runs/eval.gin'
+        ),
+        Runner(
+            't5x', 't5x.train', 'gin/runs/t5x_finetune.gin', 't5x.eval', 'gin/runs/t5x_eval.gin'
+        ),
+    )
+}
 
 
 class SpecError(ValueError):
@@ -63,18 +84,19 @@ class SpecError(ValueError):
 @dataclasses.dataclass(frozen=True)
 class Reference:
   """A run without axes, run before the axis runs: a training, or an existing checkpoint."""
+
   name: str
-  gin_files: Tuple[str, ...] = ()    # its experiment files (the spec's do not apply)
+  gin_files: Tuple[str, ...] = ()  # its experiment files (the spec's do not apply)
   bindings: Mapping[str, str] = dataclasses.field(default_factory=dict)
-  seeded: bool = False               # one run per seed, or one with the experiment's seed
-  checkpoint: Optional[str] = None   # evaluated, never trained; may hold {root} and {ref:NAME}
+  seeded: bool = False  # one run per seed, or one with the experiment's seed
+  checkpoint: Optional[str] = None  # evaluated, never trained; may hold {root} and {ref:NAME}
 
 
 @dataclasses.dataclass(frozen=True)
 class AxisValue:
-  label: str                         # the figure's label; its file-name form names directories
+  label: str  # the figure's label; its file-name form names directories
   bindings: Mapping[str, str] = dataclasses.field(default_factory=dict)
-  gin_files: Tuple[str, ...] = ()    # parsed after the spec's, in axis order
+  gin_files: Tuple[str, ...] = ()  # parsed after the spec's, in axis order
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,27 +109,28 @@ class Axis:
 class Evaluation:
   label: str
   bindings: Mapping[str, str] = dataclasses.field(default_factory=dict)
-  num_samples: int = 1               # K > 1: K evaluations with RANDOM_SEED 0..K-1
+  num_samples: int = 1  # K > 1: K evaluations with RANDOM_SEED 0..K-1
 
 
 @dataclasses.dataclass(frozen=True)
 class Plot:
   """One figure of a panel. Which keys each kind takes: PLOT_KINDS."""
+
   kind: str
-  name: Optional[str] = None         # the file suffix, in a list of plots; None for one plot
+  name: Optional[str] = None  # the file suffix, in a list of plots; None for one plot
   title: Optional[str] = None
   xlabel: Optional[str] = None
   ylabel: Optional[str] = None
   metric: Optional[str] = None
   x_metric: Optional[str] = None
   y_metric: Optional[str] = None
-  rows: Optional[str] = None         # rows ... points: axis names
+  rows: Optional[str] = None  # rows ... points: axis names
   columns: Optional[str] = None
   x: Optional[str] = None
   group: Optional[str] = None
   series: Optional[str] = None
   points: Optional[str] = None
-  baseline: Optional[str] = None     # a reference
+  baseline: Optional[str] = None  # a reference
   references: Tuple[str, ...] = ()
   log_x: bool = False
   # The evaluation shown: the spec's first unless given; None for the trainer's own.
@@ -123,8 +146,9 @@ class Plot:
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Spec:
   """One figure panel's sweep."""
+
   name: str
-  figure: Optional[str] = None       # what the panel reproduces (the default plot title)
+  figure: Optional[str] = None  # what the panel reproduces (the default plot title)
   runner: Runner = RUNNERS['gkd_t5x']
   gin_files: Tuple[str, ...] = ()
   bindings: Mapping[str, str] = dataclasses.field(default_factory=dict)
@@ -132,7 +156,7 @@ class Spec:
   axes: Tuple[Axis, ...]
   seeds: Tuple[int, ...] = (0,)
   evaluations: Tuple[Evaluation, ...] = ()
-  plots: Tuple[Plot, ...]            # "plot": one plot, or a list of named ones
+  plots: Tuple[Plot, ...]  # "plot": one plot, or a list of named ones
 
 
 def safe(label: str) -> str:
@@ -150,6 +174,28 @@ def load(path: str) -> Spec:
   return parse(data, source=path)
 
 
+def parse_seeds(text: str) -> Tuple[int, ...]:
+  """A command line's '--seeds 0,1' -> (0, 1)."""
+  try:
+    return tuple(int(s) for s in text.split(',') if s.strip())
+  except ValueError as e:
+    raise SpecError(f'--seeds {text!r}: expected comma-separated integers') from e
+
+
+def parse_overrides(items: Sequence[str]) -> Dict[str, str]:
+  """A command line's ['NAME=VALUE', ...] -> {NAME: VALUE} (a gin literal, kept as written)."""
+  overrides = {}
+  for item in items:
+    name, separator, value = item.partition('=')
+    if not separator or not name.strip() or not value.strip():
+      raise SpecError(
+          f'--set {item!r}: expected NAME=VALUE with a gin literal, e.g. '
+          'TRAIN_STEPS=20 or DIVERGENCE="\'jsd\'"'
+      )
+    overrides[name.strip()] = value.strip()
+  return overrides
+
+
 def parse(data: Any, repo_dir: str = REPO_ROOT, source: str = 'spec') -> Spec:
   """The spec of `data` (a spec's JSON); gin files are looked up under `repo_dir`.
 
@@ -161,10 +207,12 @@ def parse(data: Any, repo_dir: str = REPO_ROOT, source: str = 'spec') -> Spec:
   errors = _Errors(repo_dir)
   errors.keys('', data, TOP_KEYS, required=('name', 'axes', 'plot'))
   given: Dict[str, Any] = {key: data[key] for key in ('name', 'figure') if key in data}
-  if 'name' in data and (not isinstance(data['name'], str) or not SAFE_NAME.fullmatch(
-      data['name'])):
-    errors.add('name', 'must be a file name of letters, digits, ".", "_", "-"; got '
-               f'{data["name"]!r}')
+  if 'name' in data and (
+      not isinstance(data['name'], str) or not SAFE_NAME.fullmatch(data['name'])
+  ):
+    errors.add(
+        'name', f'must be a file name of letters, digits, ".", "_", "-"; got {data["name"]!r}'
+    )
   if 'runner' in data:
     if isinstance(data['runner'], str) and data['runner'] in RUNNERS:
       given['runner'] = RUNNERS[data['runner']]
@@ -186,8 +234,9 @@ def parse(data: Any, repo_dir: str = REPO_ROOT, source: str = 'spec') -> Spec:
   if 'evaluations' in data:
     given['evaluations'] = _evaluations(errors, data['evaluations'], names)
   if 'plot' in data:
-    given['plots'] = _plots(errors, data['plot'], given['axes'], names,
-                            given.get('evaluations', ()))
+    given['plots'] = _plots(
+        errors, data['plot'], given['axes'], names, given.get('evaluations', ())
+    )
   errors.raise_if_any(data['name'] if isinstance(data.get('name'), str) else source)
   return Spec(**given)
 
@@ -220,8 +269,10 @@ def _references(errors: '_Errors', data: Any, evaluated: bool) -> Dict[str, Refe
       if ref.get('seeded'):
         errors.add(f'{field}.seeded', 'a checkpoint reference is not trained, so has no seeds')
       if not evaluated:
-        errors.add(f'{field}.checkpoint', 'a checkpoint reference is only evaluated: the spec '
-                   'needs "evaluations"')
+        errors.add(
+            f'{field}.checkpoint',
+            'a checkpoint reference is only evaluated: the spec needs "evaluations"',
+        )
     if not ref.get('gin_files'):
       errors.add(f'{field}.gin_files', 'a reference needs its experiment file(s)')
     given['gin_files'] = errors.gin_files(f'{field}.gin_files', ref.get('gin_files', []))
@@ -233,8 +284,9 @@ def _references(errors: '_Errors', data: Any, evaluated: bool) -> Dict[str, Refe
   return references
 
 
-def _check_reference_templates(errors: '_Errors', field: str, reference: Reference,
-                               earlier: Mapping[str, Reference]) -> None:
+def _check_reference_templates(
+    errors: '_Errors', field: str, reference: Reference, earlier: Mapping[str, Reference]
+) -> None:
   """A reference reads only references listed before it, and seeds only when seeded."""
   templated = [(f'{field}.bindings.{key}', value) for key, value in reference.bindings.items()]
   if reference.checkpoint is not None:
@@ -244,8 +296,11 @@ def _check_reference_templates(errors: '_Errors', field: str, reference: Referen
       if template == 'seed' and not reference.seeded:
         errors.add(where, '{seed} in an unseeded reference')
       elif template.startswith('ref:') and template[4:] not in earlier:
-        errors.add(where, f'{{{template}}}: a reference may only use '
-                   f'references listed before it ({list(earlier)})')
+        errors.add(
+            where,
+            f'{{{template}}}: a reference may only use '
+            f'references listed before it ({list(earlier)})',
+        )
       elif template.startswith('ref:') and earlier[template[4:]].seeded and not reference.seeded:
         errors.add(where, f'{{{template}}} is seeded; an unseeded reference cannot use it')
 
@@ -268,18 +323,19 @@ def _axes(errors: '_Errors', data: Any, references: Sequence[str]) -> Tuple[Axis
       errors.add(f'{field}.name', f'duplicate axis {name!r}')
     else:
       names.add(name)
-    axes.append(Axis(name, _axis_values(errors, f'{field}.values', axis.get('values'),
-                                        references)))
+    axes.append(Axis(name, _axis_values(errors, f'{field}.values', axis.get('values'), references)))
   return tuple(axes)
 
 
-def _axis_values(errors: '_Errors', field: str, data: Any,
-                 references: Sequence[str]) -> Tuple[AxisValue, ...]:
+def _axis_values(
+    errors: '_Errors', field: str, data: Any, references: Sequence[str]
+) -> Tuple[AxisValue, ...]:
   if not isinstance(data, list) or not data:
     errors.add(field, 'must be a non-empty list')
     return ()
-  errors.labels(field, [value.get('label') if isinstance(value, Mapping) else None
-                        for value in data])
+  errors.labels(
+      field, [value.get('label') if isinstance(value, Mapping) else None for value in data]
+  )
   values = []
   for j, value in enumerate(data):
     value_field = f'{field}[{j}]'
@@ -299,27 +355,35 @@ def _axis_values(errors: '_Errors', field: str, data: Any,
 
 def _check_experiment_files(errors: '_Errors', spec_files: bool, axes: Sequence[Axis]) -> None:
   """Every run needs an experiment file: the spec's, or one of every value of an axis."""
-  if axes and not spec_files and not any(
-      axis.values and all(value.gin_files for value in axis.values) for axis in axes):
-    errors.add('gin_files', 'every run needs an experiment file: give "gin_files" to the spec, '
-               'or to every value of one axis')
+  if (
+      axes
+      and not spec_files
+      and not any(axis.values and all(value.gin_files for value in axis.values) for axis in axes)
+  ):
+    errors.add(
+        'gin_files',
+        'every run needs an experiment file: give "gin_files" to the spec, '
+        'or to every value of one axis',
+    )
 
 
 def _seeds(errors: '_Errors', data: Any) -> Tuple[int, ...]:
-  if (not isinstance(data, list) or not data or len(set(map(repr, data))) != len(data)
-      or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in data)):
+  if (
+      not isinstance(data, list)
+      or not data
+      or len(set(map(repr, data))) != len(data)
+      or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in data)
+  ):
     errors.add('seeds', f'must be a non-empty list of distinct integers >= 0; got {data!r}')
     return ()
   return tuple(data)
 
 
-def _evaluations(errors: '_Errors', data: Any,
-                 references: Sequence[str]) -> Tuple[Evaluation, ...]:
+def _evaluations(errors: '_Errors', data: Any, references: Sequence[str]) -> Tuple[Evaluation, ...]:
   if not isinstance(data, list):
     errors.add('evaluations', 'must be a list')
     return ()
-  errors.labels('evaluations', [e.get('label') if isinstance(e, Mapping) else None
-                                for e in data])
+  errors.labels('evaluations', [e.get('label') if isinstance(e, Mapping) else None for e in data])
   evaluations = []
   for i, evaluation in enumerate(data):
     field = f'evaluations[{i}]'
@@ -341,8 +405,13 @@ def _evaluations(errors: '_Errors', data: Any,
   return tuple(evaluations)
 
 
-def _plots(errors: '_Errors', data: Any, axes: Sequence[Axis], references: Sequence[str],
-           evaluations: Sequence[Evaluation]) -> Tuple[Plot, ...]:
+def _plots(
+    errors: '_Errors',
+    data: Any,
+    axes: Sequence[Axis],
+    references: Sequence[str],
+    evaluations: Sequence[Evaluation],
+) -> Tuple[Plot, ...]:
   if not isinstance(data, list):
     plot = _plot(errors, 'plot', data, axes, references, evaluations)
     # One plot is drawn into <name>.png: a name of its own is no file suffix.
@@ -354,13 +423,21 @@ def _plots(errors: '_Errors', data: Any, axes: Sequence[Axis], references: Seque
     errors.add('plot', 'each plot of a list needs a "name" (a file-name suffix)')
   elif len(set(names)) != len(names):
     errors.add('plot', f'duplicate plot names {names}')
-  plots = [_plot(errors, f'plot[{i}]', plot, axes, references, evaluations)
-           for i, plot in enumerate(data)]
+  plots = [
+      _plot(errors, f'plot[{i}]', plot, axes, references, evaluations)
+      for i, plot in enumerate(data)
+  ]
   return tuple(plot for plot in plots if plot)
 
 
-def _plot(errors: '_Errors', field: str, data: Any, axes: Sequence[Axis],
-          references: Sequence[str], evaluations: Sequence[Evaluation]) -> Optional[Plot]:
+def _plot(
+    errors: '_Errors',
+    field: str,
+    data: Any,
+    axes: Sequence[Axis],
+    references: Sequence[str],
+    evaluations: Sequence[Evaluation],
+) -> Optional[Plot]:
   if not isinstance(data, Mapping):
     errors.add(field, 'must be an object')
     return None
@@ -408,28 +485,43 @@ def _check_plot_axes(errors: '_Errors', field: str, data: Mapping, axes: Sequenc
       used.add(data[key])
   for name, axis in by_name.items():
     if name not in used and len(axis.values) > 1:
-      errors.add(field, f'axis {name!r} has several values but the {kind} plot does not '
-                 f'use it (its axis keys: {list(axis_keys)}); its points would overlap')
+      errors.add(
+          field,
+          f'axis {name!r} has several values but the {kind} plot does not '
+          f'use it (its axis keys: {list(axis_keys)}); its points would overlap',
+      )
   if kind == 'lines' and data.get('x') in by_name:
     for value in by_name[data['x']].values:
       try:
         float(value.label)
       except (TypeError, ValueError):
-        errors.add(f'{field}.x', f'a lines plot needs numeric labels on axis {data["x"]!r}; '
-                   f'got {value.label!r}')
+        errors.add(
+            f'{field}.x',
+            f'a lines plot needs numeric labels on axis {data["x"]!r}; got {value.label!r}',
+        )
 
 
-def _check_plot_runs(errors: '_Errors', field: str, data: Mapping, references: Sequence[str],
-                     evaluations: Sequence[Evaluation]) -> None:
+def _check_plot_runs(
+    errors: '_Errors',
+    field: str,
+    data: Mapping,
+    references: Sequence[str],
+    evaluations: Sequence[Evaluation],
+) -> None:
   """The references and evaluations that the plot names exist."""
   for ref in ([data['baseline']] if 'baseline' in data else []) + data.get('references', []):
     if ref not in references:
-      errors.add(f'{field}.baseline' if ref == data.get('baseline') else f'{field}.references',
-                 f'no reference {ref!r} (references: {sorted(references)})')
+      errors.add(
+          f'{field}.baseline' if ref == data.get('baseline') else f'{field}.references',
+          f'no reference {ref!r} (references: {sorted(references)})',
+      )
   labels = [e.label for e in evaluations]
   if 'evaluation' in data and data['evaluation'] not in labels:
-    errors.add(f'{field}.evaluation', f'no evaluation {data["evaluation"]!r} (evaluations: '
-               f'{labels}; without evaluations the trainer\'s final evaluation is used)')
+    errors.add(
+        f'{field}.evaluation',
+        f'no evaluation {data["evaluation"]!r} (evaluations: '
+        f"{labels}; without evaluations the trainer's final evaluation is used)",
+    )
   if data['kind'] != 'quality_diversity':
     return
   sampled = _sampled(evaluations)
@@ -441,8 +533,11 @@ def _check_plot_runs(errors: '_Errors', field: str, data: Mapping, references: S
     errors.add(f'{field}.evaluations', 'Self-BLEU needs evaluations with num_samples >= 2')
   for label in chosen:
     if label not in sampled:
-      errors.add(f'{field}.evaluations', f'{label!r} is not an evaluation with '
-                 'num_samples >= 2 (Self-BLEU compares several samples per input)')
+      errors.add(
+          f'{field}.evaluations',
+          f'{label!r} is not an evaluation with '
+          'num_samples >= 2 (Self-BLEU compares several samples per input)',
+      )
 
 
 class _Errors:
@@ -455,12 +550,12 @@ class _Errors:
   def add(self, field: str, problem: str) -> None:
     self.messages.append(f'{field}: {problem}')
 
-  def keys(self, field: str, mapping: Mapping, allowed: Sequence[str],
-           required: Sequence[str] = ()) -> None:
+  def keys(
+      self, field: str, mapping: Mapping, allowed: Sequence[str], required: Sequence[str] = ()
+  ) -> None:
     for key in mapping:
       if key not in allowed:
-        self.add(f'{field}.{key}' if field else key,
-                 f'unknown key (allowed: {", ".join(allowed)})')
+        self.add(f'{field}.{key}' if field else key, f'unknown key (allowed: {", ".join(allowed)})')
     for key in required:
       if key not in mapping:
         self.add(f'{field}.{key}' if field else key, 'missing')
@@ -480,18 +575,24 @@ class _Errors:
       return {}
     for key, value in bindings.items():
       if not isinstance(value, str):
-        self.add(f'{field}.{key}', f'must be a string holding a gin literal, e.g. "0.5" or '
-                 f'"\'jsd\'"; got {value!r}')
+        self.add(
+            f'{field}.{key}',
+            f'must be a string holding a gin literal, e.g. "0.5" or "\'jsd\'"; got {value!r}',
+        )
     return {key: value for key, value in bindings.items() if isinstance(value, str)}
 
-  def known_references(self, field: str, bindings: Mapping[str, str],
-                       references: Sequence[str]) -> None:
+  def known_references(
+      self, field: str, bindings: Mapping[str, str], references: Sequence[str]
+  ) -> None:
     """{ref:NAME} outside the references names one of them."""
     for key, value in bindings.items():
       for template in TEMPLATE.findall(value):
         if template.startswith('ref:') and template[4:] not in references:
-          self.add(f'{field}.{key}', f'{{{template}}}: no reference {template[4:]!r} '
-                   f'(references: {sorted(references)})')
+          self.add(
+              f'{field}.{key}',
+              f'{{{template}}}: no reference {template[4:]!r} '
+              f'(references: {sorted(references)})',
+          )
 
   def labels(self, field: str, labels: Iterable[Any]) -> None:
     seen: Dict[str, str] = {}
@@ -501,8 +602,10 @@ class _Errors:
       elif label in seen:
         self.add(f'{field}[{i}].label', f'duplicate label {label!r}')
       elif safe(label) in seen.values():
-        self.add(f'{field}[{i}].label', f'{label!r} gives the same directory name '
-                 f'{safe(label)!r} as another label')
+        self.add(
+            f'{field}[{i}].label',
+            f'{label!r} gives the same directory name {safe(label)!r} as another label',
+        )
       else:
         seen[label] = safe(label)
 

@@ -29,12 +29,21 @@ from typing import List, Optional, Sequence
 # The README's install commands ("TPU pods with T5X"; tests/test_launch.py checks they agree).
 SETUP_COMMANDS = (
     ('pip', 'install', '-e', '.[t5x]'),
-    ('pip', 'install', '--no-deps',
-     'git+https://github.com/google-research/t5x@cc342d419ec3e3e9c4bf1df33c82330cafdc1e16',
-     'git+https://github.com/google/airio@69897df7d9a427b947a9f7bb4164c7782b43e601',
-     'git+https://github.com/google-research/jestimator@326824a477feef6d92e6f44175000907a72899ca'),
-    ('pip', 'install', 'jax[tpu]==0.10.2', '-f',
-     'https://storage.googleapis.com/jax-releases/libtpu_releases.html'),
+    (
+        'pip',
+        'install',
+        '--no-deps',
+        'git+https://github.com/google-research/t5x@cc342d419ec3e3e9c4bf1df33c82330cafdc1e16',
+        'git+https://github.com/google/airio@69897df7d9a427b947a9f7bb4164c7782b43e601',
+        'git+https://github.com/google-research/jestimator@326824a477feef6d92e6f44175000907a72899ca',
+    ),
+    (
+        'pip',
+        'install',
+        'jax[tpu]==0.10.2',
+        '-f',
+        'https://storage.googleapis.com/jax-releases/libtpu_releases.html',
+    ),
 )
 
 
@@ -44,8 +53,12 @@ def shell_quote(arg: str) -> str:
   if quoted == arg:
     return arg
   flag, separator, value = arg.partition('=')
-  if (separator and flag.startswith('-') and shlex.quote(flag) == flag
-      and not any(c in value for c in '"$`\\!\n')):
+  if (
+      separator
+      and flag.startswith('-')
+      and shlex.quote(flag) == flag
+      and not any(c in value for c in '"$`\\!\n')
+  ):
     return f'{flag}="{value}"'
   return quoted
 
@@ -64,8 +77,9 @@ def _cd(repo_dir: str) -> str:
   return 'cd ' + shlex.quote(repo_dir)
 
 
-def pod_command(tpu: str, zone: str, command: str, *, project: Optional[str] = None,
-                repo_dir: str = '~/gkd_t5x') -> List[str]:
+def pod_command(
+    tpu: str, zone: str, command: str, *, project: Optional[str] = None, repo_dir: str = '~/gkd_t5x'
+) -> List[str]:
   """The gcloud argv that runs `command` (a shell command line) on all workers of `tpu`."""
   argv = ['gcloud', 'compute', 'tpus', 'tpu-vm', 'ssh', tpu, f'--zone={zone}']
   if project:
@@ -79,15 +93,18 @@ def setup_command() -> str:
   return ' && '.join(shell_join(command) for command in SETUP_COMMANDS)
 
 
-def run_on_pod(tpu: str, zone: str, command: str, *, project: Optional[str] = None,
-               repo_dir: str = '~/gkd_t5x') -> int:
+def run_on_pod(
+    tpu: str, zone: str, command: str, *, project: Optional[str] = None, repo_dir: str = '~/gkd_t5x'
+) -> int:
   """Runs `command` on all workers; returns gcloud's exit status."""
   argv = pod_command(tpu, zone, command, project=project, repo_dir=repo_dir)
   try:
-    return subprocess.run(argv).returncode
+    return subprocess.run(argv, check=False).returncode
   except FileNotFoundError:
-    print('error: gcloud is not installed (https://cloud.google.com/sdk/docs/install).',
-          file=sys.stderr)
+    print(
+        'error: gcloud is not installed (https://cloud.google.com/sdk/docs/install).',
+        file=sys.stderr,
+    )
     return 127
 
 
@@ -95,25 +112,32 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser = argparse.ArgumentParser(
       description='Runs a command on all workers of a TPU pod slice.',
       usage='%(prog)s --tpu NAME --zone ZONE [--project P] [--repo_dir DIR] [--dry-run] '
-            '(--setup | -- COMMAND ...)')
+      '(--setup | -- COMMAND ...)',
+  )
   parser.add_argument('--tpu', required=True, help='the TPU VM name')
   parser.add_argument('--zone', required=True, help='its zone, e.g. us-central2-b')
-  parser.add_argument('--project', help='its project (default: gcloud\'s configured one)')
-  parser.add_argument('--repo_dir', default='~/gkd_t5x',
-                      help='the repository on every worker (default ~/gkd_t5x)')
+  parser.add_argument('--project', help="its project (default: gcloud's configured one)")
+  parser.add_argument(
+      '--repo_dir', default='~/gkd_t5x', help='the repository on every worker (default ~/gkd_t5x)'
+  )
   parser.add_argument('--dry-run', action='store_true', help='print the gcloud command only')
-  parser.add_argument('--setup', action='store_true',
-                      help='run the README\'s install commands on every worker')
-  parser.add_argument('command', nargs=argparse.REMAINDER,
-                      help='after --: the command to run on every worker')
+  parser.add_argument(
+      '--setup', action='store_true', help="run the README's install commands on every worker"
+  )
+  parser.add_argument(
+      'command', nargs=argparse.REMAINDER, help='after --: the command to run on every worker'
+  )
   args = parser.parse_args(argv)
   command = args.command[1:] if args.command[:1] == ['--'] else args.command
   if args.setup == bool(command):
     parser.error('give either --setup or a command after --')
   line = setup_command() if args.setup else shell_join(command)
   if args.dry_run:
-    print(shell_join(pod_command(args.tpu, args.zone, line, project=args.project,
-                                 repo_dir=args.repo_dir)))
+    print(
+        shell_join(
+            pod_command(args.tpu, args.zone, line, project=args.project, repo_dir=args.repo_dir)
+        )
+    )
     return 0
   return run_on_pod(args.tpu, args.zone, line, project=args.project, repo_dir=args.repo_dir)
 

@@ -15,10 +15,11 @@ The paper's tasks use T5's SentencePiece vocabulary (`common.DEFAULT_VOCABULARY`
 touches no data, network or GCS: datasets and the vocabulary are read on first use.
 """
 
-# pylint: disable=unused-import
 from gkd_t5x.tasks import arithmetic  # noqa: F401
 from gkd_t5x.tasks import flan  # noqa: F401
 from gkd_t5x.tasks import gsm8k  # noqa: F401
 from gkd_t5x.tasks import wmt  # noqa: F401
 from gkd_t5x.tasks import xsum  # noqa: F401
+
+# isort: split
 from gkd_t5x.tasks import seqkd  # noqa: F401  # after the tasks it copies

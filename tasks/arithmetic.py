@@ -110,8 +110,9 @@ def format_example(operands: Sequence[int], ops: Sequence[str]) -> Example:
     ('a0<op0>a1<op1>...=', 'a0<op0>a1=r1;r1<op1>a2=r2;...;#answer').
   """
   if len(ops) != len(operands) - 1:
-    raise ValueError(f'need len(ops) == len(operands) - 1, got {len(ops)} ops for '
-                     f'{len(operands)} operands.')
+    raise ValueError(
+        f'need len(ops) == len(operands) - 1, got {len(ops)} ops for {len(operands)} operands.'
+    )
   problem = [str(operands[0])]
   steps = []
   acc = int(operands[0])
@@ -124,14 +125,23 @@ def format_example(operands: Sequence[int], ops: Sequence[str]) -> Example:
   return ''.join(problem) + '=', ''.join(steps) + f'#{acc}'
 
 
-def _check_args(num_terms: int, max_value: int, operators: Sequence[str], num_train: int,
-                num_validation: int, num_test: int, train_fraction: float) -> Tuple[str, ...]:
+def _check_args(
+    num_terms: int,
+    max_value: int,
+    operators: Sequence[str],
+    num_train: int,
+    num_validation: int,
+    num_test: int,
+    train_fraction: float,
+) -> Tuple[str, ...]:
   """Validates the task parameters; returns `operators` as a tuple."""
   if isinstance(operators, str):
     # A string would be iterated character by character: '+-' is almost surely a typo for
     # ('+', '-'), and '+' happens to work only by accident.
-    raise ValueError(f'operators must be a tuple of operators among {OPERATORS}, got the string '
-                     f'{operators!r}.')
+    raise ValueError(
+        f'operators must be a tuple of operators among {OPERATORS}, got the string '
+        f'{operators!r}.'
+    )
   operators = tuple(operators)
   if not isinstance(num_terms, (int, np.integer)) or num_terms < 2:
     raise ValueError(f'num_terms must be an integer >= 2, got {num_terms!r}.')
@@ -141,8 +151,11 @@ def _check_args(num_terms: int, max_value: int, operators: Sequence[str], num_tr
     raise ValueError(f'operators must be a non-empty subset of {OPERATORS}, got {operators!r}.')
   if len(set(operators)) != len(operators):
     raise ValueError(f'operators must not repeat an operator, got {operators!r}.')
-  for name, value in (('num_train', num_train), ('num_validation', num_validation),
-                      ('num_test', num_test)):
+  for name, value in (
+      ('num_train', num_train),
+      ('num_validation', num_validation),
+      ('num_test', num_test),
+  ):
     if not isinstance(value, (int, np.integer)) or value <= 0:
       raise ValueError(f'{name} must be an integer > 0, got {value!r}.')
   if not 0.0 < train_fraction <= 1.0:
@@ -153,13 +166,15 @@ def _check_args(num_terms: int, max_value: int, operators: Sequence[str], num_tr
   if total > num_distinct:
     raise ValueError(
         f'num_train + num_validation + num_test = {total} exceeds the {num_distinct} distinct '
-        f'problems of num_terms={num_terms}, max_value={max_value}, operators={operators}.')
+        f'problems of num_terms={num_terms}, max_value={max_value}, operators={operators}.'
+    )
   return operators
 
 
 @functools.lru_cache(maxsize=16)
-def _unique_problems(num_terms: int, max_value: int, operators: Tuple[str, ...], total: int,
-                     seed: int) -> Tuple[Example, ...]:
+def _unique_problems(
+    num_terms: int, max_value: int, operators: Tuple[str, ...], total: int, seed: int
+) -> Tuple[Example, ...]:
   """The first `total` distinct problems of the seed's stream, in order of first appearance."""
   rng = np.random.default_rng(seed)
   seen = set()
@@ -185,10 +200,17 @@ def num_train_kept(num_train: int, train_fraction: float) -> int:
   return max(1, min(num_train, int(round(num_train * train_fraction))))
 
 
-def generate_splits(*, num_terms: int, max_value: int, operators: Sequence[str] = ('+',),
-                    num_train: int, num_validation: int = 1000, num_test: int = 1000,
-                    seed: int = 0, train_fraction: float = 1.0
-                    ) -> Dict[str, Tuple[Example, ...]]:
+def generate_splits(
+    *,
+    num_terms: int,
+    max_value: int,
+    operators: Sequence[str] = ('+',),
+    num_train: int,
+    num_validation: int = 1000,
+    num_test: int = 1000,
+    seed: int = 0,
+    train_fraction: float = 1.0,
+) -> Dict[str, Tuple[Example, ...]]:
   """The examples of every split, deterministic in the arguments.
 
   Args:
@@ -206,15 +228,21 @@ def generate_splits(*, num_terms: int, max_value: int, operators: Sequence[str] 
     {'train': ..., 'validation': ..., 'test': ...}, each a tuple of (inputs, targets) strings;
     no problem is in two splits.
   """
-  operators = _check_args(num_terms, max_value, operators, num_train, num_validation, num_test,
-                          train_fraction)
-  examples = _unique_problems(int(num_terms), int(max_value), operators,
-                              int(num_train + num_validation + num_test), int(seed))
+  operators = _check_args(
+      num_terms, max_value, operators, num_train, num_validation, num_test, train_fraction
+  )
+  examples = _unique_problems(
+      int(num_terms),
+      int(max_value),
+      operators,
+      int(num_train + num_validation + num_test),
+      int(seed),
+  )
   train_start = num_validation + num_test
   return {
       'validation': examples[:num_validation],
       'test': examples[num_validation:train_start],
-      'train': examples[train_start:train_start + num_train_kept(num_train, train_fraction)],
+      'train': examples[train_start : train_start + num_train_kept(num_train, train_fraction)],
   }
 
 
@@ -246,8 +274,10 @@ def parse_final_answer(text: str) -> Optional[int]:
 
 def _check_lengths(targets: Sequence[str], predictions: Sequence[str]) -> None:
   if len(targets) != len(predictions):
-    raise ValueError(f'targets and predictions must have the same length, got {len(targets)} '
-                     f'and {len(predictions)}.')
+    raise ValueError(
+        f'targets and predictions must have the same length, got {len(targets)} '
+        f'and {len(predictions)}.'
+    )
 
 
 def final_answer_accuracy(targets: Sequence[str], predictions: Sequence[str]) -> Dict[str, float]:
@@ -290,8 +320,9 @@ def _step_values(text: str, marker: str) -> Sequence[int]:
   return [int(_final_value(step)) for step in steps.step_pattern(marker).finditer(text)]
 
 
-def step_accuracy(targets: Sequence[str], predictions: Sequence[str], *,
-                  marker: str = '!') -> Dict[str, float]:
+def step_accuracy(
+    targets: Sequence[str], predictions: Sequence[str], *, marker: str = '!'
+) -> Dict[str, float]:
   """Partial credit: the percent of the target's step values that the prediction has at the
   same step (after its corrections), averaged over examples. A prediction that goes wrong at
   step k and carries the wrong value on loses the steps from k on; one that recovers loses at
@@ -307,8 +338,9 @@ def step_accuracy(targets: Sequence[str], predictions: Sequence[str], *,
   return {'step_accuracy': 100.0 * float(np.mean(scores))}
 
 
-def self_correction(targets: Sequence[str], predictions: Sequence[str], *,
-                    marker: str = '!') -> Dict[str, float]:
+def self_correction(
+    targets: Sequence[str], predictions: Sequence[str], *, marker: str = '!'
+) -> Dict[str, float]:
   """How predictions handle their own arithmetic errors, step by step. Each step
   'a<op>b=first[<marker>corrected]' is judged against a<op>b as written, so an error counts
   where it is made, not again in the steps that inherit it:
@@ -332,13 +364,16 @@ def self_correction(targets: Sequence[str], predictions: Sequence[str], *,
       else:
         right += 1
         spoiled += corrected is not None
-  return {'correction_rate': _percent(corrected_rows, len(predictions)),
-          'self_correction_rate': _percent(fixed, errors),
-          'false_correction_rate': _percent(spoiled, right)}
+  return {
+      'correction_rate': _percent(corrected_rows, len(predictions)),
+      'self_correction_rate': _percent(fixed, errors),
+      'false_correction_rate': _percent(spoiled, right),
+  }
 
 
-def step_order(targets: Sequence[str], predictions: Sequence[str], *,
-               marker: str = '!') -> Dict[str, float]:
+def step_order(
+    targets: Sequence[str], predictions: Sequence[str], *, marker: str = '!'
+) -> Dict[str, float]:
   """How much of a teacher's choice of order a model writes (`steps.commute_steps`, the
   target-entropy knob), and whether it can finish what it starts. A step is in order when its
   first operand is the running result (in the first step, the problem's first term, which the
@@ -363,12 +398,15 @@ def step_order(targets: Sequence[str], predictions: Sequence[str], *,
       if step['a'] != running:
         reordered += 1
         commuted += step['b'] == running
-        reordered_right += int(_final_value(step)) == _apply(step['op'], int(step['a']),
-                                                              int(step['b']))
+        reordered_right += int(_final_value(step)) == _apply(
+            step['op'], int(step['a']), int(step['b'])
+        )
       running = _final_value(step)
-  return {'commuted_step_rate': _percent(commuted, total),
-          'reordered_step_rate': _percent(reordered, total),
-          'reordered_step_accuracy': _percent(reordered_right, reordered)}
+  return {
+      'commuted_step_rate': _percent(commuted, total),
+      'reordered_step_rate': _percent(reordered, total),
+      'reordered_step_accuracy': _percent(reordered_right, reordered),
+  }
 
 
 def _to_str(text, **unused_kwargs) -> str:
@@ -383,13 +421,21 @@ def _to_str(text, **unused_kwargs) -> str:
 # Registration.
 
 
-def register_arithmetic_task(name: str, *, num_terms: int, max_value: int,
-                             operators: Sequence[str] = ('+',), num_train: int,
-                             num_validation: int = 1000, num_test: int = 1000, seed: int = 0,
-                             train_fraction: float = 1.0,
-                             shuffle_whole_split: bool = False,
-                             slips: Optional[steps.SlipConfig] = None,
-                             commute_rate: Optional[float] = None) -> seqio.Task:
+def register_arithmetic_task(
+    name: str,
+    *,
+    num_terms: int,
+    max_value: int,
+    operators: Sequence[str] = ('+',),
+    num_train: int,
+    num_validation: int = 1000,
+    num_test: int = 1000,
+    seed: int = 0,
+    train_fraction: float = 1.0,
+    shuffle_whole_split: bool = False,
+    slips: Optional[steps.SlipConfig] = None,
+    commute_rate: Optional[float] = None,
+) -> seqio.Task:
   """Registers (once) and returns the seqio task `name`.
 
   Args:
@@ -414,23 +460,36 @@ def register_arithmetic_task(name: str, *, num_terms: int, max_value: int,
     task (so that reloading this module is harmless); with different arguments, or over a task
     that this function did not register, it raises ValueError.
   """
-  operators = _check_args(num_terms, max_value, operators, num_train, num_validation, num_test,
-                          train_fraction)
-  split_config = dict(num_terms=int(num_terms), max_value=int(max_value), operators=operators,
-                      num_train=int(num_train), num_validation=int(num_validation),
-                      num_test=int(num_test), seed=int(seed),
-                      train_fraction=float(train_fraction))
+  operators = _check_args(
+      num_terms, max_value, operators, num_train, num_validation, num_test, train_fraction
+  )
+  split_config = dict(
+      num_terms=int(num_terms),
+      max_value=int(max_value),
+      operators=operators,
+      num_train=int(num_train),
+      num_validation=int(num_validation),
+      num_test=int(num_test),
+      seed=int(seed),
+      train_fraction=float(train_fraction),
+  )
   if commute_rate is not None and not 0.0 < commute_rate <= 1.0:
     raise ValueError(f'commute_rate must be None or in (0, 1], got {commute_rate!r}.')
-  config = dict(split_config, shuffle_whole_split=bool(shuffle_whole_split), slips=slips,
-                commute_rate=commute_rate)
+  config = dict(
+      split_config,
+      shuffle_whole_split=bool(shuffle_whole_split),
+      slips=slips,
+      commute_rate=commute_rate,
+  )
   if name in seqio.TaskRegistry.names():
     task = seqio.TaskRegistry.get(name)
     registered = getattr(task, '_gkd_arithmetic_config', None)
     if registered == config:
       return task
-    raise ValueError(f'Task {name!r} is already registered with a different configuration '
-                     f'({registered}); requested {config}.')
+    raise ValueError(
+        f'Task {name!r} is already registered with a different configuration '
+        f'({registered}); requested {config}.'
+    )
 
   def dataset_fn(split: str, shuffle_files: bool, seed: Optional[int] = None) -> tf.data.Dataset:
     # The whole split is one in-memory "file" in the fixed stream order; seqio's shuffle (with
@@ -439,10 +498,12 @@ def register_arithmetic_task(name: str, *, num_terms: int, max_value: int,
       raise ValueError(f'split must be one of {SPLITS}, got {split!r}.')
     examples = generate_splits(**split_config)[split]
     inputs, targets = zip(*examples)
-    dataset = tf.data.Dataset.from_tensor_slices({
-        'inputs': tf.constant(inputs, dtype=tf.string),
-        'targets': tf.constant(targets, dtype=tf.string),
-    })
+    dataset = tf.data.Dataset.from_tensor_slices(
+        {
+            'inputs': tf.constant(inputs, dtype=tf.string),
+            'targets': tf.constant(targets, dtype=tf.string),
+        }
+    )
     if shuffle_files and shuffle_whole_split:
       dataset = dataset.shuffle(len(examples), seed=seed, reshuffle_each_iteration=True)
     return dataset
@@ -460,61 +521,108 @@ def register_arithmetic_task(name: str, *, num_terms: int, max_value: int,
               'train': num_train_kept(num_train, train_fraction),
               'validation': int(num_validation),
               'test': int(num_test),
-          }),
+          },
+      ),
       preprocessors=[
           *([functools.partial(steps.commute_steps, rate=commute_rate)] if commute_rate else []),
           *([functools.partial(steps.inject_slips, config=slips)] if slips else []),
           seqio.preprocessors.tokenize,
           seqio.preprocessors.append_eos_after_trim,
-          *([functools.partial(steps.mask_slipped_values, marker=slips.marker)]
-            if slips and not slips.learn_slips else []),
+          *(
+              [functools.partial(steps.mask_slipped_values, marker=slips.marker)]
+              if slips and not slips.learn_slips
+              else []
+          ),
       ],
       output_features={
           'inputs': seqio.Feature(vocabulary=vocabulary, add_eos=True),
           'targets': seqio.Feature(vocabulary=vocabulary, add_eos=True),
       },
       postprocess_fn=_to_str,
-      metric_fns=[final_answer_accuracy, sequence_accuracy,
-                  functools.partial(step_accuracy, marker=marker),
-                  functools.partial(self_correction, marker=marker),
-                  functools.partial(step_order, marker=marker)])
-  task._gkd_arithmetic_config = config  # pylint: disable=protected-access
+      metric_fns=[
+          final_answer_accuracy,
+          sequence_accuracy,
+          functools.partial(step_accuracy, marker=marker),
+          functools.partial(self_correction, marker=marker),
+          functools.partial(step_order, marker=marker),
+      ],
+  )
+  task._gkd_arithmetic_config = config
   return task
 
 
-ARITHMETIC_SUM3 = dict(num_terms=3, max_value=999, operators=('+',), num_train=50000,
-                       num_validation=1000, num_test=1000, seed=0)
-ARITHMETIC_SUM3_2DIGIT = dict(num_terms=3, max_value=99, operators=('+',), num_train=50000,
-                              num_validation=1000, num_test=1000, seed=0)
-ARITHMETIC_CHAIN5 = dict(num_terms=5, max_value=99, operators=('+', '-'), num_train=50000,
-                         num_validation=1000, num_test=1000, seed=0)
+ARITHMETIC_SUM3 = dict(
+    num_terms=3,
+    max_value=999,
+    operators=('+',),
+    num_train=50000,
+    num_validation=1000,
+    num_test=1000,
+    seed=0,
+)
+ARITHMETIC_SUM3_2DIGIT = dict(
+    num_terms=3,
+    max_value=99,
+    operators=('+',),
+    num_train=50000,
+    num_validation=1000,
+    num_test=1000,
+    seed=0,
+)
+ARITHMETIC_CHAIN5 = dict(
+    num_terms=5,
+    max_value=99,
+    operators=('+', '-'),
+    num_train=50000,
+    num_validation=1000,
+    num_test=1000,
+    seed=0,
+)
 
 register_arithmetic_task('arithmetic_sum3', **ARITHMETIC_SUM3)
 register_arithmetic_task('arithmetic_sum3_train5pct', train_fraction=0.05, **ARITHMETIC_SUM3)
 register_arithmetic_task('arithmetic_sum3_train25pct', train_fraction=0.25, **ARITHMETIC_SUM3)
 register_arithmetic_task('arithmetic_sum3_2digit', **ARITHMETIC_SUM3_2DIGIT)
-register_arithmetic_task('arithmetic_sum3_2digit_train5pct', train_fraction=0.05,
-                         **ARITHMETIC_SUM3_2DIGIT)
-register_arithmetic_task('arithmetic_sum3_2digit_train25pct', train_fraction=0.25,
-                         **ARITHMETIC_SUM3_2DIGIT)
+register_arithmetic_task(
+    'arithmetic_sum3_2digit_train5pct', train_fraction=0.05, **ARITHMETIC_SUM3_2DIGIT
+)
+register_arithmetic_task(
+    'arithmetic_sum3_2digit_train25pct', train_fraction=0.25, **ARITHMETIC_SUM3_2DIGIT
+)
 # The chain5 tasks, the second task of the small-scale reproduction (results/README.md), permute
 # their whole train split when shuffled; the sum3 tasks keep seqio's buffered shuffle, with
 # which the reproduction's first task was trained.
 register_arithmetic_task('arithmetic_chain5', shuffle_whole_split=True, **ARITHMETIC_CHAIN5)
-register_arithmetic_task('arithmetic_chain5_train5pct', train_fraction=0.05,
-                         shuffle_whole_split=True, **ARITHMETIC_CHAIN5)
-register_arithmetic_task('arithmetic_chain5_train25pct', train_fraction=0.25,
-                         shuffle_whole_split=True, **ARITHMETIC_CHAIN5)
+register_arithmetic_task(
+    'arithmetic_chain5_train5pct',
+    train_fraction=0.05,
+    shuffle_whole_split=True,
+    **ARITHMETIC_CHAIN5,
+)
+register_arithmetic_task(
+    'arithmetic_chain5_train25pct',
+    train_fraction=0.25,
+    shuffle_whole_split=True,
+    **ARITHMETIC_CHAIN5,
+)
 # The on-policy testbed's recoverability knob (tasks/steps.py): the same problems with a share of
 # the steps written wrong and corrected after '!', the data a teacher that corrects slips is
 # trained on (and the "teacher's kind of data" of the off-policy control). The clean tasks above
 # are what the students' ground truth and evaluation read.
 # The target-entropy knob: every step of a sum written with its operands in either order, so a
 # problem has four valid solutions and the teacher's next-token distribution is not one-hot.
-register_arithmetic_task('arithmetic_sum3_2digit_commute50', commute_rate=0.5,
-                         **ARITHMETIC_SUM3_2DIGIT)
+register_arithmetic_task(
+    'arithmetic_sum3_2digit_commute50', commute_rate=0.5, **ARITHMETIC_SUM3_2DIGIT
+)
 for _rate in (10, 30):
-  register_arithmetic_task(f'arithmetic_sum3_2digit_slips{_rate}',
-                           slips=steps.SlipConfig(rate=_rate / 100), **ARITHMETIC_SUM3_2DIGIT)
-  register_arithmetic_task(f'arithmetic_chain5_slips{_rate}', shuffle_whole_split=True,
-                           slips=steps.SlipConfig(rate=_rate / 100), **ARITHMETIC_CHAIN5)
+  register_arithmetic_task(
+      f'arithmetic_sum3_2digit_slips{_rate}',
+      slips=steps.SlipConfig(rate=_rate / 100),
+      **ARITHMETIC_SUM3_2DIGIT,
+  )
+  register_arithmetic_task(
+      f'arithmetic_chain5_slips{_rate}',
+      shuffle_whole_split=True,
+      slips=steps.SlipConfig(rate=_rate / 100),
+      **ARITHMETIC_CHAIN5,
+  )

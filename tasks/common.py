@@ -42,34 +42,40 @@ def to_str(text: Union[str, bytes], **unused_kwargs) -> str:
   return text
 
 
-def _register_once(registry: Any, kind: str, name: str, config: Mapping[str, Any],
-                   make: Callable[[], Any]) -> Any:
+def _register_once(
+    registry: Any, kind: str, name: str, config: Mapping[str, Any], make: Callable[[], Any]
+) -> Any:
   """`registry`'s provider `name` if it was registered with an equal `config`, else `make()`
   (which registers it) tagged with `config`; ValueError if `name` has another config."""
   if name in registry.names():
     provider = registry.get(name)
     registered = getattr(provider, '_gkd_config', None)
     if registered != config:
-      raise ValueError(f'{kind} {name!r} is already registered with another configuration '
-                       f'({registered}); requested {dict(config)}.')
+      raise ValueError(
+          f'{kind} {name!r} is already registered with another configuration '
+          f'({registered}); requested {dict(config)}.'
+      )
     return provider
   provider = make()
-  provider._gkd_config = dict(config)  # pylint: disable=protected-access
+  provider._gkd_config = dict(config)
   return provider
 
 
-def register_task_once(name: str, config: Mapping[str, Any],
-                       make_task: Callable[[], seqio.Task]) -> seqio.Task:
+def register_task_once(
+    name: str, config: Mapping[str, Any], make_task: Callable[[], seqio.Task]
+) -> seqio.Task:
   """Registers and returns `make_task()`, a task named `name`, or the task registered as `name`.
 
   `config` is what determines the task (data, preprocessing, vocabulary). Registering `name`
   again with an equal config returns the registered task, so that reloading a module is
   harmless; with another config, or over a task registered elsewhere, raises ValueError.
   """
+
   def make():
     task = make_task()
     seqio.TaskRegistry.add_provider(name, task)
     return task
+
   return _register_once(seqio.TaskRegistry, 'Task', name, config, make)
 
 
@@ -79,12 +85,23 @@ def register_mixture_once(name: str, task_names: Sequence[str]) -> seqio.Mixture
   Raises ValueError where `name` is registered with other tasks or by someone else.
   """
   return _register_once(
-      seqio.MixtureRegistry, 'Mixture', name, {'tasks': tuple(task_names)},
-      lambda: seqio.MixtureRegistry.add(name, list(task_names), default_rate=1.0))
+      seqio.MixtureRegistry,
+      'Mixture',
+      name,
+      {'tasks': tuple(task_names)},
+      lambda: seqio.MixtureRegistry.add(name, list(task_names), default_rate=1.0),
+  )
 
 
-def tfds_task(name: str, *, tfds_name: str, splits: Any, preprocessor: Callable,
-              vocabulary: seqio.Vocabulary, metric_fns: Sequence[Callable]) -> seqio.Task:
+def tfds_task(
+    name: str,
+    *,
+    tfds_name: str,
+    splits: Any,
+    preprocessor: Callable,
+    vocabulary: seqio.Vocabulary,
+    metric_fns: Sequence[Callable],
+) -> seqio.Task:
   """A task of TFDS `tfds_name` whose `preprocessor` maps raw examples to 'inputs' and
   'targets' strings, which are then tokenized with `vocabulary` and end with EOS."""
   return seqio.Task(
@@ -93,7 +110,8 @@ def tfds_task(name: str, *, tfds_name: str, splits: Any, preprocessor: Callable,
       preprocessors=[preprocessor, *TOKENIZE_AND_APPEND_EOS],
       output_features=output_features(vocabulary),
       postprocess_fn=to_str,
-      metric_fns=list(metric_fns))
+      metric_fns=list(metric_fns),
+  )
 
 
 def _examples_of_file(path: bytes) -> Iterator[Dict[str, str]]:
@@ -106,10 +124,15 @@ def _examples_of_file(path: bytes) -> Iterator[Dict[str, str]]:
         example = json.loads(line)
       except json.JSONDecodeError as e:
         raise ValueError(f'{path}:{line_number} is not JSON: {e}.') from e
-      if not (isinstance(example, dict) and isinstance(example.get('inputs'), str)
-              and isinstance(example.get('targets'), str)):
-        raise ValueError(f'{path}:{line_number} must be an object with string "inputs" and '
-                         f'"targets", got {line[:200]!r}.')
+      if not (
+          isinstance(example, dict)
+          and isinstance(example.get('inputs'), str)
+          and isinstance(example.get('targets'), str)
+      ):
+        raise ValueError(
+            f'{path}:{line_number} must be an object with string "inputs" and '
+            f'"targets", got {line[:200]!r}.'
+        )
       yield {'inputs': example['inputs'], 'targets': example['targets']}
 
 
@@ -120,9 +143,13 @@ def read_jsonl(path: tf.Tensor) -> tf.data.Dataset:
     path: a scalar tf.string, the file (as `seqio.FileDataSource` passes its files).
   """
   return tf.data.Dataset.from_generator(
-      _examples_of_file, args=(path,),
-      output_signature={'inputs': tf.TensorSpec([], tf.string),
-                        'targets': tf.TensorSpec([], tf.string)})
+      _examples_of_file,
+      args=(path,),
+      output_signature={
+          'inputs': tf.TensorSpec([], tf.string),
+          'targets': tf.TensorSpec([], tf.string),
+      },
+  )
 
 
 class JsonlDataSource(seqio.FileDataSource):
@@ -132,11 +159,11 @@ class JsonlDataSource(seqio.FileDataSource):
   files are listed (each `get_dataset`), so registering never needs the files or the variable.
   """
 
-  def __init__(self, *, data_dir: Optional[str], env_var: str, subdir: str,
-               splits: Sequence[str]):
+  def __init__(self, *, data_dir: Optional[str], env_var: str, subdir: str, splits: Sequence[str]):
     if data_dir is not None and (not isinstance(data_dir, str) or not data_dir):
-      raise ValueError(f'data_dir must be None (read ${env_var}) or a non-empty path, got '
-                       f'{data_dir!r}.')
+      raise ValueError(
+          f'data_dir must be None (read ${env_var}) or a non-empty path, got {data_dir!r}.'
+      )
     self._data_dir = data_dir
     self._env_var = env_var
     self._subdir = subdir
@@ -144,8 +171,10 @@ class JsonlDataSource(seqio.FileDataSource):
     super().__init__(
         read_file_fn=read_jsonl,
         # What repr() shows; `list_shards` resolves the directory itself.
-        split_to_filepattern={split: os.path.join(shown_dir, subdir, f'{split}*.jsonl')
-                              for split in splits})
+        split_to_filepattern={
+            split: os.path.join(shown_dir, subdir, f'{split}*.jsonl') for split in splits
+        },
+    )
 
   def file_pattern(self, split: str) -> str:
     """The glob pattern of the files of `split`, with the directory resolved now."""
@@ -153,8 +182,10 @@ class JsonlDataSource(seqio.FileDataSource):
       raise ValueError(f'split must be one of {tuple(self.splits)}, got {split!r}.')
     data_dir = self._data_dir if self._data_dir is not None else os.environ.get(self._env_var)
     if not data_dir:
-      raise ValueError(f'The environment variable {self._env_var} is not set: set it to the '
-                       f'directory of the JSON lines files, or pass data_dir when registering.')
+      raise ValueError(
+          f'The environment variable {self._env_var} is not set: set it to the '
+          f'directory of the JSON lines files, or pass data_dir when registering.'
+      )
     return os.path.join(data_dir, self._subdir, f'{split}*.jsonl')
 
   def list_shards(self, split: str) -> Sequence[str]:

@@ -65,21 +65,63 @@ MMLU_SPLITS = ('validation', 'test')
 BBH_SPLITS = ('test',)
 
 MMLU_SUBJECTS = (
-    'abstract_algebra', 'anatomy', 'astronomy', 'business_ethics', 'clinical_knowledge',
-    'college_biology', 'college_chemistry', 'college_computer_science', 'college_mathematics',
-    'college_medicine', 'college_physics', 'computer_security', 'conceptual_physics',
-    'econometrics', 'electrical_engineering', 'elementary_mathematics', 'formal_logic',
-    'global_facts', 'high_school_biology', 'high_school_chemistry',
-    'high_school_computer_science', 'high_school_european_history', 'high_school_geography',
-    'high_school_government_and_politics', 'high_school_macroeconomics',
-    'high_school_mathematics', 'high_school_microeconomics', 'high_school_physics',
-    'high_school_psychology', 'high_school_statistics', 'high_school_us_history',
-    'high_school_world_history', 'human_aging', 'human_sexuality', 'international_law',
-    'jurisprudence', 'logical_fallacies', 'machine_learning', 'management', 'marketing',
-    'medical_genetics', 'miscellaneous', 'moral_disputes', 'moral_scenarios', 'nutrition',
-    'philosophy', 'prehistory', 'professional_accounting', 'professional_law',
-    'professional_medicine', 'professional_psychology', 'public_relations', 'security_studies',
-    'sociology', 'us_foreign_policy', 'virology', 'world_religions',
+    'abstract_algebra',
+    'anatomy',
+    'astronomy',
+    'business_ethics',
+    'clinical_knowledge',
+    'college_biology',
+    'college_chemistry',
+    'college_computer_science',
+    'college_mathematics',
+    'college_medicine',
+    'college_physics',
+    'computer_security',
+    'conceptual_physics',
+    'econometrics',
+    'electrical_engineering',
+    'elementary_mathematics',
+    'formal_logic',
+    'global_facts',
+    'high_school_biology',
+    'high_school_chemistry',
+    'high_school_computer_science',
+    'high_school_european_history',
+    'high_school_geography',
+    'high_school_government_and_politics',
+    'high_school_macroeconomics',
+    'high_school_mathematics',
+    'high_school_microeconomics',
+    'high_school_physics',
+    'high_school_psychology',
+    'high_school_statistics',
+    'high_school_us_history',
+    'high_school_world_history',
+    'human_aging',
+    'human_sexuality',
+    'international_law',
+    'jurisprudence',
+    'logical_fallacies',
+    'machine_learning',
+    'management',
+    'marketing',
+    'medical_genetics',
+    'miscellaneous',
+    'moral_disputes',
+    'moral_scenarios',
+    'nutrition',
+    'philosophy',
+    'prehistory',
+    'professional_accounting',
+    'professional_law',
+    'professional_medicine',
+    'professional_psychology',
+    'public_relations',
+    'security_studies',
+    'sociology',
+    'us_foreign_policy',
+    'virology',
+    'world_religions',
 )
 
 # BBH's 23 tasks -> their subtasks (the files and seqio tasks), as Suzgun et al. count them.
@@ -92,8 +134,11 @@ BBH_TASKS: Dict[str, Tuple[str, ...]] = {
     'formal_fallacies': ('formal_fallacies',),
     'geometric_shapes': ('geometric_shapes',),
     'hyperbaton': ('hyperbaton',),
-    'logical_deduction': ('logical_deduction_five_objects', 'logical_deduction_seven_objects',
-                          'logical_deduction_three_objects'),
+    'logical_deduction': (
+        'logical_deduction_five_objects',
+        'logical_deduction_seven_objects',
+        'logical_deduction_three_objects',
+    ),
     'movie_recommendation': ('movie_recommendation',),
     'multistep_arithmetic_two': ('multistep_arithmetic_two',),
     'navigate': ('navigate',),
@@ -105,31 +150,55 @@ BBH_TASKS: Dict[str, Tuple[str, ...]] = {
     'snarks': ('snarks',),
     'sports_understanding': ('sports_understanding',),
     'temporal_sequences': ('temporal_sequences',),
-    'tracking_shuffled_objects': ('tracking_shuffled_objects_five_objects',
-                                  'tracking_shuffled_objects_seven_objects',
-                                  'tracking_shuffled_objects_three_objects'),
+    'tracking_shuffled_objects': (
+        'tracking_shuffled_objects_five_objects',
+        'tracking_shuffled_objects_seven_objects',
+        'tracking_shuffled_objects_three_objects',
+    ),
     'web_of_lies': ('web_of_lies',),
     'word_sorting': ('word_sorting',),
 }
 BBH_SUBTASKS = tuple(sorted(sub for subs in BBH_TASKS.values() for sub in subs))
 
 
-def _register_jsonl_task(name: str, vocabulary: seqio.Vocabulary, *, data_dir: Optional[str],
-                         env_var: str, subdir: str, splits: Sequence[str],
-                         metric_fns: Sequence) -> seqio.Task:
-  config = {'source': 'jsonl', 'data_dir': data_dir, 'env_var': env_var, 'subdir': subdir,
-            'splits': tuple(splits), 'metric_fns': tuple(metric_fns), 'vocabulary': vocabulary}
-  return common.register_task_once(name, config, lambda: seqio.Task(
+def _register_jsonl_task(
+    name: str,
+    vocabulary: seqio.Vocabulary,
+    *,
+    data_dir: Optional[str],
+    env_var: str,
+    subdir: str,
+    splits: Sequence[str],
+    metric_fns: Sequence,
+) -> seqio.Task:
+  config = {
+      'source': 'jsonl',
+      'data_dir': data_dir,
+      'env_var': env_var,
+      'subdir': subdir,
+      'splits': tuple(splits),
+      'metric_fns': tuple(metric_fns),
+      'vocabulary': vocabulary,
+  }
+  return common.register_task_once(
       name,
-      source=common.JsonlDataSource(data_dir=data_dir, env_var=env_var, subdir=subdir, splits=splits),
-      preprocessors=list(common.TOKENIZE_AND_APPEND_EOS),
-      output_features=common.output_features(vocabulary),
-      postprocess_fn=common.to_str,
-      metric_fns=list(metric_fns)))
+      config,
+      lambda: seqio.Task(
+          name,
+          source=common.JsonlDataSource(
+              data_dir=data_dir, env_var=env_var, subdir=subdir, splits=splits
+          ),
+          preprocessors=list(common.TOKENIZE_AND_APPEND_EOS),
+          output_features=common.output_features(vocabulary),
+          postprocess_fn=common.to_str,
+          metric_fns=list(metric_fns),
+      ),
+  )
 
 
-def register_flan2021(name: str, vocabulary: seqio.Vocabulary, *,
-                      data_dir: Optional[str] = None) -> seqio.Task:
+def register_flan2021(
+    name: str, vocabulary: seqio.Vocabulary, *, data_dir: Optional[str] = None
+) -> seqio.Task:
   """Registers (once) and returns the FLAN2021 task `name`; splits 'train', 'validation'.
 
   Args:
@@ -137,22 +206,44 @@ def register_flan2021(name: str, vocabulary: seqio.Vocabulary, *,
     vocabulary: the vocabulary of 'inputs' and 'targets'.
     data_dir: the directory of the JSON lines files; None reads $GKD_FLAN2021_DIR.
   """
-  return _register_jsonl_task(name, vocabulary, data_dir=data_dir, env_var=FLAN2021_DIR_ENV,
-                              subdir='', splits=FLAN2021_SPLITS, metric_fns=())
+  return _register_jsonl_task(
+      name,
+      vocabulary,
+      data_dir=data_dir,
+      env_var=FLAN2021_DIR_ENV,
+      subdir='',
+      splits=FLAN2021_SPLITS,
+      metric_fns=(),
+  )
 
 
-def _register_benchmark(name: str, vocabulary: seqio.Vocabulary, *, data_dir: Optional[str],
-                        env_var: str, subtasks: Sequence[str],
-                        splits: Sequence[str]) -> seqio.Mixture:
+def _register_benchmark(
+    name: str,
+    vocabulary: seqio.Vocabulary,
+    *,
+    data_dir: Optional[str],
+    env_var: str,
+    subtasks: Sequence[str],
+    splits: Sequence[str],
+) -> seqio.Mixture:
   task_names = [
-      _register_jsonl_task(f'{name}_{subtask}', vocabulary, data_dir=data_dir, env_var=env_var,
-                           subdir=subtask, splits=splits, metric_fns=(metrics.exact_match,)).name
-      for subtask in subtasks]
+      _register_jsonl_task(
+          f'{name}_{subtask}',
+          vocabulary,
+          data_dir=data_dir,
+          env_var=env_var,
+          subdir=subtask,
+          splits=splits,
+          metric_fns=(metrics.exact_match,),
+      ).name
+      for subtask in subtasks
+  ]
   return common.register_mixture_once(name, task_names)
 
 
-def register_mmlu(name: str, vocabulary: seqio.Vocabulary, *,
-                  data_dir: Optional[str] = None) -> seqio.Mixture:
+def register_mmlu(
+    name: str, vocabulary: seqio.Vocabulary, *, data_dir: Optional[str] = None
+) -> seqio.Mixture:
   """Registers (once) the tasks `<name>_<subject>` of the 57 MMLU_SUBJECTS and their mixture.
 
   Args:
@@ -163,12 +254,19 @@ def register_mmlu(name: str, vocabulary: seqio.Vocabulary, *,
   Returns:
     The mixture `name` (equal rates); splits 'validation' and 'test'.
   """
-  return _register_benchmark(name, vocabulary, data_dir=data_dir, env_var=MMLU_DIR_ENV,
-                             subtasks=MMLU_SUBJECTS, splits=MMLU_SPLITS)
+  return _register_benchmark(
+      name,
+      vocabulary,
+      data_dir=data_dir,
+      env_var=MMLU_DIR_ENV,
+      subtasks=MMLU_SUBJECTS,
+      splits=MMLU_SPLITS,
+  )
 
 
-def register_bbh(name: str, vocabulary: seqio.Vocabulary, *,
-                 data_dir: Optional[str] = None) -> seqio.Mixture:
+def register_bbh(
+    name: str, vocabulary: seqio.Vocabulary, *, data_dir: Optional[str] = None
+) -> seqio.Mixture:
   """Registers (once) the tasks `<name>_<subtask>` of the 27 BBH_SUBTASKS and their mixture.
 
   Args:
@@ -179,8 +277,14 @@ def register_bbh(name: str, vocabulary: seqio.Vocabulary, *,
   Returns:
     The mixture `name` (equal rates); split 'test'.
   """
-  return _register_benchmark(name, vocabulary, data_dir=data_dir, env_var=BBH_DIR_ENV,
-                             subtasks=BBH_SUBTASKS, splits=BBH_SPLITS)
+  return _register_benchmark(
+      name,
+      vocabulary,
+      data_dir=data_dir,
+      env_var=BBH_DIR_ENV,
+      subtasks=BBH_SUBTASKS,
+      splits=BBH_SPLITS,
+  )
 
 
 BENCHMARK_TASKS = {
@@ -189,8 +293,9 @@ BENCHMARK_TASKS = {
 }
 
 
-def benchmark_score(benchmark: str, scores: Mapping[str, float], *,
-                    prefix: Optional[str] = None) -> float:
+def benchmark_score(
+    benchmark: str, scores: Mapping[str, float], *, prefix: Optional[str] = None
+) -> float:
   """The paper's score of a benchmark: the unweighted mean over its tasks.
 
   Args:
@@ -208,12 +313,17 @@ def benchmark_score(benchmark: str, scores: Mapping[str, float], *,
     raise ValueError(f'benchmark must be one of {tuple(BENCHMARK_TASKS)}, got {benchmark!r}.')
   prefix = benchmark if prefix is None else prefix
   groups = BENCHMARK_TASKS[benchmark]
-  missing = [f'{prefix}_{sub}' for subs in groups.values() for sub in subs
-             if f'{prefix}_{sub}' not in scores]
+  missing = [
+      f'{prefix}_{sub}'
+      for subs in groups.values()
+      for sub in subs
+      if f'{prefix}_{sub}' not in scores
+  ]
   if missing:
     raise ValueError(f'scores lacks {len(missing)} {benchmark} task(s): {missing}.')
-  task_means = [sum(scores[f'{prefix}_{sub}'] for sub in subs) / len(subs)
-                for subs in groups.values()]
+  task_means = [
+      sum(scores[f'{prefix}_{sub}'] for sub in subs) / len(subs) for subs in groups.values()
+  ]
   return sum(task_means) / len(task_means)
 
 

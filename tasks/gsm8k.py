@@ -40,21 +40,44 @@ SPLITS = ('train', 'test')
 
 # (question, answer) of the first four exemplars of Wei et al. (2022), verbatim.
 COT_EXEMPLARS = (
-    ('There are 15 trees in the grove. Grove workers will plant trees in the grove today. After '
-     'they are done, there will be 21 trees. How many trees did the grove workers plant today?',
-     'There are 15 trees originally. Then there were 21 trees after some more were planted. So '
-     'there must have been 21 - 15 = 6. The answer is 6.'),
-    ('If there are 3 cars in the parking lot and 2 more cars arrive, how many cars are in the '
-     'parking lot?',
-     'There are originally 3 cars. 2 more cars arrive. 3 + 2 = 5. The answer is 5.'),
-    ('Leah had 32 chocolates and her sister had 42. If they ate 35, how many pieces of chocolate '
-     'do they have left in total?',
-     'Originally, Leah had 32 chocolates. Her sister had 42. So in total they had 32 + 42 = 74. '
-     'After eating 35, they had 74 - 35 = 39. The answer is 39.'),
-    ('Jason had 20 lollipops. He gave Dan some lollipops. Now Jason has 12 lollipops. How many '
-     'lollipops did Jason give to Denny?',
-     'Jason started with 20 lollipops. Then he had 12 after giving some to Denny. So he gave Denny '
-     '20 - 12 = 8. The answer is 8.'),
+    (
+        (
+            'There are 15 trees in the grove. Grove workers will plant trees in the grove today. '
+            'After they are done, there will be 21 trees. How many trees did the grove workers '
+            'plant today?'
+        ),
+        (
+            'There are 15 trees originally. Then there were 21 trees after some more were planted. '
+            'So there must have been 21 - 15 = 6. The answer is 6.'
+        ),
+    ),
+    (
+        (
+            'If there are 3 cars in the parking lot and 2 more cars arrive, how many cars are in '
+            'the parking lot?'
+        ),
+        'There are originally 3 cars. 2 more cars arrive. 3 + 2 = 5. The answer is 5.',
+    ),
+    (
+        (
+            'Leah had 32 chocolates and her sister had 42. If they ate 35, how many pieces of '
+            'chocolate do they have left in total?'
+        ),
+        (
+            'Originally, Leah had 32 chocolates. Her sister had 42. So in total they had 32 + 42 = '
+            '74. After eating 35, they had 74 - 35 = 39. The answer is 39.'
+        ),
+    ),
+    (
+        (
+            'Jason had 20 lollipops. He gave Dan some lollipops. Now Jason has 12 lollipops. How '
+            'many lollipops did Jason give to Denny?'
+        ),
+        (
+            'Jason started with 20 lollipops. Then he had 12 after giving some to Denny. So he '
+            'gave Denny 20 - 12 = 8. The answer is 8.'
+        ),
+    ),
 )
 COT_PROMPT = ''.join(f'Q: {question}\nA: {answer}\n\n' for question, answer in COT_EXEMPLARS)
 
@@ -76,12 +99,24 @@ def prompt_with_exemplars(example):
 def register_gsm8k(name: str, vocabulary: seqio.Vocabulary) -> seqio.Task:
   """Registers (once) and returns the GSM8K task `name` with 'inputs'/'targets' of
   `vocabulary`; splits 'train' and 'test'."""
-  config = {'tfds_name': GSM8K_TFDS_NAME, 'splits': SPLITS, 'prompt': COT_PROMPT,
-            'vocabulary': vocabulary}
-  return common.register_task_once(name, config, lambda: common.tfds_task(
-      name, tfds_name=GSM8K_TFDS_NAME, splits=SPLITS, preprocessor=prompt_with_exemplars,
-      vocabulary=vocabulary,
-      metric_fns=[metrics.gsm8k_accuracy, metrics.gsm8k_calculator_accuracy]))
+  config = {
+      'tfds_name': GSM8K_TFDS_NAME,
+      'splits': SPLITS,
+      'prompt': COT_PROMPT,
+      'vocabulary': vocabulary,
+  }
+  return common.register_task_once(
+      name,
+      config,
+      lambda: common.tfds_task(
+          name,
+          tfds_name=GSM8K_TFDS_NAME,
+          splits=SPLITS,
+          preprocessor=prompt_with_exemplars,
+          vocabulary=vocabulary,
+          metric_fns=[metrics.gsm8k_accuracy, metrics.gsm8k_calculator_accuracy],
+      ),
+  )
 
 
 register_gsm8k('gsm8k', common.DEFAULT_VOCABULARY)

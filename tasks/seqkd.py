@@ -29,24 +29,34 @@ def register_seqkd_task(name: str, data_dir: str) -> seqio.Task:
   """
   task_file = os.path.join(data_dir, TASK_FILE)
   if not tf.io.gfile.exists(task_file):
-    raise ValueError(f'SeqKD task {name!r}: {task_file} does not exist; write the data with '
-                     '`python -m gkd_t5x.seqkd_data` first.')
+    raise ValueError(
+        f'SeqKD task {name!r}: {task_file} does not exist; write the data with '
+        '`python -m gkd_t5x.seqkd_data` first.'
+    )
   with tf.io.gfile.GFile(task_file) as f:
     info = json.load(f)
   base = seqio.get_mixture_or_task(info['base_task'])
   if not isinstance(base, seqio.Task):
-    raise ValueError(f'SeqKD task {name!r}: the base {info["base_task"]!r} is a mixture; '
-                     'decode each of its tasks into its own SeqKD task.')
+    raise ValueError(
+        f'SeqKD task {name!r}: the base {info["base_task"]!r} is a mixture; '
+        'decode each of its tasks into its own SeqKD task.'
+    )
   split = info['split']
   config = {'data_dir': data_dir, 'base_task': base.name, 'split': split}
-  return common.register_task_once(name, config, lambda: seqio.Task(
+  return common.register_task_once(
       name,
-      source=common.JsonlDataSource(data_dir=data_dir, env_var=SEQKD_TASKS_ENV, subdir='',
-                                    splits=(split,)),
-      preprocessors=list(common.TOKENIZE_AND_APPEND_EOS),
-      output_features=base.output_features,
-      postprocess_fn=base.postprocessor,
-      metric_fns=list(base.metric_fns)))
+      config,
+      lambda: seqio.Task(
+          name,
+          source=common.JsonlDataSource(
+              data_dir=data_dir, env_var=SEQKD_TASKS_ENV, subdir='', splits=(split,)
+          ),
+          preprocessors=list(common.TOKENIZE_AND_APPEND_EOS),
+          output_features=base.output_features,
+          postprocess_fn=base.postprocessor,
+          metric_fns=list(base.metric_fns),
+      ),
+  )
 
 
 def register_from_environment() -> None:
@@ -54,8 +64,9 @@ def register_from_environment() -> None:
   for item in filter(None, os.environ.get(SEQKD_TASKS_ENV, '').split(',')):
     name, separator, data_dir = item.partition('=')
     if not (separator and name.strip() and data_dir.strip()):
-      raise ValueError(f'{SEQKD_TASKS_ENV} must be comma-separated name=data_dir pairs, got '
-                       f'{item!r}.')
+      raise ValueError(
+          f'{SEQKD_TASKS_ENV} must be comma-separated name=data_dir pairs, got {item!r}.'
+      )
     register_seqkd_task(name.strip(), data_dir.strip())
 
 

@@ -63,6 +63,7 @@ class SlipConfig:
       and learns to correct them, but never learns to make them (an expert that knows the
       recovery, not a copy of a noisy writer).
   """
+
   rate: float = 0.3
   marker: str = '!'
   kind: str = 'digit'
@@ -73,8 +74,10 @@ class SlipConfig:
     if not 0.0 < self.rate <= 1.0:
       raise ValueError(f'SlipConfig.rate must be in (0, 1], got {self.rate}.')
     if not self.marker or re.search(r'[\d\-;=#]', self.marker):
-      raise ValueError(f'SlipConfig.marker must be non-empty text without digits, "-", ";", "=" '
-                       f'or "#", got {self.marker!r}.')
+      raise ValueError(
+          f'SlipConfig.marker must be non-empty text without digits, "-", ";", "=" '
+          f'or "#", got {self.marker!r}.'
+      )
     if self.kind not in SLIP_KINDS:
       raise ValueError(f'SlipConfig.kind must be one of {SLIP_KINDS}, got {self.kind!r}.')
     if self.max_offset < 1:
@@ -91,7 +94,7 @@ def wrong_value(value: int, rng: np.random.Generator, config: SlipConfig) -> int
   # No leading zero, and no '-0': the wrong value keeps the right one's sign and digit count.
   lowest = 1 if position == 0 and (len(digits) > 1 or sign) else 0
   choices = [d for d in '0123456789'[lowest:] if d != digits[position]]
-  digits = digits[:position] + choices[int(rng.integers(len(choices)))] + digits[position + 1:]
+  digits = digits[:position] + choices[int(rng.integers(len(choices)))] + digits[position + 1 :]
   return int(sign + digits)
 
 
@@ -102,6 +105,7 @@ def inject_slips_text(target: str, rng: np.random.Generator, config: SlipConfig)
   slip; the steps keep their right values after the marker, so every later step and the
   answer are unchanged: `remove_slips(result, marker) == target`.
   """
+
   def slip(match: re.Match) -> str:
     if rng.random() >= config.rate:
       return match.group(0)
@@ -121,6 +125,7 @@ def commute_steps_text(target: str, rng: np.random.Generator, rate: float) -> st
   """`target` with each commutative step 'a+b=c' (or 'a*b=c') of non-negative operands written
   'b+a=c' with probability `rate`; values and answer are unchanged. The first operand of a step
   after the first is the running result, so a commuted step carries it second."""
+
   def commute(match: re.Match) -> str:
     a, op, b = match.group('a', 'op', 'b')
     # A negative running result is left first: '40+-73' is no form the tasks write.
@@ -150,8 +155,7 @@ def _map_targets(dataset: tf.data.Dataset, text_fn) -> tf.data.Dataset:
   return apply(dataset)
 
 
-def inject_slips(dataset: tf.data.Dataset, config: Optional[SlipConfig] = None
-                 ) -> tf.data.Dataset:
+def inject_slips(dataset: tf.data.Dataset, config: Optional[SlipConfig] = None) -> tf.data.Dataset:
   """seqio preprocessor (on string 'targets', before tokenizing): `inject_slips_text` with a
   per-example seed."""
   config = config or SlipConfig()
@@ -184,13 +188,13 @@ def single_token_id(vocabulary: seqio.Vocabulary, text: str) -> int:
   """The id of `text`, which must be one token of `vocabulary` (ValueError otherwise)."""
   ids = list(vocabulary.encode(text))
   if len(ids) != 1:
-    raise ValueError(f'{text!r} must be one token of the vocabulary of the targets, got ids '
-                     f'{ids}.')
+    raise ValueError(f'{text!r} must be one token of the vocabulary of the targets, got ids {ids}.')
   return ids[0]
 
 
-def mask_slipped_values(dataset: tf.data.Dataset, output_features: Mapping[str, seqio.Feature],
-                        marker: str = '!') -> tf.data.Dataset:
+def mask_slipped_values(
+    dataset: tf.data.Dataset, output_features: Mapping[str, seqio.Feature], marker: str = '!'
+) -> tf.data.Dataset:
   """seqio preprocessor (on tokenized 'targets'): adds 'targets_loss_weights', 0 on the tokens of
   each slip's wrong value (`slipped_value_weights`)."""
   vocabulary = output_features['targets'].vocabulary
@@ -198,8 +202,11 @@ def mask_slipped_values(dataset: tf.data.Dataset, output_features: Mapping[str, 
 
   def add_weights(features):
     weights = tf.numpy_function(
-        lambda ids: slipped_value_weights(ids, equals_id, marker_id), [features['targets']],
-        tf.int32, stateful=False)
+        lambda ids: slipped_value_weights(ids, equals_id, marker_id),
+        [features['targets']],
+        tf.int32,
+        stateful=False,
+    )
     weights.set_shape(features['targets'].shape)
     return dict(features, targets_loss_weights=weights)
 

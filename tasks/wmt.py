@@ -40,9 +40,18 @@ def register_wmt_ende(name: str, vocabulary: seqio.Vocabulary) -> seqio.Task:
   """Registers (once) and returns the WMT en-de task `name` with 'inputs'/'targets' of
   `vocabulary`; splits 'train', 'validation', 'test'."""
   config = {'tfds_name': WMT_TFDS_NAME, 'splits': SPLITS, 'vocabulary': vocabulary}
-  return common.register_task_once(name, config, lambda: common.tfds_task(
-      name, tfds_name=WMT_TFDS_NAME, splits=SPLITS, preprocessor=translate_en_to_de,
-      vocabulary=vocabulary, metric_fns=[metrics.bleu]))
+  return common.register_task_once(
+      name,
+      config,
+      lambda: common.tfds_task(
+          name,
+          tfds_name=WMT_TFDS_NAME,
+          splits=SPLITS,
+          preprocessor=translate_en_to_de,
+          vocabulary=vocabulary,
+          metric_fns=[metrics.bleu],
+      ),
+  )
 
 
 register_wmt_ende('wmt_t2t_ende_v003', common.DEFAULT_VOCABULARY)

@@ -50,8 +50,9 @@ def summarize(example):
   }
 
 
-def register_xsum(name: str, vocabulary: seqio.Vocabulary, *,
-                  num_train: Optional[int] = None) -> seqio.Task:
+def register_xsum(
+    name: str, vocabulary: seqio.Vocabulary, *, num_train: Optional[int] = None
+) -> seqio.Task:
   """Registers (once) and returns the XSum task `name`.
 
   Args:
@@ -69,9 +70,18 @@ def register_xsum(name: str, vocabulary: seqio.Vocabulary, *,
   if num_train is not None:
     splits['train'] = f'train[:{num_train}]'
   config = {'tfds_name': XSUM_TFDS_NAME, 'splits': splits, 'vocabulary': vocabulary}
-  return common.register_task_once(name, config, lambda: common.tfds_task(
-      name, tfds_name=XSUM_TFDS_NAME, splits=splits, preprocessor=summarize,
-      vocabulary=vocabulary, metric_fns=[metrics.rouge]))
+  return common.register_task_once(
+      name,
+      config,
+      lambda: common.tfds_task(
+          name,
+          tfds_name=XSUM_TFDS_NAME,
+          splits=splits,
+          preprocessor=summarize,
+          vocabulary=vocabulary,
+          metric_fns=[metrics.rouge],
+      ),
+  )
 
 
 register_xsum('xsum', common.DEFAULT_VOCABULARY)

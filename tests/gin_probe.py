@@ -25,20 +25,31 @@ from typing import Any, Dict, List, Mapping, Sequence
 import gin
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-ENTRY = {'gkd_t5x': {'train': 'gkd_t5x.train.train', 'eval': 'gkd_t5x.eval.evaluate'},
-         't5x': {'train': 'train_script.train', 'eval': 'eval_script.evaluate'}}
+ENTRY = {
+    'gkd_t5x': {'train': 'gkd_t5x.train.train', 'eval': 'gkd_t5x.eval.evaluate'},
+    't5x': {'train': 'train_script.train', 'eval': 'eval_script.evaluate'},
+}
 
 
 def probe(configs: Sequence[Mapping[str, Any]], timeout: int = 600) -> List[Dict[str, Any]]:
   """Parses `configs` (the module docstring says how) in one subprocess; one result each."""
-  request = {'configs': [dict(config, extra_files=config.get('extra_files', []))
-                         for config in configs]}
+  request = {
+      'configs': [dict(config, extra_files=config.get('extra_files', [])) for config in configs]
+  }
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', JAX_PLATFORMS='cpu')
-  process = subprocess.run([sys.executable, __file__], cwd=ROOT, input=json.dumps(request),
-                           capture_output=True, text=True, env=env, timeout=timeout)
+  process = subprocess.run(
+      [sys.executable, __file__],
+      cwd=ROOT,
+      input=json.dumps(request),
+      capture_output=True,
+      text=True,
+      env=env,
+      timeout=timeout,
+      check=False,
+  )
   lines = [line for line in process.stdout.splitlines() if line.startswith('RESULTS ')]
   assert process.returncode == 0 and lines, process.stderr[-5000:]
-  results = json.loads(lines[-1][len('RESULTS '):])
+  results = json.loads(lines[-1][len('RESULTS ') :])
   assert len(results) == len(configs)
   return results
 
@@ -71,7 +82,8 @@ def macro(name):
 
 
 def registered(name):
-  import seqio  # pylint: disable=g-import-not-at-top  (TensorFlow: in the subprocess only)
+  import seqio  # TensorFlow: in the subprocess only
+
   return name in seqio.TaskRegistry.names() or name in seqio.MixtureRegistry.names()
 
 
@@ -84,18 +96,28 @@ def describe(runner, kind, got):
   out = {}
   model = got['model']
   gkd = model.gkd
-  out['gkd'] = dict(divergence=gkd.divergence, beta=gkd.beta, lmbda=gkd.lmbda.start,
-                    fixed_data=gkd.fixed_data, teacher_temperature=gkd.teacher_temperature,
-                    alpha=gkd.alpha)
+  out['gkd'] = dict(
+      divergence=gkd.divergence,
+      beta=gkd.beta,
+      lmbda=gkd.lmbda.start,
+      fixed_data=gkd.fixed_data,
+      teacher_temperature=gkd.teacher_temperature,
+      alpha=gkd.alpha,
+  )
   out['student'] = size(model.module.config)
   out['teacher'] = size(model.teacher_module.config) if model.teacher_module else None
   out['dropout'] = model.module.config.dropout_rate
-  out['decode'] = dict(method=model.decode_method, temperature=model.decode_temperature,
-                       beam_size=model.beam_size, beam_alpha=model.beam_alpha,
-                       calculator=model._forcing is not None)  # pylint: disable=protected-access
+  out['decode'] = dict(
+      method=model.decode_method,
+      temperature=model.decode_temperature,
+      beam_size=model.beam_size,
+      beam_alpha=model.beam_alpha,
+      calculator=model._forcing is not None,
+  )
   if kind == 'train':
-    data, evaluation = got['train_dataset_cfg'], got.get('eval_dataset_cfg',
-                                                         got.get('infer_eval_dataset_cfg'))
+    data, evaluation = got['train_dataset_cfg'], got.get(
+        'eval_dataset_cfg', got.get('infer_eval_dataset_cfg')
+    )
     out['steps'] = got['total_steps']
     out['relative_steps'] = got.get('relative_steps')
     if runner == 't5x':
@@ -111,8 +133,9 @@ def describe(runner, kind, got):
     schedule = gin.query_parameter('optimizers.adafactor.learning_rate').scoped_configurable_fn()
     warmup, lr = macro('WARMUP_STEPS'), macro('LEARNING_RATE')
     out['lr'] = lr
-    out['lr_at'] = {step: float(schedule(step))
-                    for step in (0, warmup // 2, warmup, 35000, out['steps'] - 1)}
+    out['lr_at'] = {
+        step: float(schedule(step)) for step in (0, warmup // 2, warmup, 35000, out['steps'] - 1)
+    }
   else:
     data = evaluation = got['dataset_cfg']
     if runner == 't5x':
@@ -124,8 +147,9 @@ def describe(runner, kind, got):
   out['train_task'] = macro('MIXTURE_OR_TASK_NAME')
   # A training run that does not evaluate (eval_dataset_cfg None) still names the task its
   # evaluations read: the macro the run files bind every evaluation's task to.
-  out['eval_task'] = (macro('EVAL_MIXTURE_OR_TASK_NAME') if evaluation is None
-                      else evaluation.mixture_or_task_name)
+  out['eval_task'] = (
+      macro('EVAL_MIXTURE_OR_TASK_NAME') if evaluation is None else evaluation.mixture_or_task_name
+  )
   out['registered'] = registered(out['task']) and registered(out['eval_task'])
   out['batch'] = data.batch_size
   out['lengths'] = dict(data.task_feature_lengths)
@@ -136,15 +160,16 @@ def describe(runner, kind, got):
 def main() -> None:
   # The repository's gkd_t5x and tasks, wherever the package is installed from.
   sys.path.insert(0, str(ROOT))
-  # pylint: disable=g-import-not-at-top
   from gkd_t5x import gin_utils
-  from gkd_t5x import tasks  # pylint: disable=unused-import  (registers the seqio tasks)
+  from gkd_t5x import tasks  # noqa: F401  (registers the seqio tasks)
+
   request = json.load(sys.stdin)
   search, scripts = {'gkd_t5x': []}, {}
   if any(config['runner'] == 't5x' for config in request['configs']):
     import t5x
     import t5x.eval
     import t5x.train
+
     scripts = {'train': t5x.train, 'eval': t5x.eval}
     # T5X's train.py adds the directory above its package to the gin search path.
     search['t5x'] = [os.path.dirname(os.path.dirname(os.path.abspath(t5x.__file__)))]
@@ -173,7 +198,7 @@ def main() -> None:
         teacher = gin.get_bindings('t5x_integration.TeacherTrainStateInitializer')
         required_in(teacher['teacher_checkpoint_path'], 'teacher_checkpoint_path', required)
       result.update(describe(runner, kind, got))
-    except Exception as e:  # pylint: disable=broad-except
+    except Exception as e:
       result = dict(ok=False, error=f'{type(e).__name__}: {e}'[-3000:])
     results.append(result)
   print('RESULTS ' + json.dumps(results))

@@ -14,26 +14,36 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import seqio
+import tiny
 
 from gkd_t5x import decoder_only
 from gkd_t5x import models
 from gkd_t5x import objective
 from gkd_t5x import partitioning
-import tiny
 
 VOCAB, B, I, L = 32, 8, 6, 7
 
 
 def tiny_decoder_only(emb_dim, layers):
-  return decoder_only.DecoderOnlyTransformer(decoder_only.DecoderOnlyConfig(
-      vocab_size=VOCAB, emb_dim=emb_dim, num_heads=2, num_layers=layers, head_dim=4,
-      mlp_dim=2 * emb_dim, mlp_activations=('gelu', 'linear'), dropout_rate=0.0))
+  return decoder_only.DecoderOnlyTransformer(
+      decoder_only.DecoderOnlyConfig(
+          vocab_size=VOCAB,
+          emb_dim=emb_dim,
+          num_heads=2,
+          num_layers=layers,
+          head_dim=4,
+          mlp_dim=2 * emb_dim,
+          mlp_activations=('gelu', 'linear'),
+          dropout_rate=0.0,
+      )
+  )
 
 
 def encoder_decoder_case(gkd, vocabulary, rng):
   """The encoder-decoder model and an EncDec batch."""
-  model = models.GKDModel(tiny.transformer(VOCAB, 8, 1), tiny.transformer(VOCAB, 16, 2),
-                          vocabulary, vocabulary, gkd=gkd)
+  model = models.GKDModel(
+      tiny.transformer(VOCAB, 8, 1), tiny.transformer(VOCAB, 16, 2), vocabulary, vocabulary, gkd=gkd
+  )
   targets = rng.randint(2, VOCAB, (B, L))
   targets[:, -2:] = [1, 0]
   return model, tiny.encdec_batch(rng.randint(2, VOCAB, (B, I)), targets), 'encoder'
@@ -43,20 +53,27 @@ def decoder_only_case(gkd, vocabulary, rng):
   """The decoder-only model and a prefix-LM batch (seqio's layout) of inputs of 1 .. I tokens
   and targets of 2 .. L tokens ending in EOS."""
   model = models.GKDDecoderOnlyModel(
-      tiny_decoder_only(8, 2), tiny_decoder_only(16, 2), vocabulary, gkd=gkd,
-      inputs_bidirectional_attention=True, task_feature_lengths={'inputs': I, 'targets': L})
+      tiny_decoder_only(8, 2),
+      tiny_decoder_only(16, 2),
+      vocabulary,
+      gkd=gkd,
+      inputs_bidirectional_attention=True,
+      task_feature_lengths={'inputs': I, 'targets': L},
+  )
   rows = np.zeros((B, I + L), np.int32)
   prefix, weights = np.zeros_like(rows), np.zeros_like(rows)
   for row in range(B):
     num_inputs, num_targets = rng.randint(1, I + 1), rng.randint(2, L + 1)
     targets = list(rng.randint(2, VOCAB, num_targets - 1)) + [1]
-    rows[row, :num_inputs + num_targets] = list(rng.randint(2, VOCAB, num_inputs)) + targets
-    prefix[row, :num_inputs + 1] = 1
-    weights[row, num_inputs:num_inputs + num_targets] = 1
-  batch = {'decoder_target_tokens': jnp.asarray(rows),
-           'decoder_input_tokens': jnp.asarray(np.pad(rows, ((0, 0), (1, 0)))[:, :-1]),
-           'decoder_causal_attention': jnp.asarray(prefix),
-           'decoder_loss_weights': jnp.asarray(weights)}
+    rows[row, : num_inputs + num_targets] = list(rng.randint(2, VOCAB, num_inputs)) + targets
+    prefix[row, : num_inputs + 1] = 1
+    weights[row, num_inputs : num_inputs + num_targets] = 1
+  batch = {
+      'decoder_target_tokens': jnp.asarray(rows),
+      'decoder_input_tokens': jnp.asarray(np.pad(rows, ((0, 0), (1, 0)))[:, :-1]),
+      'decoder_causal_attention': jnp.asarray(prefix),
+      'decoder_loss_weights': jnp.asarray(weights),
+  }
   return model, batch, 'decoder'
 
 
@@ -68,14 +85,16 @@ def main():
   make_case = {'encoder_decoder': encoder_decoder_case, 'decoder_only': decoder_only_case}
   model, batch, stack = make_case[architecture](gkd, vocabulary, np.random.RandomState(0))
   variables = model.get_initial_variables(
-      jax.random.PRNGKey(0), {name: value.shape for name, value in batch.items()})
+      jax.random.PRNGKey(0), {name: value.shape for name, value in batch.items()}
+  )
   params, teacher = variables['params'], {'teacher': variables['teacher']}
   step_rng = jax.random.PRNGKey(3)
 
   def step(params, teacher, batch):
     (loss, (metrics, _)), grads = jax.value_and_grad(model.loss_fn, has_aux=True)(
-        params, batch, step_rng, teacher)
-    grad_norm = jnp.sqrt(sum(jnp.sum(g ** 2) for g in jax.tree_util.tree_leaves(grads)))
+        params, batch, step_rng, teacher
+    )
+    grad_norm = jnp.sqrt(sum(jnp.sum(g**2) for g in jax.tree_util.tree_leaves(grads)))
     return loss, grad_norm, metrics['sequence_length'].compute()
 
   results = {'single': [float(x) for x in jax.jit(step)(params, teacher, batch)]}
@@ -83,14 +102,22 @@ def main():
   for model_partitions in (1, 2):
     mesh = partitioning.make_mesh(model_partitions)
     param_shardings = partitioning.variable_shardings(mesh, variables['params_axes'], rules)
-    teacher_shardings = {'teacher': partitioning.variable_shardings(
-        mesh, variables['teacher_axes'], rules)}
+    teacher_shardings = {
+        'teacher': partitioning.variable_shardings(mesh, variables['teacher_axes'], rules)
+    }
     batch_shardings = {name: partitioning.batch_sharding(mesh) for name in batch}
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-      sharded_step = jax.jit(step, in_shardings=(param_shardings, teacher_shardings,
-                                                 batch_shardings))
-      placed = [jax.device_put(tree, shardings) for tree, shardings in (
-          (params, param_shardings), (teacher, teacher_shardings), (batch, batch_shardings))]
+      sharded_step = jax.jit(
+          step, in_shardings=(param_shardings, teacher_shardings, batch_shardings)
+      )
+      placed = [
+          jax.device_put(tree, shardings)
+          for tree, shardings in (
+              (params, param_shardings),
+              (teacher, teacher_shardings),
+              (batch, batch_shardings),
+          )
+      ]
       out = sharded_step(*placed)
     teacher_wi = placed[1]['teacher'][stack]['layers_0']['mlp']['wi_0']['kernel']
     results[f'mesh_{mesh.shape["data"]}x{mesh.shape["model"]}'] = {

@@ -1,8 +1,13 @@
 """What the figure labels of the sweep specs mean, written out by hand for the tests."""
 
 # Divergence label -> (GKDConfig.divergence, GKDConfig.beta or None).
-DIVERGENCES = {'FKL': ('forward_kl', None), 'JSD(0.1)': ('jsd', 0.1), 'JSD(0.5)': ('jsd', 0.5),
-               'JSD(0.9)': ('jsd', 0.9), 'RKL': ('reverse_kl', None)}
+DIVERGENCES = {
+    'FKL': ('forward_kl', None),
+    'JSD(0.1)': ('jsd', 0.1),
+    'JSD(0.5)': ('jsd', 0.5),
+    'JSD(0.9)': ('jsd', 0.9),
+    'RKL': ('reverse_kl', None),
+}
 
 
 def check_divergence(built, label: str, where: str) -> None:
@@ -11,6 +16,7 @@ def check_divergence(built, label: str, where: str) -> None:
   assert built['divergence'] == divergence, where
   if beta is not None:
     assert built['beta'] == beta, where
+
 
 # Method label -> (GKDConfig.divergence, lmbda, fixed_data), as the CPU-sized arithmetic specs,
 # the testbed's and the paper's use them (the paper's betas: test_paper_configs.PAPER_BETAS).

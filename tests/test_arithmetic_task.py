@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import seqio
 
-import gkd_t5x.tasks  # pylint: disable=unused-import  # registers the tasks
+import gkd_t5x.tasks  # noqa: F401  (registers the seqio tasks)
 from gkd_t5x.tasks import arithmetic
 
 SUM3 = arithmetic.ARITHMETIC_SUM3
@@ -21,7 +21,7 @@ def left_to_right(problem):
   tokens = re.findall(r'\d+|[-+*]', problem[:-1])
   acc = int(tokens[0])
   for op, b in zip(tokens[1::2], tokens[2::2]):
-    acc = eval(f'({acc}){op}{b}')  # pylint: disable=eval-used
+    acc = eval(f'({acc}){op}{b}')
   return acc
 
 
@@ -38,7 +38,7 @@ def check_example(inputs, targets, num_terms):
     a, op, b, c = match.groups()
     # Each step starts from the previous result and takes the next operand and operator.
     assert (int(a), op, b) == (acc, ops[i], operands[i + 1]), (inputs, targets)
-    assert eval(f'({a}){op}{b}') == int(c), step  # pylint: disable=eval-used
+    assert eval(f'({a}){op}{b}') == int(c), step
     acc = int(c)
   assert int(answer[1:]) == acc == left_to_right(inputs), (inputs, targets)
 
@@ -54,13 +54,21 @@ def test_targets_are_correct_worked_solutions(config):
 
 def test_format_example_multiplication_and_negatives():
   assert arithmetic.format_example([47, 385, 92], '++') == (
-      '47+385+92=', '47+385=432;432+92=524;#524')
+      '47+385+92=',
+      '47+385=432;432+92=524;#524',
+  )
   # Left to right, no precedence: (2 + 3) * 4.
   assert arithmetic.format_example([2, 3, 4], ['+', '*']) == ('2+3*4=', '2+3=5;5*4=20;#20')
-  assert arithmetic.format_example([3, 50, 8], ['-', '+']) == (
-      '3-50+8=', '3-50=-47;-47+8=-39;#-39')
-  splits = arithmetic.generate_splits(num_terms=4, max_value=20, operators=('+', '-', '*'),
-                                      num_train=300, num_validation=100, num_test=100, seed=3)
+  assert arithmetic.format_example([3, 50, 8], ['-', '+']) == ('3-50+8=', '3-50=-47;-47+8=-39;#-39')
+  splits = arithmetic.generate_splits(
+      num_terms=4,
+      max_value=20,
+      operators=('+', '-', '*'),
+      num_train=300,
+      num_validation=100,
+      num_test=100,
+      seed=3,
+  )
   for inputs, targets in splits['validation'] + splits['train']:
     check_example(inputs, targets, 4)
   used = set(''.join(inputs for inputs, _ in splits['train']))
@@ -70,7 +78,7 @@ def test_format_example_multiplication_and_negatives():
 def test_deterministic_and_seed_dependent():
   small = dict(num_terms=3, max_value=999, num_train=500, num_validation=100, num_test=100)
   first = arithmetic.generate_splits(**small, seed=0)
-  arithmetic._unique_problems.cache_clear()  # pylint: disable=protected-access
+  arithmetic._unique_problems.cache_clear()
   again = arithmetic.generate_splits(**small, seed=0)
   assert first == again
   other = arithmetic.generate_splits(**small, seed=1)
@@ -83,8 +91,11 @@ def test_deterministic_and_seed_dependent():
 def test_splits_disjoint_and_sized(config):
   splits = arithmetic.generate_splits(**config)
   sizes = {split: len(examples) for split, examples in splits.items()}
-  assert sizes == {'train': config['num_train'], 'validation': config['num_validation'],
-                   'test': config['num_test']}
+  assert sizes == {
+      'train': config['num_train'],
+      'validation': config['num_validation'],
+      'test': config['num_test'],
+  }
   problems = {split: {inputs for inputs, _ in examples} for split, examples in splits.items()}
   # No duplicate within a split either.
   assert {split: len(p) for split, p in problems.items()} == sizes
@@ -107,11 +118,15 @@ def test_train_fraction_keeps_a_prefix():
   assert fewer['train'] == full['train'][:10]
 
 
-@pytest.mark.parametrize('config,lengths', [
-    (SUM3, arithmetic.ARITHMETIC_SUM3_FEATURE_LENGTHS),
-    (arithmetic.ARITHMETIC_SUM3_2DIGIT, arithmetic.ARITHMETIC_SUM3_2DIGIT_FEATURE_LENGTHS),
-    (CHAIN5, arithmetic.ARITHMETIC_CHAIN5_FEATURE_LENGTHS),
-], ids=['sum3', 'sum3_2digit', 'chain5'])
+@pytest.mark.parametrize(
+    'config,lengths',
+    [
+        (SUM3, arithmetic.ARITHMETIC_SUM3_FEATURE_LENGTHS),
+        (arithmetic.ARITHMETIC_SUM3_2DIGIT, arithmetic.ARITHMETIC_SUM3_2DIGIT_FEATURE_LENGTHS),
+        (CHAIN5, arithmetic.ARITHMETIC_CHAIN5_FEATURE_LENGTHS),
+    ],
+    ids=['sum3', 'sum3_2digit', 'chain5'],
+)
 def test_feature_lengths_fit_every_split(config, lengths):
   measured = arithmetic.max_lengths(arithmetic.generate_splits(**config))
   for key in ('inputs', 'targets'):
@@ -121,10 +136,17 @@ def test_feature_lengths_fit_every_split(config, lengths):
 
 def test_registered_tasks():
   names = seqio.TaskRegistry.names()
-  for name in ('arithmetic_sum3', 'arithmetic_sum3_train5pct', 'arithmetic_sum3_train25pct',
-               'arithmetic_sum3_2digit', 'arithmetic_sum3_2digit_train5pct',
-               'arithmetic_sum3_2digit_train25pct', 'arithmetic_chain5',
-               'arithmetic_chain5_train5pct', 'arithmetic_chain5_train25pct'):
+  for name in (
+      'arithmetic_sum3',
+      'arithmetic_sum3_train5pct',
+      'arithmetic_sum3_train25pct',
+      'arithmetic_sum3_2digit',
+      'arithmetic_sum3_2digit_train5pct',
+      'arithmetic_sum3_2digit_train25pct',
+      'arithmetic_chain5',
+      'arithmetic_chain5_train5pct',
+      'arithmetic_chain5_train25pct',
+  ):
     assert name in names
   source = seqio.get_mixture_or_task('arithmetic_sum3_train5pct').source
   assert source.num_input_examples('train') == 2500
@@ -136,10 +158,14 @@ def test_registered_tasks():
     arithmetic.register_arithmetic_task('arithmetic_sum3', **dict(SUM3, seed=1))
 
 
-@pytest.mark.parametrize('name,lengths,config', [
-    ('arithmetic_sum3', arithmetic.ARITHMETIC_SUM3_FEATURE_LENGTHS, SUM3),
-    ('arithmetic_chain5', arithmetic.ARITHMETIC_CHAIN5_FEATURE_LENGTHS, CHAIN5),
-], ids=['sum3', 'chain5'])
+@pytest.mark.parametrize(
+    'name,lengths,config',
+    [
+        ('arithmetic_sum3', arithmetic.ARITHMETIC_SUM3_FEATURE_LENGTHS, SUM3),
+        ('arithmetic_chain5', arithmetic.ARITHMETIC_CHAIN5_FEATURE_LENGTHS, CHAIN5),
+    ],
+    ids=['sum3', 'chain5'],
+)
 def test_seqio_dataset_round_trips(name, lengths, config):
   task = seqio.get_mixture_or_task(name)
   vocabulary = task.output_features['targets'].vocabulary
@@ -174,18 +200,19 @@ def test_seqio_other_splits_and_shuffle():
 
 def _first_train_positions(name, lengths, config, count=200):
   """Positions in the full train stream of the first `count` examples of a shuffled read."""
-  position = {inputs: i for i, (inputs, _) in
-              enumerate(arithmetic.generate_splits(**config)['train'])}
+  position = {
+      inputs: i for i, (inputs, _) in enumerate(arithmetic.generate_splits(**config)['train'])
+  }
   ds = seqio.get_mixture_or_task(name).get_dataset(lengths, split='train', shuffle=True, seed=3)
-  return [position[ex['inputs_pretokenized'].decode()]
-          for ex in ds.take(count).as_numpy_iterator()]
+  return [position[ex['inputs_pretokenized'].decode()] for ex in ds.take(count).as_numpy_iterator()]
 
 
 def test_whole_split_shuffle_reaches_the_whole_split():
   # seqio's buffered shuffle (the sum3 tasks) starts within the first buffer of the stream, so
   # a fraction task reads what the full task reads; chain5 permutes the whole split first.
-  buffered = _first_train_positions('arithmetic_sum3', arithmetic.ARITHMETIC_SUM3_FEATURE_LENGTHS,
-                                    SUM3)
+  buffered = _first_train_positions(
+      'arithmetic_sum3', arithmetic.ARITHMETIC_SUM3_FEATURE_LENGTHS, SUM3
+  )
   assert max(buffered) < 1000 + 200
   lengths = arithmetic.ARITHMETIC_CHAIN5_FEATURE_LENGTHS
   full = _first_train_positions('arithmetic_chain5', lengths, CHAIN5)
@@ -204,10 +231,16 @@ def test_metric_fns_through_seqio_postprocess():
     results.update(metric_fn(targets, predictions))
   # No step is written in another order: the share of those that are right is undefined.
   assert np.isnan(results.pop('reordered_step_accuracy'))
-  assert results == {'accuracy': 50.0, 'sequence_accuracy': 50.0, 'step_accuracy': 50.0,
-                     'correction_rate': 0.0, 'self_correction_rate': 0.0,
-                     'false_correction_rate': 0.0, 'commuted_step_rate': 0.0,
-                     'reordered_step_rate': 0.0}
+  assert results == {
+      'accuracy': 50.0,
+      'sequence_accuracy': 50.0,
+      'step_accuracy': 50.0,
+      'correction_rate': 0.0,
+      'self_correction_rate': 0.0,
+      'false_correction_rate': 0.0,
+      'commuted_step_rate': 0.0,
+      'reordered_step_rate': 0.0,
+  }
 
 
 def test_final_answer_accuracy():
@@ -231,19 +264,22 @@ def test_final_answer_accuracy():
     fa(targets, targets[:1])
 
 
-@pytest.mark.parametrize('override,argument', [
-    (dict(num_terms=1), 'num_terms'),
-    (dict(max_value=0), 'max_value'),
-    (dict(operators=('+', '/')), 'operators'),
-    (dict(operators=()), 'operators'),
-    (dict(operators='+-'), 'operators'),
-    (dict(num_train=0), 'num_train'),
-    (dict(num_validation=-1), 'num_validation'),
-    (dict(num_test=0), 'num_test'),
-    (dict(train_fraction=0.0), 'train_fraction'),
-    (dict(train_fraction=1.5), 'train_fraction'),
-    (dict(num_terms=2, max_value=3, num_train=20), 'num_train'),  # only 16 distinct problems
-])
+@pytest.mark.parametrize(
+    'override,argument',
+    [
+        (dict(num_terms=1), 'num_terms'),
+        (dict(max_value=0), 'max_value'),
+        (dict(operators=('+', '/')), 'operators'),
+        (dict(operators=()), 'operators'),
+        (dict(operators='+-'), 'operators'),
+        (dict(num_train=0), 'num_train'),
+        (dict(num_validation=-1), 'num_validation'),
+        (dict(num_test=0), 'num_test'),
+        (dict(train_fraction=0.0), 'train_fraction'),
+        (dict(train_fraction=1.5), 'train_fraction'),
+        (dict(num_terms=2, max_value=3, num_train=20), 'num_train'),  # only 16 distinct problems
+    ],
+)
 def test_bad_arguments(override, argument):
   kwargs = dict(SUM3, **override)
   with pytest.raises(ValueError, match=argument):
@@ -259,8 +295,9 @@ def test_bad_operator_names_the_allowed_ones():
 
 
 def test_generation_is_fast():
-  import time  # pylint: disable=g-import-not-at-top
+  import time
+
   start = time.perf_counter()
-  arithmetic._unique_problems(3, 999, ('+',), 52000, 12345)  # pylint: disable=protected-access
+  arithmetic._unique_problems(3, 999, ('+',), 52000, 12345)
   assert time.perf_counter() - start < 5.0  # generous on 2 shared cores; ~0.7 s alone
   np.testing.assert_equal(len(arithmetic.generate_splits(**SUM3)['train']), 50000)

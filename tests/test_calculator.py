@@ -8,13 +8,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import seqio
+import tiny
 
 from gkd_t5x import calculator
 from gkd_t5x import decoding
 from gkd_t5x import models
 from gkd_t5x import network
 from gkd_t5x import objective
-import tiny
 
 VOCABULARY = seqio.ByteVocabulary()
 V = 384  # the byte vocabulary's 259 ids padded, as the arithmetic models pad it
@@ -27,7 +27,7 @@ def scripted_model(scripts):
   ids = np.ones((len(scripts), L + 1), np.int32)  # EOS after the script
   for row, text in enumerate(scripts):
     encoded = VOCABULARY.encode(text)
-    ids[row, :len(encoded)] = encoded
+    ids[row, : len(encoded)] = encoded
   logits_BxLxV = jax.nn.one_hot(ids, V) * 30.0 - 15.0
 
   def tokens_to_logits(tokens_Bx1, cache, position):
@@ -39,9 +39,16 @@ def scripted_model(scripts):
 
 def decode(scripts, forcing, **kwargs):
   tokens_to_logits, cache = scripted_model(scripts)
-  out = jax.jit(lambda c: decoding.greedy_decode(
-      tokens_to_logits, c, batch_size=len(scripts), max_decode_length=L, forcing=forcing,
-      **kwargs))(cache)
+  out = jax.jit(
+      lambda c: decoding.greedy_decode(
+          tokens_to_logits,
+          c,
+          batch_size=len(scripts),
+          max_decode_length=L,
+          forcing=forcing,
+          **kwargs,
+      )
+  )(cache)
   texts = [VOCABULARY.decode([int(i) for i in row if i > 1]) for row in np.asarray(out.tokens)]
   return texts, out
 
@@ -70,8 +77,14 @@ def test_forcing_works_when_sampling_and_with_a_pure_jax_rule():
 
   forcing = decoding.TokenForcing(trigger_ids=trigger, fn=rule, max_forced=3)
   tokens_to_logits, cache = scripted_model(['x=99;', 'y'])
-  out = decoding.temperature_sample(tokens_to_logits, cache, rng=jax.random.PRNGKey(0),
-                                    batch_size=2, max_decode_length=L, forcing=forcing)
+  out = decoding.temperature_sample(
+      tokens_to_logits,
+      cache,
+      rng=jax.random.PRNGKey(0),
+      batch_size=2,
+      max_decode_length=L,
+      forcing=forcing,
+  )
   texts = [VOCABULARY.decode([int(i) for i in row if i > 1]) for row in np.asarray(out.tokens)]
   assert texts == ['x=42;', 'y']
 
@@ -80,54 +93,71 @@ def test_model_decodes_with_the_calculator_and_rejects_it_for_beam_search():
   config = tiny.t5_config(V)
   gkd = objective.GKDConfig(divergence='cross_entropy', lmbda=0.0)
   with pytest.raises(ValueError, match='calculator.*not "beam"'):
-    models.GKDModel(network.Transformer(config), None, VOCABULARY, VOCABULARY, gkd=gkd,
-                    decode_method='beam', calculator=True)
-  model = models.GKDModel(network.Transformer(config), None, VOCABULARY, VOCABULARY, gkd=gkd,
-                          calculator=True)
-  shapes = {'encoder_input_tokens': (2, 6), 'decoder_input_tokens': (2, 8),
-            'decoder_target_tokens': (2, 8)}
+    models.GKDModel(
+        network.Transformer(config),
+        None,
+        VOCABULARY,
+        VOCABULARY,
+        gkd=gkd,
+        decode_method='beam',
+        calculator=True,
+    )
+  model = models.GKDModel(
+      network.Transformer(config), None, VOCABULARY, VOCABULARY, gkd=gkd, calculator=True
+  )
+  shapes = {
+      'encoder_input_tokens': (2, 6),
+      'decoder_input_tokens': (2, 8),
+      'decoder_target_tokens': (2, 8),
+  }
   params = model.get_initial_variables(jax.random.PRNGKey(0), shapes)['params']
   batch = {name: jnp.full(shape, 5, jnp.int32) for name, shape in shapes.items()}
   tokens, aux = jax.jit(model.predict_batch_with_aux)(params, batch)
   assert tokens.shape == (2, 8) and aux['scores'].shape == (2,)
 
 
-@pytest.mark.parametrize('text,corrected', [
-    ('He has <<2*3=7>>7 eggs.', 'He has <<2*3=6>>7 eggs.'),
-    ('<<48/2=23>>', '<<48/2=24>>'),
-    ('<<10/4=2>>', '<<10/4=2.5>>'),
-    ('<<10/3=3>>', '<<10/3=3.333333>>'),
-    ('<<(3+5)*2=13>>', '<<(3+5)*2=16>>'),
-    ('<<2+3*4=20>>', '<<2+3*4=14>>'),
-    ('<<-2**2=4>>', '<<-2**2=-4>>'),
-    ('<<7//2=3.5>> <<7%3=0>> <<2**10=0>>', '<<7//2=3>> <<7%3=1>> <<2**10=1024>>'),
-    ('<<0.1*3=0.31>>', '<<0.1*3=0.3>>'),
-    ('<<1,000*3=300>>', '<<1,000*3=3000>>'),
-    ('<<5-8=3>>', '<<5-8=-3>>'),
-    # Text outside annotations, and correct annotations, are untouched.
-    ('24 is 48/2 = <<48/2=24>>24. #### 24', '24 is 48/2 = <<48/2=24>>24. #### 24'),
-])
+@pytest.mark.parametrize(
+    'text,corrected',
+    [
+        ('He has <<2*3=7>>7 eggs.', 'He has <<2*3=6>>7 eggs.'),
+        ('<<48/2=23>>', '<<48/2=24>>'),
+        ('<<10/4=2>>', '<<10/4=2.5>>'),
+        ('<<10/3=3>>', '<<10/3=3.333333>>'),
+        ('<<(3+5)*2=13>>', '<<(3+5)*2=16>>'),
+        ('<<2+3*4=20>>', '<<2+3*4=14>>'),
+        ('<<-2**2=4>>', '<<-2**2=-4>>'),
+        ('<<7//2=3.5>> <<7%3=0>> <<2**10=0>>', '<<7//2=3>> <<7%3=1>> <<2**10=1024>>'),
+        ('<<0.1*3=0.31>>', '<<0.1*3=0.3>>'),
+        ('<<1,000*3=300>>', '<<1,000*3=3000>>'),
+        ('<<5-8=3>>', '<<5-8=-3>>'),
+        # Text outside annotations, and correct annotations, are untouched.
+        ('24 is 48/2 = <<48/2=24>>24. #### 24', '24 is 48/2 = <<48/2=24>>24. #### 24'),
+    ],
+)
 def test_calculator_corrects_annotations(text, corrected):
   assert calculator.calculator(text) == corrected
 
 
-@pytest.mark.parametrize('expression', [
-    '__import__("os").system("echo hacked")',
-    'x*2',
-    'len("abc")',
-    '(1).__class__',
-    '[1, 2][0]',
-    '1 if 1 else 2',
-    '2 < 3',
-    'True + 1',
-    '"a" * 3',
-    '1 / 0',
-    '2 ** 10 ** 10',
-    '(-8) ** 0.5',
-    '+3',
-    '3 +',
-    '',
-])
+@pytest.mark.parametrize(
+    'expression',
+    [
+        '__import__("os").system("echo hacked")',
+        'x*2',
+        'len("abc")',
+        '(1).__class__',
+        '[1, 2][0]',
+        '1 if 1 else 2',
+        '2 < 3',
+        'True + 1',
+        '"a" * 3',
+        '1 / 0',
+        '2 ** 10 ** 10',
+        '(-8) ** 0.5',
+        '+3',
+        '3 +',
+        '',
+    ],
+)
 def test_evaluate_expression_rejects_anything_but_arithmetic(expression):
   with pytest.raises(ValueError):
     calculator.evaluate_expression(expression)
@@ -143,7 +173,7 @@ def test_evaluate_expression_is_exact():
   assert calculator.evaluate_expression('2 ** -2') == fractions.Fraction(1, 4)
   assert calculator.format_result(fractions.Fraction(-1, 3)) == '-0.333333'
   assert calculator.format_result(fractions.Fraction(2, 3)) == '0.666667'
-  assert calculator.format_result(2 ** 0.5) == '1.414214'
+  assert calculator.format_result(2**0.5) == '1.414214'
 
 
 def test_complete_calculator_annotation():

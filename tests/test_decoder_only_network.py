@@ -7,18 +7,25 @@ is not on PyPI, and some installs lack that example).
 
 import functools
 
-import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import gin
 from gkd_t5x import decoder_only
 from gkd_t5x import decoding
 
 VOCAB = 40
-CONFIG = dict(vocab_size=VOCAB, emb_dim=16, num_heads=2, num_layers=2, head_dim=8, mlp_dim=24,
-              dropout_rate=0.0)
+CONFIG = dict(
+    vocab_size=VOCAB,
+    emb_dim=16,
+    num_heads=2,
+    num_layers=2,
+    head_dim=8,
+    mlp_dim=24,
+    dropout_rate=0.0,
+)
 # (logits_via_embedding, mlp_activations): T5X's default, and the shared table with T5 1.1's
 # gated MLP.
 VARIANTS = [(False, ('relu',)), (True, ('gelu', 'linear'))]
@@ -26,7 +33,8 @@ VARIANTS = [(False, ('relu',)), (True, ('gelu', 'linear'))]
 
 def make_module(**overrides):
   return decoder_only.DecoderOnlyTransformer(
-      decoder_only.DecoderOnlyConfig(**{**CONFIG, **overrides}))
+      decoder_only.DecoderOnlyConfig(**{**CONFIG, **overrides})
+  )
 
 
 def init(module, seed=0, length=6):
@@ -36,8 +44,11 @@ def init(module, seed=0, length=6):
 
 def t5x_module(logits_via_embedding, mlp_activations):
   t5x_network = pytest.importorskip('t5x.examples.decoder_only.network')
-  return t5x_network.DecoderWrapper(t5x_network.TransformerConfig(
-      **CONFIG, logits_via_embedding=logits_via_embedding, mlp_activations=mlp_activations))
+  return t5x_network.DecoderWrapper(
+      t5x_network.TransformerConfig(
+          **CONFIG, logits_via_embedding=logits_via_embedding, mlp_activations=mlp_activations
+      )
+  )
 
 
 def packed_prefix_lm_batch():
@@ -50,8 +61,10 @@ def packed_prefix_lm_batch():
 
 
 def flat_names(tree):
-  return {jax.tree_util.keystr(path): leaf
-          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  return {
+      jax.tree_util.keystr(path): leaf
+      for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+  }
 
 
 def axis_names(variables):
@@ -68,8 +81,9 @@ def test_param_tree_names_shapes_and_axes_equal_t5x(logits_via_embedding, mlp_ac
   tokens = jnp.ones((2, 6), jnp.int32)
   t5x_variables = theirs.init(jax.random.PRNGKey(0), tokens, tokens, enable_dropout=False)
   our_variables = init(ours)
-  shapes = lambda variables: {name: (leaf.shape, leaf.dtype)
-                              for name, leaf in flat_names(variables['params']).items()}
+  shapes = lambda variables: {
+      name: (leaf.shape, leaf.dtype) for name, leaf in flat_names(variables['params']).items()
+  }
   assert shapes(our_variables) == shapes(t5x_variables)
   assert axis_names(our_variables) == axis_names(t5x_variables)
   assert set(our_variables) == set(t5x_variables) == {'params', 'params_axes'}
@@ -80,15 +94,18 @@ def test_t5x_params_give_equal_logits_both_ways(logits_via_embedding, mlp_activa
   theirs = t5x_module(logits_via_embedding, mlp_activations)
   ours = make_module(logits_via_embedding=logits_via_embedding, mlp_activations=mlp_activations)
   inputs, targets, segments, causal_attention = packed_prefix_lm_batch()
-  t5x_params = theirs.init(jax.random.PRNGKey(0), inputs, targets,
-                           enable_dropout=False)['params']
+  t5x_params = theirs.init(jax.random.PRNGKey(0), inputs, targets, enable_dropout=False)['params']
   our_params = init(ours, seed=1)['params']
   valid = np.asarray(targets) > 0
   for params in (t5x_params, our_params):
-    for kwargs in (dict(decoder_segment_ids=segments, decoder_causal_attention=causal_attention),
-                   dict(decoder_segment_ids=segments), {}):
-      apply = lambda module: np.asarray(module.apply(  # pylint: disable=cell-var-from-loop
-          {'params': params}, inputs, targets, enable_dropout=False, **kwargs))
+    for kwargs in (
+        dict(decoder_segment_ids=segments, decoder_causal_attention=causal_attention),
+        dict(decoder_segment_ids=segments),
+        {},
+    ):
+      apply = lambda module, params=params, kwargs=kwargs: np.asarray(
+          module.apply({'params': params}, inputs, targets, enable_dropout=False, **kwargs)
+      )
       np.testing.assert_allclose(apply(ours)[valid], apply(theirs)[valid], rtol=1e-5, atol=1e-5)
 
 
@@ -97,22 +114,28 @@ def test_parameter_tree_follows_t5x_layout():
   variables = init(make_module(mlp_activations=('gelu', 'linear')))
   params = flat_names(variables['params'])
   prefix = "['decoder']"
-  expected = {"['token_embedder']['embedding']": (VOCAB, 16),
-              "['relpos_bias']['rel_embedding']": (2, 32),
-              "['decoder_norm']['scale']": (16,),
-              "['logits_dense']['kernel']": (16, VOCAB)}
+  expected = {
+      "['token_embedder']['embedding']": (VOCAB, 16),
+      "['relpos_bias']['rel_embedding']": (2, 32),
+      "['decoder_norm']['scale']": (16,),
+      "['logits_dense']['kernel']": (16, VOCAB),
+  }
   for index in range(2):
     layer = f"['layers_{index}']"
-    expected.update({
-        f"{layer}['pre_self_attention_layer_norm']['scale']": (16,),
-        f"{layer}['pre_mlp_layer_norm']['scale']": (16,),
-        f"{layer}['mlp']['wi_0']['kernel']": (16, 24),
-        f"{layer}['mlp']['wi_1']['kernel']": (16, 24),
-        f"{layer}['mlp']['wo']['kernel']": (24, 16)})
+    expected.update(
+        {
+            f"{layer}['pre_self_attention_layer_norm']['scale']": (16,),
+            f"{layer}['pre_mlp_layer_norm']['scale']": (16,),
+            f"{layer}['mlp']['wi_0']['kernel']": (16, 24),
+            f"{layer}['mlp']['wi_1']['kernel']": (16, 24),
+            f"{layer}['mlp']['wo']['kernel']": (24, 16),
+        }
+    )
     for name in ('query', 'key', 'value', 'out'):
       expected[f"{layer}['self_attention']['{name}']['kernel']"] = (16, 16)
   assert {name: leaf.shape for name, leaf in params.items()} == {
-      prefix + name: shape for name, shape in expected.items()}
+      prefix + name: shape for name, shape in expected.items()
+  }
   assert all(leaf.dtype == jnp.float32 for leaf in params.values())
   axes = variables['params_axes']['decoder']
   names = lambda *path: functools.reduce(lambda tree, key: tree[key], path, axes).names
@@ -134,7 +157,7 @@ def left_padded_prompts(lengths, width, seed=0):
   rng = np.random.RandomState(seed)
   prompts = np.zeros((len(lengths), width), np.int32)
   for row, length in enumerate(lengths):
-    prompts[row, width - length + 1:] = rng.randint(2, VOCAB, length - 1)
+    prompts[row, width - length + 1 :] = rng.randint(2, VOCAB, length - 1)
   return jnp.asarray(prompts), jnp.asarray(lengths, jnp.int32)
 
 
@@ -146,8 +169,13 @@ def teacher_forced_twin(module, params, prompts, lengths, continuation, bidirect
   columns = jnp.arange(tokens.shape[1])
   valid = columns[None, :] >= (width - lengths)[:, None]
   causal_attention = (valid & (columns < width)).astype(jnp.int32) if bidirectional else None
-  return module.apply({'params': params}, tokens, valid.astype(jnp.int32),
-                      decoder_causal_attention=causal_attention, enable_dropout=False)
+  return module.apply(
+      {'params': params},
+      tokens,
+      valid.astype(jnp.int32),
+      decoder_causal_attention=causal_attention,
+      enable_dropout=False,
+  )
 
 
 def cached_logits(module, params, prompts, lengths, continuation, bidirectional):
@@ -156,8 +184,13 @@ def cached_logits(module, params, prompts, lengths, continuation, bidirectional)
   steps = continuation.shape[1]
   cache = module.init_cache(prompts.shape[0], prompts.shape[1] + steps - 1)
   prefill_logits, cache = module.apply(
-      variables, prompts, lengths, cache, inputs_bidirectional_attention=bidirectional,
-      method=module.prefill)
+      variables,
+      prompts,
+      lengths,
+      cache,
+      inputs_bidirectional_attention=bidirectional,
+      method=module.prefill,
+  )
   step = jax.jit(functools.partial(module.apply, variables, method=module.decode_step))
   # At position 0 the step must ignore its token (a sampler's start token): feed junk.
   previous = jnp.full((prompts.shape[0], 1), 7, jnp.int32)
@@ -165,7 +198,7 @@ def cached_logits(module, params, prompts, lengths, continuation, bidirectional)
   for position in range(steps):
     logits_BxV, cache = step(previous, cache, position)
     logits.append(logits_BxV)
-    previous = continuation[:, position:position + 1]
+    previous = continuation[:, position : position + 1]
   return prefill_logits, jnp.stack(logits, axis=1)
 
 
@@ -176,16 +209,23 @@ def test_cached_decoding_equals_teacher_forced_with_variable_prompts(bidirection
   width, steps = 5, 4
   prompts, lengths = left_padded_prompts([1, 3, 5], width)
   continuation = jnp.asarray(np.random.RandomState(1).randint(2, VOCAB, (3, steps)))
-  prefill_logits, step_logits = cached_logits(module, params, prompts, lengths, continuation,
-                                              bidirectional)
+  prefill_logits, step_logits = cached_logits(
+      module, params, prompts, lengths, continuation, bidirectional
+  )
   np.testing.assert_allclose(prefill_logits, step_logits[:, 0], rtol=1e-5, atol=1e-5)
   twin = teacher_forced_twin(module, params, prompts, lengths, continuation, bidirectional)
-  np.testing.assert_allclose(step_logits, twin[:, width - 1:], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(step_logits, twin[:, width - 1 :], rtol=1e-5, atol=1e-5)
   # Left padding gives each row the logits it has alone, unpadded.
   for row, length in enumerate(np.asarray(lengths)):
-    alone = teacher_forced_twin(module, params, prompts[row:row + 1, width - length:],
-                                lengths[row:row + 1], continuation[row:row + 1], bidirectional)
-    np.testing.assert_allclose(step_logits[row], alone[0, length - 1:], rtol=1e-5, atol=1e-5)
+    alone = teacher_forced_twin(
+        module,
+        params,
+        prompts[row : row + 1, width - length :],
+        lengths[row : row + 1],
+        continuation[row : row + 1],
+        bidirectional,
+    )
+    np.testing.assert_allclose(step_logits[row], alone[0, length - 1 :], rtol=1e-5, atol=1e-5)
 
 
 def test_prompt_attention_differs_between_prefix_lm_and_causal_prefill():
@@ -210,7 +250,7 @@ def test_init_cache_alone_decodes_after_the_start_token():
   for position in range(3):
     logits, cache = step(previous, cache, position)
     np.testing.assert_allclose(logits, prefilled[:, position], rtol=1e-5, atol=1e-5)
-    previous = continuation[:, position:position + 1]
+    previous = continuation[:, position : position + 1]
 
 
 def test_temperature_sample_continues_prefilled_prompts():
@@ -220,14 +260,22 @@ def test_temperature_sample_continues_prefilled_prompts():
   width, steps = 4, 5
   prompts, lengths = left_padded_prompts([2, 4, 3], width, seed=2)
   cache = module.init_cache(3, width + steps - 1)
-  _, cache = module.apply({'params': params}, prompts, lengths, cache,
-                          inputs_bidirectional_attention=True, method=module.prefill)
+  _, cache = module.apply(
+      {'params': params},
+      prompts,
+      lengths,
+      cache,
+      inputs_bidirectional_attention=True,
+      method=module.prefill,
+  )
   step = functools.partial(module.apply, {'params': params}, method=module.decode_step)
-  out = jax.jit(lambda cache: decoding.temperature_sample(
-      step, cache, rng=None, batch_size=3, max_decode_length=steps, temperature=0.0,
-      eos_id=-1))(cache)
+  out = jax.jit(
+      lambda cache: decoding.temperature_sample(
+          step, cache, rng=None, batch_size=3, max_decode_length=steps, temperature=0.0, eos_id=-1
+      )
+  )(cache)
   twin = teacher_forced_twin(module, params, prompts, lengths, out.tokens, True)
-  np.testing.assert_array_equal(out.tokens, np.argmax(twin[:, width - 1:], axis=-1))
+  np.testing.assert_array_equal(out.tokens, np.argmax(twin[:, width - 1 :], axis=-1))
 
 
 # ------------------------------------------------------------------------ prefix-LM attention
@@ -243,9 +291,15 @@ def test_prompt_sees_later_prompt_tokens_but_never_the_continuation():
   for column in range(length):
     rows[1 + column, column] = 2 + (base[column] - 1) % (VOCAB - 2)  # Another valid token.
   causal_attention = np.tile(np.arange(length) < width, (length + 1, 1)).astype(np.int32)
-  apply = lambda attention: np.asarray(module.apply(
-      {'params': params}, jnp.asarray(rows), jnp.ones_like(rows),
-      decoder_causal_attention=attention, enable_dropout=False))
+  apply = lambda attention: np.asarray(
+      module.apply(
+          {'params': params},
+          jnp.asarray(rows),
+          jnp.ones_like(rows),
+          decoder_causal_attention=attention,
+          enable_dropout=False,
+      )
+  )
   prefix_lm, causal = apply(jnp.asarray(causal_attention)), apply(None)
   for column in range(length):
     changed = np.abs(prefix_lm[1 + column] - prefix_lm[0]).max(axis=-1) > 1e-6
@@ -261,21 +315,35 @@ def test_prompt_sees_later_prompt_tokens_but_never_the_continuation():
 # ------------------------------------------------------------------------------ the config
 
 
-@pytest.mark.parametrize('field,value,message', [
-    ('vocab_size', 0, 'DecoderOnlyConfig.vocab_size must be a positive int, got 0'),
-    ('num_layers', 2.0, 'DecoderOnlyConfig.num_layers must be a positive int, got 2.0'),
-    ('num_heads', True, 'DecoderOnlyConfig.num_heads must be a positive int, got True'),
-    ('dropout_rate', 1.0, 'DecoderOnlyConfig.dropout_rate must be in [0, 1), got 1.0'),
-    ('mlp_activations', ('swish',),
-     "DecoderOnlyConfig.mlp_activations must be a non-empty sequence of "
-     "['gelu', 'linear', 'relu'], got ('swish',)"),
-    ('mlp_activations', (), 'DecoderOnlyConfig.mlp_activations must be a non-empty sequence'),
-    ('mlp_activations', 'relu', "sequence of names, e.g. ('relu',), got the string 'relu'"),
-    ('logits_via_embedding', 'yes', 'DecoderOnlyConfig.logits_via_embedding must be a bool'),
-    ('dtype', 'int32', "DecoderOnlyConfig.dtype must be one of ['float32', 'bfloat16', "
-     "'float16'], got 'int32'"),
-    ('dtype', 'fp33', 'DecoderOnlyConfig.dtype must be one of'),
-])
+@pytest.mark.parametrize(
+    'field,value,message',
+    [
+        ('vocab_size', 0, 'DecoderOnlyConfig.vocab_size must be a positive int, got 0'),
+        ('num_layers', 2.0, 'DecoderOnlyConfig.num_layers must be a positive int, got 2.0'),
+        ('num_heads', True, 'DecoderOnlyConfig.num_heads must be a positive int, got True'),
+        ('dropout_rate', 1.0, 'DecoderOnlyConfig.dropout_rate must be in [0, 1), got 1.0'),
+        (
+            'mlp_activations',
+            ('swish',),
+            (
+                'DecoderOnlyConfig.mlp_activations must be a non-empty sequence of '
+                "['gelu', 'linear', 'relu'], got ('swish',)"
+            ),
+        ),
+        ('mlp_activations', (), 'DecoderOnlyConfig.mlp_activations must be a non-empty sequence'),
+        ('mlp_activations', 'relu', "sequence of names, e.g. ('relu',), got the string 'relu'"),
+        ('logits_via_embedding', 'yes', 'DecoderOnlyConfig.logits_via_embedding must be a bool'),
+        (
+            'dtype',
+            'int32',
+            (
+                "DecoderOnlyConfig.dtype must be one of ['float32', 'bfloat16', "
+                "'float16'], got 'int32'"
+            ),
+        ),
+        ('dtype', 'fp33', 'DecoderOnlyConfig.dtype must be one of'),
+    ],
+)
 def test_bad_config_values_fail_with_a_clear_message(field, value, message):
   with pytest.raises(ValueError) as error:
     decoder_only.DecoderOnlyConfig(**{**CONFIG, field: value})
@@ -283,8 +351,9 @@ def test_bad_config_values_fail_with_a_clear_message(field, value, message):
 
 
 def test_config_is_gin_configurable_and_normalized():
-  gin.parse_config('DecoderOnlyConfig.num_layers = 3\n'
-                   "DecoderOnlyConfig.mlp_activations = ['gelu', 'linear']")
+  gin.parse_config(
+      ['DecoderOnlyConfig.num_layers = 3', "DecoderOnlyConfig.mlp_activations = ['gelu', 'linear']"]
+  )
   try:
     config = decoder_only.DecoderOnlyConfig(vocab_size=VOCAB, dtype='bfloat16')
   finally:
@@ -307,5 +376,10 @@ def test_prefill_refuses_a_prompt_longer_than_the_cache():
   module = make_module()
   variables = init(module)
   with pytest.raises(ValueError, match='prompt width P = 4 exceeds the cache length'):
-    module.apply(variables, jnp.ones((2, 4), jnp.int32), jnp.ones((2,), jnp.int32),
-                 module.init_cache(2, 3), method=module.prefill)
+    module.apply(
+        variables,
+        jnp.ones((2, 4), jnp.int32),
+        jnp.ones((2,), jnp.int32),
+        module.init_cache(2, 3),
+        method=module.prefill,
+    )

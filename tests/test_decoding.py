@@ -339,8 +339,7 @@ def brute_force(table, salt, vocab_size, max_len, alpha):
       continue
     inputs = (START,) + seq[:-1]
     log_prob = sum(
-        _log_softmax(table[_bucket(salt, inputs[: t + 1], t)])[y]
-        for t, y in enumerate(seq)
+        _log_softmax(table[_bucket(salt, inputs[: t + 1], t)])[y] for t, y in enumerate(seq)
     )
     scores[seq] = log_prob / _length_penalty(alpha, len(seq))
   return sorted(scores.items(), key=lambda item: -item[1])
@@ -435,9 +434,7 @@ def test_beam_search_stops_early():
   # (log prob <= -40) can beat -20 / penalty(2).
   assert len(calls) == 2
   np.testing.assert_array_equal(out.tokens[0, :, :2], [[EOS, PAD], [0, EOS]])
-  np.testing.assert_allclose(
-      out.scores[0], [0.0, -20.0 / _length_penalty(0.6, 2)], atol=1e-5
-  )
+  np.testing.assert_allclose(out.scores[0], [0.0, -20.0 / _length_penalty(0.6, 2)], atol=1e-5)
 
 
 def test_beam_search_leaves_missing_hypotheses_empty():

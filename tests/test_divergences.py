@@ -31,18 +31,26 @@ def np_reference(name, teacher, student, beta=None, t_temp=1.0, s_temp=1.0):
   # Where m underflows to 0 in float64 both p and q are ~0 there too: those terms vanish.
   log_m = np.where(m > 0, log_m, 0.0)
   p, q = np.exp(log_p), np.exp(log_q)
-  return (beta * np.sum(np.where(p > 0, p * (log_p - log_m), 0.0), -1) +
-          (1 - beta) * np.sum(np.where(q > 0, q * (log_q - log_m), 0.0), -1))
+  return beta * np.sum(np.where(p > 0, p * (log_p - log_m), 0.0), -1) + (1 - beta) * np.sum(
+      np.where(q > 0, q * (log_q - log_m), 0.0), -1
+  )
 
 
-CASES = [('forward_kl', None), ('reverse_kl', None), ('total_variation', None), ('jsd', 0.1),
-         ('jsd', 0.5), ('jsd', 0.9)]
+CASES = [
+    ('forward_kl', None),
+    ('reverse_kl', None),
+    ('total_variation', None),
+    ('jsd', 0.1),
+    ('jsd', 0.5),
+    ('jsd', 0.9),
+]
 
 
 def random_logits(seed, shape, scale):
   rng = np.random.RandomState(seed)
   return (rng.randn(*shape) * scale).astype(np.float32), (rng.randn(*shape) * scale).astype(
-      np.float32)
+      np.float32
+  )
 
 
 @pytest.mark.parametrize('name,beta', CASES)
@@ -60,8 +68,9 @@ def test_matches_float64_reference_on_random_logits(name, beta, scale):
 def test_matches_reference_with_temperatures(name, beta):
   teacher, student = random_logits(1, (3, 40), 2.0)
   fn = divergences.get_divergence(name, beta)
-  got = fn(jnp.asarray(teacher), jnp.asarray(student), teacher_temperature=0.1,
-           student_temperature=2.0)
+  got = fn(
+      jnp.asarray(teacher), jnp.asarray(student), teacher_temperature=0.1, student_temperature=2.0
+  )
   want = np_reference(name, teacher, student, beta, t_temp=0.1, s_temp=2.0)
   np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-6)
 
@@ -120,10 +129,14 @@ def test_jsd_limits_approach_forward_and_reverse_kl():
     rkl = np.asarray(divergences.reverse_kl(t64, s64))
     errors_low, errors_high = [], []
     for beta in (1e-2, 1e-3, 1e-4):
-      errors_low.append(np.max(np.abs(
-          np.asarray(divergences.generalized_jsd(t64, s64, beta=beta)) / beta - fkl)))
-      errors_high.append(np.max(np.abs(
-          np.asarray(divergences.generalized_jsd(t64, s64, beta=1 - beta)) / beta - rkl)))
+      errors_low.append(
+          np.max(np.abs(np.asarray(divergences.generalized_jsd(t64, s64, beta=beta)) / beta - fkl))
+      )
+      errors_high.append(
+          np.max(
+              np.abs(np.asarray(divergences.generalized_jsd(t64, s64, beta=1 - beta)) / beta - rkl)
+          )
+      )
   for errors in (errors_low, errors_high):
     assert errors[0] > errors[1] > errors[2]  # The error shrinks with beta's distance ...
     assert errors[2] < 1e-3 * np.max(fkl)  # ... and becomes negligible.
@@ -131,10 +144,14 @@ def test_jsd_limits_approach_forward_and_reverse_kl():
 
 def test_jsd_endpoints_are_exactly_the_kls():
   teacher, student = map(jnp.asarray, random_logits(6, (4, 25), 2.0))
-  np.testing.assert_array_equal(divergences.generalized_jsd(teacher, student, beta=0.0),
-                                divergences.forward_kl(teacher, student))
-  np.testing.assert_array_equal(divergences.generalized_jsd(teacher, student, beta=1.0),
-                                divergences.reverse_kl(teacher, student))
+  np.testing.assert_array_equal(
+      divergences.generalized_jsd(teacher, student, beta=0.0),
+      divergences.forward_kl(teacher, student),
+  )
+  np.testing.assert_array_equal(
+      divergences.generalized_jsd(teacher, student, beta=1.0),
+      divergences.reverse_kl(teacher, student),
+  )
 
 
 def test_jsd_bounded_by_entropy_of_mixture_weights():
@@ -166,7 +183,9 @@ def test_entropy_matches_scipy_and_its_bounds():
   # 0 for a one-hot distribution, log(vocab) for a uniform one.
   np.testing.assert_allclose(
       np.asarray(divergences.entropy(jnp.array([[1e4, 0.0, 0.0], [0.0, 0.0, 0.0]]))),
-      [0.0, np.log(3.0)], atol=1e-6)
+      [0.0, np.log(3.0)],
+      atol=1e-6,
+  )
   with pytest.raises(ValueError, match='temperature must be > 0'):
     divergences.entropy(jnp.zeros((2, 3)), temperature=0.0)
 

@@ -16,12 +16,26 @@ NUM_EXAMPLES = 20
 
 
 def evaluate(output_dir, batch_size):
-  command = [sys.executable, '-m', 'gkd_t5x.eval', '--gin_file=gin/runs/eval.gin',
-             '--gin_file=gin/experiments/arithmetic/teacher.gin',
-             f'--gin.CHECKPOINT_PATH="{TEACHER}"', f'--gin.EVAL_OUTPUT_DIR="{output_dir}"',
-             f'--gin.EVAL_NUM_EXAMPLES={NUM_EXAMPLES}', f'--gin.EVAL_BATCH_SIZE={batch_size}']
-  result = subprocess.run(command, cwd=ROOT, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3'),
-                          capture_output=True, text=True, timeout=600)
+  command = [
+      sys.executable,
+      '-m',
+      'gkd_t5x.eval',
+      '--gin_file=gin/runs/eval.gin',
+      '--gin_file=gin/experiments/arithmetic/teacher.gin',
+      f'--gin.CHECKPOINT_PATH="{TEACHER}"',
+      f'--gin.EVAL_OUTPUT_DIR="{output_dir}"',
+      f'--gin.EVAL_NUM_EXAMPLES={NUM_EXAMPLES}',
+      f'--gin.EVAL_BATCH_SIZE={batch_size}',
+  ]
+  result = subprocess.run(
+      command,
+      cwd=ROOT,
+      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3'),
+      capture_output=True,
+      text=True,
+      timeout=600,
+      check=False,
+  )
   assert result.returncode == 0, result.stderr[-4000:]
   with open(output_dir / 'metrics.json') as f:
     metrics = json.load(f)['metrics']

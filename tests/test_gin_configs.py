@@ -13,18 +13,18 @@ import functools
 import pathlib
 import re
 
-import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import seqio
+import tiny
 
+import gin
 from gkd_t5x import models
 from gkd_t5x import network
 from gkd_t5x import objective
 from gkd_t5x import rewards
-import tiny
 
 GIN_DIR = pathlib.Path(__file__).resolve().parents[1] / 'gin'
 MODEL_FILES = {path.stem: path for path in sorted((GIN_DIR / 'models').glob('t5_1_1_*.gin'))}
@@ -45,11 +45,17 @@ SIZES = {
 METHODS = {
     'sft': dict(divergence='cross_entropy', lmbda=0.0, fixed_data='targets', alpha=1.0),
     'supervised_kd': dict(divergence='forward_kl', lmbda=0.0, fixed_data='targets', alpha=1.0),
-    'seqkd': dict(divergence='cross_entropy', lmbda=0.0, fixed_data='teacher_samples',
-                  teacher_sampling_temperature=0.0, alpha=1.0),
+    'seqkd': dict(
+        divergence='cross_entropy',
+        lmbda=0.0,
+        fixed_data='teacher_samples',
+        teacher_sampling_temperature=0.0,
+        alpha=1.0,
+    ),
     'imitkd': dict(divergence='forward_kl', lmbda=0.5, fixed_data='targets', alpha=1.0),
-    'fdistill': dict(divergence='total_variation', lmbda=0.5, fixed_data='teacher_samples',
-                     alpha=1.0),
+    'fdistill': dict(
+        divergence='total_variation', lmbda=0.5, fixed_data='teacher_samples', alpha=1.0
+    ),
     'gkd': dict(divergence='forward_kl', lmbda=1.0, fixed_data='targets', alpha=1.0),
     'rl_gkd': dict(divergence='jsd', beta=0.9, lmbda=1.0, fixed_data='targets', alpha=0.5),
 }
@@ -67,8 +73,9 @@ def clean_gin_config():
 
 def _parse(files, bindings=()):
   """Parses gin files (a run file would define DROPOUT_RATE) plus extra bindings."""
-  gin.parse_config_files_and_bindings([str(path) for path in files],
-                                      ['DROPOUT_RATE = 0.0', *bindings])
+  gin.parse_config_files_and_bindings(
+      [str(path) for path in files], ['DROPOUT_RATE = 0.0', *bindings]
+  )
 
 
 def _macro(name):
@@ -80,8 +87,10 @@ def _macro(name):
 
 
 def _gkd_config_fields(config):
-  fields = {name: getattr(config, name) for name in ('divergence', 'beta', 'fixed_data',
-                                                     'alpha', 'teacher_sampling_temperature')}
+  fields = {
+      name: getattr(config, name)
+      for name in ('divergence', 'beta', 'fixed_data', 'alpha', 'teacher_sampling_temperature')
+  }
   fields['lmbda'] = config.lmbda.start
   return fields
 
@@ -97,9 +106,14 @@ def test_model_file_builds_its_size(size):
   config = _macro(size.upper())
   emb_dim, num_layers, num_heads, head_dim, mlp_dim, dtype = SIZES[size]
   assert isinstance(config, network.T5Config)
-  assert (config.emb_dim, config.num_encoder_layers, config.num_decoder_layers,
-          config.num_heads, config.head_dim, config.mlp_dim) == (
-              emb_dim, num_layers, num_layers, num_heads, head_dim, mlp_dim)
+  assert (
+      config.emb_dim,
+      config.num_encoder_layers,
+      config.num_decoder_layers,
+      config.num_heads,
+      config.head_dim,
+      config.mlp_dim,
+  ) == (emb_dim, num_layers, num_layers, num_heads, head_dim, mlp_dim)
   assert config.dtype == jnp.dtype(dtype)
   assert config.vocab_size == 32128
   assert config.mlp_activations == ('gelu', 'linear')
@@ -113,22 +127,25 @@ def test_small_has_the_published_parameter_count():
   module = network.Transformer(_macro('T5_1_1_SMALL'))
   tokens = jax.ShapeDtypeStruct((1, 4), jnp.int32)
   variables = jax.eval_shape(
-      lambda key, x: module.init(key, x, x, x, enable_dropout=False), jax.random.PRNGKey(0),
-      tokens)
+      lambda key, x: module.init(key, x, x, x, enable_dropout=False), jax.random.PRNGKey(0), tokens
+  )
   sizes = [leaf.size for leaf in jax.tree_util.tree_leaves(variables['params'])]
   assert sum(sizes) == 76_961_152
 
 
 def test_student_and_teacher_of_different_sizes_in_one_config():
-  _parse([MODEL_FILES['t5_1_1_small'], MODEL_FILES['t5_1_1_xl']],
-         ['STUDENT_CONFIG = %T5_1_1_SMALL', 'TEACHER_CONFIG = %T5_1_1_XL',
+  _parse(
+      [MODEL_FILES['t5_1_1_small'], MODEL_FILES['t5_1_1_xl']],
+      [
+          'STUDENT_CONFIG = %T5_1_1_SMALL',
+          'TEACHER_CONFIG = %T5_1_1_XL',
           # A scoped override reaches its own size only.
-          't5_1_1_small/network.T5Config.dtype = "float32"'])
+          't5_1_1_small/network.T5Config.dtype = "float32"',
+      ],
+  )
   student, teacher = _macro('STUDENT_CONFIG'), _macro('TEACHER_CONFIG')
-  assert (student.emb_dim, student.num_encoder_layers, student.dtype) == (
-      512, 8, jnp.float32)
-  assert (teacher.emb_dim, teacher.num_encoder_layers, teacher.dtype) == (
-      2048, 24, jnp.bfloat16)
+  assert (student.emb_dim, student.num_encoder_layers, student.dtype) == (512, 8, jnp.float32)
+  assert (teacher.emb_dim, teacher.num_encoder_layers, teacher.dtype) == (2048, 24, jnp.bfloat16)
   assert student.vocab_size == teacher.vocab_size
 
 
@@ -136,8 +153,7 @@ def _tiny_model(gkd_config):
   """A GKDModel of tiny student and teacher (none for SFT) from the parsed gin config."""
   vocabulary = seqio.PassThroughVocabulary(VOCAB_SIZE, eos_id=1)
   student = network.Transformer(_macro('STUDENT_CONFIG'))
-  teacher = (network.Transformer(_macro('TEACHER_CONFIG')) if gkd_config.needs_teacher
-             else None)
+  teacher = network.Transformer(_macro('TEACHER_CONFIG')) if gkd_config.needs_teacher else None
   return models.GKDModel(student, teacher, vocabulary, vocabulary, gkd=gkd_config)
 
 
@@ -155,25 +171,37 @@ def _param_shapes(config):
   targets = jax.ShapeDtypeStruct((BATCH, TARGET_LENGTH), jnp.int32)
   return jax.eval_shape(
       lambda key, x, y: module.init(key, x, y, y, enable_dropout=False)['params'],
-      jax.random.PRNGKey(0), inputs, targets)
+      jax.random.PRNGKey(0),
+      inputs,
+      targets,
+  )
 
 
 def _trace_steps(model):
   """Shapes of the (loss, aux) of a train step and of an eval step, traced only."""
   params = _param_shapes(model.module.config)
-  mutables = ({models.TEACHER_COLLECTION: _param_shapes(model.teacher_module.config)}
-              if model.teacher_module is not None else None)
-  train = jax.eval_shape(lambda p, m: model.loss_fn(p, _batch(), jax.random.PRNGKey(1), m),
-                         params, mutables)
+  mutables = (
+      {models.TEACHER_COLLECTION: _param_shapes(model.teacher_module.config)}
+      if model.teacher_module is not None
+      else None
+  )
+  train = jax.eval_shape(
+      lambda p, m: model.loss_fn(p, _batch(), jax.random.PRNGKey(1), m), params, mutables
+  )
   evaluation = jax.eval_shape(lambda p, m: model.eval_fn(p, _batch(), m), params, mutables)
   return train, evaluation
 
 
 @pytest.mark.parametrize('method', sorted(METHODS))
 def test_method_file_builds_its_config_and_step(method):
-  _parse([MODEL_FILES['t5_1_1_tiny'], METHOD_FILES[method]],
-         ['STUDENT_CONFIG = %T5_1_1_TINY', 'TEACHER_CONFIG = %T5_1_1_TINY',
-          f't5_1_1_tiny/network.T5Config.vocab_size = {VOCAB_SIZE}'])
+  _parse(
+      [MODEL_FILES['t5_1_1_tiny'], METHOD_FILES[method]],
+      [
+          'STUDENT_CONFIG = %T5_1_1_TINY',
+          'TEACHER_CONFIG = %T5_1_1_TINY',
+          f't5_1_1_tiny/network.T5Config.vocab_size = {VOCAB_SIZE}',
+      ],
+  )
   config = _macro('GKD')
   assert isinstance(config, objective.GKDConfig)
   fields = _gkd_config_fields(config)
@@ -203,8 +231,10 @@ def test_gkd_sweep_macros_override_the_defaults():
 
 
 def test_rl_gkd_alpha_macro_and_scoped_field_override():
-  _parse([METHOD_FILES['rl_gkd']],
-         ['ALPHA = 0.05', 'gkd/objective.GKDConfig.teacher_temperature = 0.1'])
+  _parse(
+      [METHOD_FILES['rl_gkd']],
+      ['ALPHA = 0.05', 'gkd/objective.GKDConfig.teacher_temperature = 0.1'],
+  )
   config = _macro('GKD')
   assert (config.alpha, config.teacher_temperature, config.beta) == (0.05, 0.1, 0.9)
 
@@ -212,8 +242,11 @@ def test_rl_gkd_alpha_macro_and_scoped_field_override():
 def test_imitkd_schedule_from_its_comment():
   """The non-increasing schedule shown in imitkd.gin's comment binds and decays 1 -> 0.5."""
   text = METHOD_FILES['imitkd'].read_text()
-  bindings = [line for line in re.findall(r'^#\s+(\S+ = .+)$', text, flags=re.MULTILINE)
-              if 'LambdaSchedule' in line]
+  bindings = [
+      line
+      for line in re.findall(r'^#\s+(\S+ = .+)$', text, flags=re.MULTILINE)
+      if 'LambdaSchedule' in line
+  ]
   assert len(bindings) == 4
   _parse([METHOD_FILES['imitkd']], bindings)
   schedule = _macro('GKD').lmbda
@@ -224,8 +257,9 @@ def test_imitkd_schedule_from_its_comment():
 
 # ------------------------------------------------------------------------ decoder-only models
 
-DECODER_ONLY_FILES = {path.stem: path
-                      for path in sorted((GIN_DIR / 'models').glob('decoder_only_*.gin'))}
+DECODER_ONLY_FILES = {
+    path.stem: path for path in sorted((GIN_DIR / 'models').glob('decoder_only_*.gin'))
+}
 # (emb_dim, layers, num_heads, head_dim, mlp_dim) of T5X's decoder-only sizes
 # (t5x/examples/decoder_only/models/*.gin), and the parameter count of each.
 DECODER_ONLY_SIZES = {
@@ -240,7 +274,7 @@ def _t5x_decoder_only_sizes(size):
   """T5X's own TransformerConfig values for a size, read off its installed gin files (base.gin,
   then the size's overrides), or None where they are not installed."""
   try:
-    import t5x  # pylint: disable=g-import-not-at-top
+    import t5x
   except ImportError:
     return None
   directory = pathlib.Path(t5x.__file__).parent / 'examples' / 'decoder_only' / 'models'
@@ -260,7 +294,8 @@ def test_every_decoder_only_size_file_has_a_case():
 
 @pytest.mark.parametrize('size', sorted(DECODER_ONLY_SIZES))
 def test_decoder_only_size_file_builds_t5x_sizes(size):
-  from gkd_t5x import decoder_only  # pylint: disable=g-import-not-at-top
+  from gkd_t5x import decoder_only
+
   _parse([DECODER_ONLY_FILES[size]], ['DROPOUT_RATE = 0.1'])
   config = _macro(size.upper())
   assert isinstance(config, decoder_only.DecoderOnlyConfig)
@@ -268,35 +303,55 @@ def test_decoder_only_size_file_builds_t5x_sizes(size):
   got = (config.emb_dim, config.num_layers, config.num_heads, config.head_dim, config.mlp_dim)
   assert got == (emb_dim, num_layers, num_heads, head_dim, mlp_dim)
   assert (config.vocab_size, config.dtype, config.mlp_activations) == (
-      32128, jnp.dtype('bfloat16'), ('gelu', 'linear'))
+      32128,
+      jnp.dtype('bfloat16'),
+      ('gelu', 'linear'),
+  )
   assert config.logits_via_embedding and config.dropout_rate == 0.1
   module = decoder_only.DecoderOnlyTransformer(config)
   tokens = jax.ShapeDtypeStruct((1, 4), jnp.int32)
-  variables = jax.eval_shape(lambda key, x: module.init(key, x, x, enable_dropout=False),
-                             jax.random.PRNGKey(0), tokens)
+  variables = jax.eval_shape(
+      lambda key, x: module.init(key, x, x, enable_dropout=False), jax.random.PRNGKey(0), tokens
+  )
   assert sum(leaf.size for leaf in jax.tree_util.tree_leaves(variables['params'])) == num_params
   theirs = _t5x_decoder_only_sizes(size.split('_')[-1])
   if theirs is not None:
     fields = ('emb_dim', 'num_layers', 'num_heads', 'head_dim', 'mlp_dim', 'vocab_size')
     assert {name: int(theirs[name]) for name in fields} == {
-        name: getattr(config, name) for name in fields}
-    assert {name: ast.literal_eval(theirs[name])
-            for name in ('dtype', 'mlp_activations', 'logits_via_embedding')} == {
-                'dtype': 'bfloat16', 'mlp_activations': config.mlp_activations,
-                'logits_via_embedding': True}
+        name: getattr(config, name) for name in fields
+    }
+    assert {
+        name: ast.literal_eval(theirs[name])
+        for name in ('dtype', 'mlp_activations', 'logits_via_embedding')
+    } == {
+        'dtype': 'bfloat16',
+        'mlp_activations': config.mlp_activations,
+        'logits_via_embedding': True,
+    }
 
 
 def test_decoder_only_model_file_builds_the_model(tmp_path):
   # A vocabulary of the model's size in place of the T5 SentencePiece model (read from GCS).
   vocabulary = tmp_path / 'vocabulary.gin'
-  vocabulary.write_text('from __gin__ import dynamic_registration\nimport seqio\n'
-                        'VOCABULARY = @seqio.PassThroughVocabulary()\n'
-                        'seqio.PassThroughVocabulary.size = 32128\n')
-  _parse([GIN_DIR / 'models' / 'gkd_decoder_only_model.gin', DECODER_ONLY_FILES[
-      'decoder_only_base'], DECODER_ONLY_FILES['decoder_only_xl'], METHOD_FILES['gkd'],
-          vocabulary],
-         ['STUDENT_CONFIG = %DECODER_ONLY_BASE', 'TEACHER_CONFIG = %DECODER_ONLY_XL',
-          "TASK_FEATURE_LENGTHS = {'inputs': 8, 'targets': 6}"])
+  vocabulary.write_text(
+      'from __gin__ import dynamic_registration\nimport seqio\n'
+      'VOCABULARY = @seqio.PassThroughVocabulary()\n'
+      'seqio.PassThroughVocabulary.size = 32128\n'
+  )
+  _parse(
+      [
+          GIN_DIR / 'models' / 'gkd_decoder_only_model.gin',
+          DECODER_ONLY_FILES['decoder_only_base'],
+          DECODER_ONLY_FILES['decoder_only_xl'],
+          METHOD_FILES['gkd'],
+          vocabulary,
+      ],
+      [
+          'STUDENT_CONFIG = %DECODER_ONLY_BASE',
+          'TEACHER_CONFIG = %DECODER_ONLY_XL',
+          "TASK_FEATURE_LENGTHS = {'inputs': 8, 'targets': 6}",
+      ],
+  )
   model = _macro('MODEL')
   assert isinstance(model, models.GKDDecoderOnlyModel)
   assert (model.module.config.emb_dim, model.teacher_module.config.emb_dim) == (768, 2048)

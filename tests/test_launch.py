@@ -1,15 +1,15 @@
 """The launch tooling of the paper's figures, without any training.
 
-  * every spec of launch/sweeps/ expands (launch/plan.py) into the runs, directories,
-    bindings and commands it promises, and its gin files and bindings parse (in one
-    subprocess) into the GKD method and decoding each point names;
-  * a bad spec stops with a message naming the field;
-  * local mode runs a stand-in interpreter's commands in order, writes DONE, skips finished
-    runs and evaluations, and stops at the first failure; pod mode and launch/tpu_pod.py
-    quote the commands so that the worker's shell gives back the same arguments;
-  * launch/figures.py turns SYNTHETIC results (metrics.json, the trainer's JSON and
-    TensorBoard event files, T5X's JSON lines) into the CSV of means and standard deviations
-    computed here by hand, and a PNG for every plot kind.
+* every spec of launch/sweeps/ expands (launch/plan.py) into the runs, directories,
+  bindings and commands it promises, and its gin files and bindings parse (in one
+  subprocess) into the GKD method and decoding each point names;
+* a bad spec stops with a message naming the field;
+* local mode runs a stand-in interpreter's commands in order, writes DONE, skips finished
+  runs and evaluations, and stops at the first failure; pod mode and launch/tpu_pod.py
+  quote the commands so that the worker's shell gives back the same arguments;
+* launch/figures.py turns SYNTHETIC results (metrics.json, the trainer's JSON and
+  TensorBoard event files, T5X's JSON lines) into the CSV of means and standard deviations
+  computed here by hand, and a PNG for every plot kind.
 """
 
 import copy
@@ -25,10 +25,13 @@ import subprocess
 import sys
 import types
 
+import gin_probe
 import pytest
+from spec_labels import DIVERGENCES
+from spec_labels import check_divergence
+from spec_labels import check_method
 
 import gkd_t5x
-
 from launch import figures
 from launch import plan
 from launch import results
@@ -36,14 +39,13 @@ from launch import runners
 from launch import spec as spec_lib
 from launch import sweep
 from launch import tpu_pod
-import gin_probe
-from spec_labels import DIVERGENCES, check_divergence, check_method
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 # The CPU-sized panels, and the on-policy testbed's specs.
-SPECS = (sorted((ROOT / 'launch' / 'sweeps').glob('*.json'))
-         + sorted((ROOT / 'launch' / 'sweeps' / 'testbed').glob('*.json')))
+SPECS = sorted((ROOT / 'launch' / 'sweeps').glob('*.json')) + sorted(
+    (ROOT / 'launch' / 'sweeps' / 'testbed').glob('*.json')
+)
 ALL_SPECS = sorted((ROOT / 'launch' / 'sweeps').rglob('*.json'))
 TEACHER = 'launch/checkpoints/arithmetic_sum3_2digit_teacher'
 GKD = 'gin/experiments/arithmetic/gkd.gin'
@@ -75,8 +77,8 @@ def test_every_spec_expands_into_its_runs(path, tmp_path, capsys):
   assert len(runs) == num_refs + points * len(seeds)
   # References first, in the spec's order; then the points, seed-major.
   assert [run.reference for run in runs[:num_refs]] == [
-      name for name, ref in references.items()
-      for _ in (seeds if ref.seeded else [None])]
+      name for name, ref in references.items() for _ in (seeds if ref.seeded else [None])
+  ]
   assert [run.seed for run in runs[num_refs:]] == [s for s in seeds for _ in range(points)]
   assert len({run.model_dir for run in runs}) == len(runs)
   samples = sum(e.num_samples for e in spec.evaluations)
@@ -94,18 +96,21 @@ def test_every_spec_expands_into_its_runs(path, tmp_path, capsys):
   assert sweep.main([str(path), '--root', str(tmp_path)]) == 0
   lines = capsys.readouterr().out.splitlines()
   assert [shlex.split(line) for line in lines] == [
-      command.argv() for run in runs for command in run.commands]
+      command.argv() for run in runs for command in run.commands
+  ]
 
 
-@pytest.mark.parametrize('path', ALL_SPECS,
-                         ids=lambda p: str(p.relative_to(ROOT / 'launch' / 'sweeps')))
+@pytest.mark.parametrize(
+    'path', ALL_SPECS, ids=lambda p: str(p.relative_to(ROOT / 'launch' / 'sweeps'))
+)
 def test_print_mode_prints_the_plan(path, capsys):
   """Every spec of launch/sweeps/, the paper's and the reproduction's too: print mode prints
   the commands of its runs as they render, in order."""
   runs = plan.expand(spec_lib.load(str(path)), '/r')
   assert sweep.main([str(path), '--root', '/r']) == 0
   assert capsys.readouterr().out.splitlines() == [
-      tpu_pod.shell_join(command.argv()) for run in runs for command in run.commands]
+      tpu_pod.shell_join(command.argv()) for run in runs for command in run.commands
+  ]
 
 
 def test_fig7_grid_runs_and_bindings(tmp_path):
@@ -117,35 +122,59 @@ def test_fig7_grid_runs_and_bindings(tmp_path):
   assert teacher.model_dir == str(base / 'ref_teacher')
   assert [c.kind for c in teacher.commands] == ['eval']
   assert teacher.commands[0].argv() == [
-      'python', '-m', 'gkd_t5x.eval', '--gin_file=gin/runs/eval.gin',
-      '--gin_file=gin/experiments/arithmetic/teacher.gin', '--gin.EVAL_NUM_EXAMPLES=None',
+      'python',
+      '-m',
+      'gkd_t5x.eval',
+      '--gin_file=gin/runs/eval.gin',
+      '--gin_file=gin/experiments/arithmetic/teacher.gin',
+      '--gin.EVAL_NUM_EXAMPLES=None',
       f"--gin.CHECKPOINT_PATH='{TEACHER}'",
-      f"--gin.EVAL_OUTPUT_DIR='{base / 'ref_teacher' / 'eval_greedy'}'"]
+      f"--gin.EVAL_OUTPUT_DIR='{base / 'ref_teacher' / 'eval_greedy'}'",
+  ]
   assert sft.commands[0].argv() == [
-      'python', '-m', 'gkd_t5x.train', '--gin_file=gin/runs/train.gin',
+      'python',
+      '-m',
+      'gkd_t5x.train',
+      '--gin_file=gin/runs/train.gin',
       '--gin_file=gin/experiments/arithmetic/student_sft.gin',
-      f"--gin.MODEL_DIR='{base / 'ref_student_sft'}'"]
+      f"--gin.MODEL_DIR='{base / 'ref_student_sft'}'",
+  ]
   grid = runs[2:]
   assert {(run.labels['lambda'], run.labels['divergence'], run.seed) for run in grid} == set(
-      itertools.product(['1.0', '0.5', '0.0'], DIVERGENCES, [0, 1, 2]))
-  run = next(r for r in grid if r.name == 'arithmetic_fig7_grid/'
-             'lambda_0.5__divergence_JSD_0.9/seed_2')
+      itertools.product(['1.0', '0.5', '0.0'], DIVERGENCES, [0, 1, 2])
+  )
+  run = next(
+      r for r in grid if r.name == 'arithmetic_fig7_grid/lambda_0.5__divergence_JSD_0.9/seed_2'
+  )
   model_dir = base / 'lambda_0.5__divergence_JSD_0.9' / 'seed_2'
   assert run.model_dir == str(model_dir)
   assert run.bindings == {
-      'MODEL_DIR': f"'{model_dir}'", 'RANDOM_SEED': '2',
+      'MODEL_DIR': f"'{model_dir}'",
+      'RANDOM_SEED': '2',
       'INITIAL_CHECKPOINT_PATH': f"'{base / 'ref_student_sft'}'",
       'TEACHER_CHECKPOINT_PATH': f"'{TEACHER}'",
-      'LMBDA': '0.5', 'DIVERGENCE': "'jsd'", 'BETA': '0.9'}
+      'LMBDA': '0.5',
+      'DIVERGENCE': "'jsd'",
+      'BETA': '0.9',
+  }
   assert run.needs == ['arithmetic_fig7_grid/ref_student_sft', 'arithmetic_fig7_grid/ref_teacher']
   train, evaluation = run.commands
   assert train.argv()[3:5] == ['--gin_file=gin/runs/train.gin', f'--gin_file={GKD}']
   assert evaluation.argv() == [
-      'python', '-m', 'gkd_t5x.eval', '--gin_file=gin/runs/eval.gin', f'--gin_file={GKD}',
-      '--gin.RANDOM_SEED=2', f"--gin.INITIAL_CHECKPOINT_PATH='{base / 'ref_student_sft'}'",
-      f"--gin.TEACHER_CHECKPOINT_PATH='{TEACHER}'", '--gin.LMBDA=0.5',
-      "--gin.DIVERGENCE='jsd'", '--gin.BETA=0.9', f"--gin.CHECKPOINT_PATH='{model_dir}'",
-      f"--gin.EVAL_OUTPUT_DIR='{model_dir / 'eval_greedy'}'"]
+      'python',
+      '-m',
+      'gkd_t5x.eval',
+      '--gin_file=gin/runs/eval.gin',
+      f'--gin_file={GKD}',
+      '--gin.RANDOM_SEED=2',
+      f"--gin.INITIAL_CHECKPOINT_PATH='{base / 'ref_student_sft'}'",
+      f"--gin.TEACHER_CHECKPOINT_PATH='{TEACHER}'",
+      '--gin.LMBDA=0.5',
+      "--gin.DIVERGENCE='jsd'",
+      '--gin.BETA=0.9',
+      f"--gin.CHECKPOINT_PATH='{model_dir}'",
+      f"--gin.EVAL_OUTPUT_DIR='{model_dir / 'eval_greedy'}'",
+  ]
   assert run.eval_dirs == {'greedy': [str(model_dir / 'eval_greedy')]}
 
 
@@ -153,13 +182,19 @@ def test_fig8_lambda_sweep(tmp_path):
   runs = plan.expand(load('arithmetic_fig8_lambda'), str(tmp_path))
   assert len(runs) == 2 + 5 * 2 * 3
   assert {(r.bindings['LMBDA'], r.bindings['DIVERGENCE']) for r in runs[2:]} == set(
-      itertools.product(['0.0', '0.25', '0.5', '0.75', '1.0'], ["'forward_kl'", "'reverse_kl'"]))
+      itertools.product(['0.0', '0.25', '0.5', '0.75', '1.0'], ["'forward_kl'", "'reverse_kl'"])
+  )
 
 
 def test_seeds_set_gin_file_and_only(tmp_path):
   spec = load('arithmetic_fig4_quality_diversity')
-  runs = plan.expand(spec, str(tmp_path), seeds=[7], overrides={'TRAIN_STEPS': '20'},
-                     extra_gin_files=['tests/testdata/tiny_arithmetic.gin'])
+  runs = plan.expand(
+      spec,
+      str(tmp_path),
+      seeds=[7],
+      overrides={'TRAIN_STEPS': '20'},
+      extra_gin_files=['tests/testdata/tiny_arithmetic.gin'],
+  )
   assert len(runs) == 2 + 5
   run = runs[-1]
   assert run.name == 'arithmetic_fig4_quality_diversity/divergence_RKL/seed_7'
@@ -170,11 +205,15 @@ def test_seeds_set_gin_file_and_only(tmp_path):
   evals = [c for c in run.commands if c.kind == 'eval']
   assert len(evals) == 16
   assert evals[5].output_dir == os.path.join(run.model_dir, 'eval_T_0.3', 'sample_1')
-  assert evals[5].argv()[-4:] == ["--gin.models.GKDModel.decode_method='sample'",
-                                '--gin.models.GKDModel.decode_temperature=0.3',
-                                '--gin.TRAIN_STEPS=20', '--gin.RANDOM_SEED=1']
-  assert run.eval_dirs['T=1.0'] == [os.path.join(run.model_dir, 'eval_T_1.0', f'sample_{i}')
-                                    for i in range(4)]
+  assert evals[5].argv()[-4:] == [
+      "--gin.models.GKDModel.decode_method='sample'",
+      '--gin.models.GKDModel.decode_temperature=0.3',
+      '--gin.TRAIN_STEPS=20',
+      '--gin.RANDOM_SEED=1',
+  ]
+  assert run.eval_dirs['T=1.0'] == [
+      os.path.join(run.model_dir, 'eval_T_1.0', f'sample_{i}') for i in range(4)
+  ]
   # --only keeps the references the chosen runs read.
   chosen = plan.select(plan.expand(spec, str(tmp_path)), r'divergence_RKL/seed_1$')
   assert [r.point for r in chosen] == ['ref_teacher', 'ref_student_sft', 'divergence_RKL']
@@ -189,8 +228,12 @@ def test_spec_gin_configs_build_the_named_methods(tmp_path):
     for run in plan.expand(spec, str(tmp_path), seeds=[0]):
       for command in run.commands:
         runner, kind = command.module.split('.')[0], command.kind
-        config = dict(runner=runner, kind=kind, files=list(command.gin_files),
-                      bindings=list(command.gin_bindings().items()))
+        config = dict(
+            runner=runner,
+            kind=kind,
+            files=list(command.gin_files),
+            bindings=list(command.gin_bindings().items()),
+        )
         key = json.dumps(config)
         configs.setdefault(key, (len(configs), config))
         expected.append((path.stem, run, command, configs[key][0]))
@@ -206,8 +249,7 @@ def test_spec_gin_configs_build_the_named_methods(tmp_path):
       # control on the teacher's kind of data trains on that data.
       clean, teachers_kind = TESTBED_TASKS[spec_name]
       assert config['eval_task'] == clean, where
-      trains_on = (teachers_kind if run.labels.get('method') in TEACHERS_KIND_LABELS
-                   else clean)
+      trains_on = teachers_kind if run.labels.get('method') in TEACHERS_KIND_LABELS else clean
       if run.reference is None:
         assert config['task'] == trains_on, where
     if 'knob' in run.labels:
@@ -228,13 +270,20 @@ def test_spec_gin_configs_build_the_named_methods(tmp_path):
     if 'lambda' in labels:
       assert config['lmbda'] == float(labels['lambda']), where
     if 'data_percent' in labels:
-      assert config['task'] == {'5': 'arithmetic_sum3_2digit_train5pct',
-                                '25': 'arithmetic_sum3_2digit_train25pct',
-                                '100': 'arithmetic_sum3_2digit'}[labels['data_percent']]
+      assert (
+          config['task']
+          == {
+              '5': 'arithmetic_sum3_2digit_train5pct',
+              '25': 'arithmetic_sum3_2digit_train25pct',
+              '100': 'arithmetic_sum3_2digit',
+          }[labels['data_percent']]
+      )
     if command.log_name.startswith('eval_T_'):
       temperature = float(command.log_name.split('_')[2])
       assert (result['decode']['method'], result['decode']['temperature']) == (
-          'sample', temperature), where
+          'sample',
+          temperature,
+      ), where
     elif command.kind == 'eval':
       assert result['decode']['method'] == 'greedy', where
 
@@ -242,15 +291,16 @@ def test_spec_gin_configs_build_the_named_methods(tmp_path):
 # The testbed's specs: (the clean task, the teacher's kind of data).
 TESTBED_TASKS = {
     'recovery_positive_control': ('arithmetic_chain5', 'arithmetic_chain5_slips30'),
-    'sum3_recovery_positive_control': ('arithmetic_sum3_2digit',
-                                       'arithmetic_sum3_2digit_slips30'),
-    'sum3_entropy_positive_control': ('arithmetic_sum3_2digit',
-                                      'arithmetic_sum3_2digit_commute50'),
+    'sum3_recovery_positive_control': ('arithmetic_sum3_2digit', 'arithmetic_sum3_2digit_slips30'),
+    'sum3_entropy_positive_control': ('arithmetic_sum3_2digit', 'arithmetic_sum3_2digit_commute50'),
     'sum3_entropy_zero': ('arithmetic_sum3_2digit', 'arithmetic_sum3_2digit_commute50'),
     'sum3_entropy_cooled': ('arithmetic_sum3_2digit', 'arithmetic_sum3_2digit_commute50'),
 }
-TEACHERS_KIND_LABELS = ('Supervised KD (slips)', 'Supervised KD (both orders)',
-                        'Supervised KD (both orders, RKL)')
+TEACHERS_KIND_LABELS = (
+    'Supervised KD (slips)',
+    'Supervised KD (both orders)',
+    'Supervised KD (both orders, RKL)',
+)
 
 
 def test_t5x_runner_commands(tmp_path):
@@ -259,13 +309,21 @@ def test_t5x_runner_commands(tmp_path):
   spec['references']['teacher']['checkpoint'] = f'{TEACHER}/checkpoint_4000'
   runs = plan.expand(spec_lib.parse(spec), 'gs://bucket/sweeps')
   teacher, student = runs[:2]
-  assert teacher.commands[0].argv('python3')[:4] == ['python3', '-m', 't5x.eval',
-                                                     '--gin_file=gin/runs/t5x_eval.gin']
+  assert teacher.commands[0].argv('python3')[:4] == [
+      'python3',
+      '-m',
+      't5x.eval',
+      '--gin_file=gin/runs/t5x_eval.gin',
+  ]
   # A step directory is restored as it is; a run directory through T5X's 'latest' mode.
   assert not any('RestoreCheckpointConfig' in a for a in teacher.commands[0].argv())
   train, evaluation = student.commands[:2]
-  assert train.argv('python3')[:4] == ['python3', '-m', 't5x.train',
-                                       '--gin_file=gin/runs/t5x_finetune.gin']
+  assert train.argv('python3')[:4] == [
+      'python3',
+      '-m',
+      't5x.train',
+      '--gin_file=gin/runs/t5x_finetune.gin',
+  ]
   assert "--gin.MODEL_DIR='gs://bucket/sweeps/synthetic/ref_student'" in train.argv()
   assert "--gin.utils.RestoreCheckpointConfig.mode='latest'" in evaluation.argv()
 
@@ -279,24 +337,43 @@ def synthetic_spec(**changes):
       'name': 'synthetic',
       'figure': 'a synthetic panel',
       'gin_files': [GKD],
-      'bindings': {'INITIAL_CHECKPOINT_PATH': "'{ref:student}'",
-                   'TEACHER_CHECKPOINT_PATH': "'{ref:teacher}'"},
+      'bindings': {
+          'INITIAL_CHECKPOINT_PATH': "'{ref:student}'",
+          'TEACHER_CHECKPOINT_PATH': "'{ref:teacher}'",
+      },
       'references': {
-          'teacher': {'checkpoint': TEACHER,
-                      'gin_files': ['gin/experiments/arithmetic/teacher.gin']},
+          'teacher': {
+              'checkpoint': TEACHER,
+              'gin_files': ['gin/experiments/arithmetic/teacher.gin'],
+          },
           'student': {'gin_files': ['gin/experiments/arithmetic/student_sft.gin']},
       },
       'axes': [
-          {'name': 'lam', 'values': [{'label': '0', 'bindings': {'LMBDA': '0.0'}},
-                                     {'label': '1', 'bindings': {'LMBDA': '1.0'}}]},
-          {'name': 'div', 'values': [{'label': 'FKL', 'bindings': {'DIVERGENCE': "'forward_kl'"}},
-                                     {'label': 'JSD(0.9)',
-                                      'bindings': {'DIVERGENCE': "'jsd'", 'BETA': '0.9'}}]},
+          {
+              'name': 'lam',
+              'values': [
+                  {'label': '0', 'bindings': {'LMBDA': '0.0'}},
+                  {'label': '1', 'bindings': {'LMBDA': '1.0'}},
+              ],
+          },
+          {
+              'name': 'div',
+              'values': [
+                  {'label': 'FKL', 'bindings': {'DIVERGENCE': "'forward_kl'"}},
+                  {'label': 'JSD(0.9)', 'bindings': {'DIVERGENCE': "'jsd'", 'BETA': '0.9'}},
+              ],
+          },
       ],
       'seeds': [0, 1, 2],
       'evaluations': [{'label': 'greedy', 'bindings': {}}],
-      'plot': {'kind': 'heatmap', 'metric': 'accuracy', 'rows': 'lam', 'columns': 'div',
-               'baseline': 'student', 'evaluation': 'greedy'},
+      'plot': {
+          'kind': 'heatmap',
+          'metric': 'accuracy',
+          'rows': 'lam',
+          'columns': 'div',
+          'baseline': 'student',
+          'evaluation': 'greedy',
+      },
   }
   spec.update(changes)
   return spec
@@ -316,40 +393,74 @@ def mutate(path, value):
 
 
 BAD_SPECS = {
-    'unknown top key': (('sedes',), [0], "sedes: unknown key"),
-    'unknown value key': (('axes', 0, 'values', 0, 'bindngs'), {}, 'axes[0].values[0].bindngs: '
-                          'unknown key'),
-    'unknown reference key': (('references', 'student', 'seed'), 1,
-                              'references.student.seed: unknown key'),
+    'unknown top key': (('sedes',), [0], 'sedes: unknown key'),
+    'unknown value key': (
+        ('axes', 0, 'values', 0, 'bindngs'),
+        {},
+        'axes[0].values[0].bindngs: unknown key',
+    ),
+    'unknown reference key': (
+        ('references', 'student', 'seed'),
+        1,
+        'references.student.seed: unknown key',
+    ),
     'unknown plot kind': (('plot', 'kind'), 'pie', "plot.kind: unknown plot kind 'pie'"),
     'plot axis missing': (('plot', 'rows'), 'lambda', "plot.rows: no axis 'lambda'"),
     'plot leaves out an axis': (('plot', 'columns'), KeyError, "plot: axis 'div' has several"),
-    'unknown ref template': (('bindings', 'INITIAL_CHECKPOINT_PATH'), "'{ref:sft}'",
-                             "bindings.INITIAL_CHECKPOINT_PATH: {ref:sft}: no reference 'sft'"),
-    'duplicate labels': (('axes', 0, 'values', 1, 'label'), '0',
-                         "axes[0].values[1].label: duplicate label '0'"),
-    'labels with one directory': (('axes', 1, 'values', 0, 'label'), 'JSD_0.9',
-                                  "axes[1].values[1].label: 'JSD(0.9)' gives the same directory"),
-    'missing gin file': (('gin_files',), ['gin/experiments/arithmetic/nope.gin'],
-                         "gin_files: no gin file 'gin/experiments/arithmetic/nope.gin'"),
-    'missing value gin file': (('axes', 0, 'values', 0, 'gin_files'), ['gin/methods/x.gin'],
-                               "axes[0].values[0].gin_files: no gin file 'gin/methods/x.gin'"),
-    'binding not a string': (('axes', 0, 'values', 0, 'bindings', 'LMBDA'), 0.0,
-                             'axes[0].values[0].bindings.LMBDA: must be a string'),
+    'unknown ref template': (
+        ('bindings', 'INITIAL_CHECKPOINT_PATH'),
+        "'{ref:sft}'",
+        "bindings.INITIAL_CHECKPOINT_PATH: {ref:sft}: no reference 'sft'",
+    ),
+    'duplicate labels': (
+        ('axes', 0, 'values', 1, 'label'),
+        '0',
+        "axes[0].values[1].label: duplicate label '0'",
+    ),
+    'labels with one directory': (
+        ('axes', 1, 'values', 0, 'label'),
+        'JSD_0.9',
+        "axes[1].values[1].label: 'JSD(0.9)' gives the same directory",
+    ),
+    'missing gin file': (
+        ('gin_files',),
+        ['gin/experiments/arithmetic/nope.gin'],
+        "gin_files: no gin file 'gin/experiments/arithmetic/nope.gin'",
+    ),
+    'missing value gin file': (
+        ('axes', 0, 'values', 0, 'gin_files'),
+        ['gin/methods/x.gin'],
+        "axes[0].values[0].gin_files: no gin file 'gin/methods/x.gin'",
+    ),
+    'binding not a string': (
+        ('axes', 0, 'values', 0, 'bindings', 'LMBDA'),
+        0.0,
+        'axes[0].values[0].bindings.LMBDA: must be a string',
+    ),
     'unknown baseline': (('plot', 'baseline'), 'sft', "plot.baseline: no reference 'sft'"),
-    'unknown plot evaluation': (('plot', 'evaluation'), 'T=1', "plot.evaluation: no evaluation"),
+    'unknown plot evaluation': (('plot', 'evaluation'), 'T=1', 'plot.evaluation: no evaluation'),
     'bad seeds': (('seeds',), [0, 0], 'seeds: must be a non-empty list of distinct'),
-    'unknown runner': (('runner',), 'pax', "runner: must be one of"),
-    'checkpoint without evaluations': (('evaluations',), [],
-                                       'references.teacher.checkpoint: a checkpoint reference'),
-    'seed in an unseeded reference': (('references', 'student', 'bindings'),
-                                      {'RANDOM_SEED': '{seed}'},
-                                      'references.student.bindings.RANDOM_SEED: {seed}'),
+    'unknown runner': (('runner',), 'pax', 'runner: must be one of'),
+    'checkpoint without evaluations': (
+        ('evaluations',),
+        [],
+        'references.teacher.checkpoint: a checkpoint reference',
+    ),
+    'seed in an unseeded reference': (
+        ('references', 'student', 'bindings'),
+        {'RANDOM_SEED': '{seed}'},
+        'references.student.bindings.RANDOM_SEED: {seed}',
+    ),
     'reference used before its definition': (
-        ('references', 'student', 'bindings'), {'X': "'{ref:student}'"},
-        'references.student.bindings.X: {ref:student}: a reference may only use'),
-    'bad sample count': (('evaluations', 0, 'num_samples'), 0,
-                         'evaluations[0].num_samples: must be an integer >= 1'),
+        ('references', 'student', 'bindings'),
+        {'X': "'{ref:student}'"},
+        'references.student.bindings.X: {ref:student}: a reference may only use',
+    ),
+    'bad sample count': (
+        ('evaluations', 0, 'num_samples'),
+        0,
+        'evaluations[0].num_samples: must be an integer >= 1',
+    ),
     'missing name': (('name',), KeyError, 'name: missing'),
 }
 
@@ -363,15 +474,22 @@ def test_bad_spec_names_the_field(case):
 
 
 def test_plot_kind_specific_checks():
-  lines = synthetic_spec(plot={'kind': 'lines', 'metric': 'accuracy', 'x': 'div',
-                               'series': 'lam'})
-  with pytest.raises(spec_lib.SpecError, match=r"plot.x: a lines plot needs numeric labels"):
+  lines = synthetic_spec(plot={'kind': 'lines', 'metric': 'accuracy', 'x': 'div', 'series': 'lam'})
+  with pytest.raises(spec_lib.SpecError, match=r'plot.x: a lines plot needs numeric labels'):
     spec_lib.parse(lines)
-  quality = synthetic_spec(plot={'kind': 'quality_diversity', 'metric': 'accuracy',
-                                 'series': 'div', 'evaluations': ['greedy']})
+  quality = synthetic_spec(
+      plot={
+          'kind': 'quality_diversity',
+          'metric': 'accuracy',
+          'series': 'div',
+          'evaluations': ['greedy'],
+      }
+  )
   quality['axes'] = quality['axes'][1:]
-  with pytest.raises(spec_lib.SpecError, match=r"plot.evaluations: 'greedy' is not an "
-                     r"evaluation with num_samples >= 2"):
+  with pytest.raises(
+      spec_lib.SpecError,
+      match=r"plot.evaluations: 'greedy' is not an evaluation with num_samples >= 2",
+  ):
     spec_lib.parse(quality)
   tradeoff = synthetic_spec(plot={'kind': 'tradeoff', 'x_metric': 'accuracy', 'points': 'lam'})
   with pytest.raises(spec_lib.SpecError) as error:
@@ -389,15 +507,22 @@ def test_cli_rejects_bad_input_with_a_clear_message(tmp_path, capsys):
   assert "plot.kind: unknown plot kind 'pie'" in capsys.readouterr().err
   good = tmp_path / 'good.json'
   good.write_text(json.dumps(synthetic_spec()))
-  for argv, message in [(['--set', 'TRAIN_STEPS'], "--set 'TRAIN_STEPS': expected NAME=VALUE"),
-                        (['--seeds', 'a'], "--seeds 'a'"),
-                        (['--only', 'nothing'], "--only 'nothing' matches no run"),
-                        (['--gin_file', 'nope.gin'], "--gin_file: no gin file 'nope.gin'"),
-                        (['--mode', 'pod'], '--mode pod needs --tpu and --zone')]:
+  for argv, message in [
+      (['--set', 'TRAIN_STEPS'], "--set 'TRAIN_STEPS': expected NAME=VALUE"),
+      (['--seeds', 'a'], "--seeds 'a'"),
+      (['--only', 'nothing'], "--only 'nothing' matches no run"),
+      (['--gin_file', 'nope.gin'], "--gin_file: no gin file 'nope.gin'"),
+      (['--mode', 'pod'], '--mode pod needs --tpu and --zone'),
+  ]:
     assert sweep.main([str(good), '--root', str(tmp_path), *argv]) == 2
     assert message in capsys.readouterr().err
-  result = subprocess.run([sys.executable, 'launch/sweep.py', str(tmp_path / 'absent.json'),
-                           '--root', str(tmp_path)], cwd=ROOT, capture_output=True, text=True)
+  result = subprocess.run(
+      [sys.executable, 'launch/sweep.py', str(tmp_path / 'absent.json'), '--root', str(tmp_path)],
+      cwd=ROOT,
+      capture_output=True,
+      text=True,
+      check=False,
+  )
   assert result.returncode == 2 and 'absent.json: cannot read the spec' in result.stderr
 
 
@@ -438,11 +563,13 @@ def fake_python(tmp_path, monkeypatch):
     lines = [json.loads(line) for line in log.read_text().splitlines()]
     log.unlink()
     return lines
+
   return str(path), calls
 
 
 def test_local_mode_runs_in_order_skips_done_and_stops_at_a_failure(
-    tmp_path, fake_python, capsys, monkeypatch):
+    tmp_path, fake_python, capsys, monkeypatch
+):
   python, calls = fake_python
   spec = synthetic_spec(seeds=[0, 1])
   spec['axes'] = spec['axes'][:1]
@@ -455,18 +582,33 @@ def test_local_mode_runs_in_order_skips_done_and_stops_at_a_failure(
   base = root / 'synthetic'
 
   def expected(*dirs):
-    return [item for d in dirs for item in (
-        ([['gkd_t5x.train', str(base / d)]] if d != 'ref_teacher' else []) +
-        [['gkd_t5x.eval', str(base / d / 'eval_greedy')],
-         ['gkd_t5x.eval', str(base / d / 'eval_T_1' / 'sample_0')],
-         ['gkd_t5x.eval', str(base / d / 'eval_T_1' / 'sample_1')]])]
-  order = ['ref_teacher', 'ref_student', 'lam_0/seed_0', 'lam_1/seed_0', 'lam_0/seed_1',
-           'lam_1/seed_1']
+    return [
+        item
+        for d in dirs
+        for item in (
+            ([['gkd_t5x.train', str(base / d)]] if d != 'ref_teacher' else [])
+            + [
+                ['gkd_t5x.eval', str(base / d / 'eval_greedy')],
+                ['gkd_t5x.eval', str(base / d / 'eval_T_1' / 'sample_0')],
+                ['gkd_t5x.eval', str(base / d / 'eval_T_1' / 'sample_1')],
+            ]
+        )
+    ]
+
+  order = [
+      'ref_teacher',
+      'ref_student',
+      'lam_0/seed_0',
+      'lam_1/seed_0',
+      'lam_0/seed_1',
+      'lam_1/seed_1',
+  ]
   assert sweep.main(argv) == 0
   assert calls() == expected(*order)
   out = capsys.readouterr().out
-  assert re.search(r'^\[1/6\] synthetic/ref_teacher \.\.\. done in \S+; elapsed \S+, ETA \S+$',
-                   out, re.M), out
+  assert re.search(
+      r'^\[1/6\] synthetic/ref_teacher \.\.\. done in \S+; elapsed \S+, ETA \S+$', out, re.M
+  ), out
   assert re.search(r'^\[6/6\] synthetic/lam_1/seed_1 \.\.\. done in .*ETA 0m00s$', out, re.M)
   assert all((base / d / 'DONE').is_file() for d in order)
   # Everything done: nothing runs again.
@@ -478,22 +620,24 @@ def test_local_mode_runs_in_order_skips_done_and_stops_at_a_failure(
   (base / 'lam_1' / 'seed_0' / 'DONE').unlink()
   (base / 'lam_1' / 'seed_0' / 'eval_T_1' / 'sample_1' / 'metrics.json').unlink()
   assert sweep.main(argv) == 0
-  assert calls() == [['gkd_t5x.train', str(base / 'lam_1' / 'seed_0')],
-                     ['gkd_t5x.eval', str(base / 'lam_1' / 'seed_0' / 'eval_T_1' / 'sample_1')]]
+  assert calls() == [
+      ['gkd_t5x.train', str(base / 'lam_1' / 'seed_0')],
+      ['gkd_t5x.eval', str(base / 'lam_1' / 'seed_0' / 'eval_T_1' / 'sample_1')],
+  ]
   capsys.readouterr()
   # The first failure stops the sweep with the command and its stderr.
   monkeypatch.setenv('FAKE_FAIL', 'lam_0/seed_1/eval_greedy')
   other = tmp_path / 'other'
-  assert sweep.main([str(spec_path), '--root', str(other), '--mode', 'local', '--python',
-                     python]) == 3
+  assert (
+      sweep.main([str(spec_path), '--root', str(other), '--mode', 'local', '--python', python]) == 3
+  )
   made = calls()
-  assert made[-1] == ['gkd_t5x.eval', str(other / 'synthetic' / 'lam_0' / 'seed_1' /
-                                          'eval_greedy')]
+  assert made[-1] == ['gkd_t5x.eval', str(other / 'synthetic' / 'lam_0' / 'seed_1' / 'eval_greedy')]
   assert len(made) == len(expected(*order[:4])) + 2
   captured = capsys.readouterr()
   assert '[5/6] synthetic/lam_0/seed_1 ... FAILED' in captured.out
   assert 'synthetic/lam_0/seed_1: eval failed (exit status 3)' in captured.err
-  assert f"--gin.EVAL_OUTPUT_DIR=\"'{other}/synthetic/lam_0/seed_1/eval_greedy'\"" in captured.err
+  assert f'--gin.EVAL_OUTPUT_DIR="\'{other}/synthetic/lam_0/seed_1/eval_greedy\'"' in captured.err
   assert 'something broke' in captured.err
   assert not (other / 'synthetic' / 'lam_0' / 'seed_1' / 'DONE').exists()
 
@@ -513,17 +657,42 @@ def test_pod_mode_dry_run_sends_every_command_to_all_workers(tmp_path, capsys):
   spec_path = tmp_path / 'spec.json'
   spec_path.write_text(json.dumps(synthetic_spec()))
   runs = plan.expand(spec_lib.parse(synthetic_spec()), 'gs://b/sw', multiprocess=True)
-  assert sweep.main([str(spec_path), '--root', 'gs://b/sw', '--mode', 'pod', '--tpu', 'v4-32',
-                     '--zone', 'us-central2-b', '--project', 'proj', '--dry-run']) == 0
+  assert (
+      sweep.main(
+          [
+              str(spec_path),
+              '--root',
+              'gs://b/sw',
+              '--mode',
+              'pod',
+              '--tpu',
+              'v4-32',
+              '--zone',
+              'us-central2-b',
+              '--project',
+              'proj',
+              '--dry-run',
+          ]
+      )
+      == 0
+  )
   lines = capsys.readouterr().out.splitlines()
   commands = [c for run in runs for c in run.commands]
   assert len(lines) == len(commands)
   for line, command in zip(lines, commands):
     argv = shlex.split(line)
-    assert argv[:8] == ['gcloud', 'compute', 'tpus', 'tpu-vm', 'ssh', 'v4-32',
-                        '--zone=us-central2-b', '--project=proj']
+    assert argv[:8] == [
+        'gcloud',
+        'compute',
+        'tpus',
+        'tpu-vm',
+        'ssh',
+        'v4-32',
+        '--zone=us-central2-b',
+        '--project=proj',
+    ]
     assert argv[8] == '--worker=all'
-    cd, remote = argv[9][len('--command='):].split(' && ', 1)
+    cd, remote = argv[9][len('--command=') :].split(' && ', 1)
     assert cd == 'cd ~/gkd_t5x'
     assert shlex.split(remote) == command.argv()
     assert ('--multiprocess' in command.argv()) == (command.kind == 'train')
@@ -533,38 +702,77 @@ def test_pod_mode_dry_run_sends_every_command_to_all_workers(tmp_path, capsys):
 
 
 def test_pod_command_quotes_the_remote_command():
-  argv = ['python', '-m', 'gkd_t5x.train', "--gin.MODEL_DIR='gs://b/it s'",
-          '--gin_bindings=A = "x"', "--gin.NAME=it's", '--gin.X=$HOME']
-  command = tpu_pod.pod_command('tpu-1', 'europe-west4-a', tpu_pod.shell_join(argv),
-                                repo_dir='/opt/my repo')
-  assert command[:7] == ['gcloud', 'compute', 'tpus', 'tpu-vm', 'ssh', 'tpu-1',
-                         '--zone=europe-west4-a']
+  argv = [
+      'python',
+      '-m',
+      'gkd_t5x.train',
+      "--gin.MODEL_DIR='gs://b/it s'",
+      '--gin_bindings=A = "x"',
+      "--gin.NAME=it's",
+      '--gin.X=$HOME',
+  ]
+  command = tpu_pod.pod_command(
+      'tpu-1', 'europe-west4-a', tpu_pod.shell_join(argv), repo_dir='/opt/my repo'
+  )
+  assert command[:7] == [
+      'gcloud',
+      'compute',
+      'tpus',
+      'tpu-vm',
+      'ssh',
+      'tpu-1',
+      '--zone=europe-west4-a',
+  ]
   assert command[7] == '--worker=all'
-  cd, remote = command[8][len('--command='):].split(' && ', 1)
+  cd, remote = command[8][len('--command=') :].split(' && ', 1)
   assert shlex.split(cd) == ['cd', '/opt/my repo']
   assert shlex.split(remote) == argv
   # The readable form of a gin string literal, as in the README.
-  assert tpu_pod.shell_quote("--gin.MODEL_DIR='/tmp/x'") == "--gin.MODEL_DIR=\"'/tmp/x'\""
+  assert tpu_pod.shell_quote("--gin.MODEL_DIR='/tmp/x'") == '--gin.MODEL_DIR="\'/tmp/x\'"'
   assert tpu_pod.shell_quote('--gin.X=$HOME') == "'--gin.X=$HOME'"
 
 
 def test_tpu_pod_cli_dry_run_and_setup(capsys):
-  assert tpu_pod.main(['--tpu', 't', '--zone', 'z', '--dry-run', '--', 'python', '-m',
-                       't5x.train', "--gin.MODEL_DIR='gs://b/r'"]) == 0
+  assert (
+      tpu_pod.main(
+          [
+              '--tpu',
+              't',
+              '--zone',
+              'z',
+              '--dry-run',
+              '--',
+              'python',
+              '-m',
+              't5x.train',
+              "--gin.MODEL_DIR='gs://b/r'",
+          ]
+      )
+      == 0
+  )
   assert shlex.split(capsys.readouterr().out) == [
-      'gcloud', 'compute', 'tpus', 'tpu-vm', 'ssh', 't', '--zone=z', '--worker=all',
-      "--command=cd ~/gkd_t5x && python -m t5x.train --gin.MODEL_DIR=\"'gs://b/r'\""]
+      'gcloud',
+      'compute',
+      'tpus',
+      'tpu-vm',
+      'ssh',
+      't',
+      '--zone=z',
+      '--worker=all',
+      '--command=cd ~/gkd_t5x && python -m t5x.train --gin.MODEL_DIR="\'gs://b/r\'"',
+  ]
   assert tpu_pod.main(['--tpu', 't', '--zone', 'z', '--setup', '--dry-run']) == 0
-  remote = shlex.split(capsys.readouterr().out)[-1][len('--command='):]
+  remote = shlex.split(capsys.readouterr().out)[-1][len('--command=') :]
   assert [shlex.split(part) for part in remote.split(' && ')[1:]] == [
-      list(c) for c in tpu_pod.SETUP_COMMANDS]
+      list(c) for c in tpu_pod.SETUP_COMMANDS
+  ]
   with pytest.raises(SystemExit):
     tpu_pod.main(['--tpu', 't', '--zone', 'z'])  # neither --setup nor a command
 
 
 def test_setup_commands_are_the_readme_install_commands():
   readme = (ROOT / 'README.md').read_text()
-  section = readme[readme.index('## TPU pods with T5X'):]
+  section = readme[readme.index('## TPU pods with T5X') :]
   block = re.search(r'\*\*Install\.\*\*.*?```bash\n(.*?)```', section, re.S).group(1)
   block = re.sub(r'\\\n\s*', ' ', block)
   commands = [shlex.split(line, comments=True) for line in block.splitlines()]
@@ -577,9 +785,14 @@ def test_setup_commands_are_the_readme_install_commands():
 def write_eval(directory, metrics):
   os.makedirs(directory, exist_ok=True)
   with open(os.path.join(directory, 'metrics.json'), 'w') as f:
-    json.dump({'checkpoint': str(directory), 'split': 'test',
-               'metrics': {f'inference/arithmetic_sum3_2digit/{k}': v
-                           for k, v in metrics.items()}}, f)
+    json.dump(
+        {
+            'checkpoint': str(directory),
+            'split': 'test',
+            'metrics': {f'inference/arithmetic_sum3_2digit/{k}': v for k, v in metrics.items()},
+        },
+        f,
+    )
 
 
 def read_csv(path):
@@ -613,27 +826,37 @@ def test_read_metric_sources(tmp_path):
   # The trainer's JSON lines: the last step; a short name prefers the inference metric.
   (tmp_path / 'b').mkdir()
   (tmp_path / 'b' / 'eval_metrics.jsonl').write_text(
-      json.dumps({'step': 10, 'metrics': {'validation/accuracy': 1.0,
-                                          'inference/t/accuracy': 70.0}}) + '\n' +
-      json.dumps({'step': 5, 'metrics': {'inference/t/accuracy': 50.0}}) + '\n')
+      json.dumps(
+          {'step': 10, 'metrics': {'validation/accuracy': 1.0, 'inference/t/accuracy': 70.0}}
+      )
+      + '\n'
+      + json.dumps({'step': 5, 'metrics': {'inference/t/accuracy': 50.0}})
+      + '\n'
+  )
   assert results.read_metric(str(tmp_path / 'b'), 'accuracy') == 70.0
   assert results.read_metric(str(tmp_path / 'b'), 'validation/accuracy') == 1.0
   # T5X's inference_eval JSON lines; two tasks with the metric are ambiguous.
   (tmp_path / 'c' / 'inference_eval').mkdir(parents=True)
   (tmp_path / 'c' / 'inference_eval' / 'a-metrics.jsonl').write_text(
-      '{"step": 3, "accuracy": 12.5}\n{"step": 6, "accuracy": 25.0}\n')
+      '{"step": 3, "accuracy": 12.5}\n{"step": 6, "accuracy": 25.0}\n'
+  )
   assert results.read_metric(str(tmp_path / 'c'), 'accuracy') == 25.0
   assert results.eval_finished(str(tmp_path / 'c')) and results.eval_finished(str(tmp_path / 'a'))
   assert not results.eval_finished(str(tmp_path / 'b'))
-  (tmp_path / 'c' / 'inference_eval' / 'b-metrics.jsonl').write_text('{"step": 6, '
-                                                                      '"accuracy": 1.0}\n')
+  (tmp_path / 'c' / 'inference_eval' / 'b-metrics.jsonl').write_text(
+      '{"step": 6, "accuracy": 1.0}\n'
+  )
   with pytest.raises(ValueError, match='several tasks'):
     results.read_metric(str(tmp_path / 'c'), 'accuracy')
 
 
 # Synthetic accuracies of the 2 x 2 grid: (lam, div) -> one value per seed 0, 1, 2.
-GRID = {('0', 'FKL'): [50.0, 52.0, 54.0], ('0', 'JSD(0.9)'): [51.0, 55.0, 53.5],
-        ('1', 'FKL'): [60.0, 61.0, 65.0], ('1', 'JSD(0.9)'): [10.0, 12.0, 17.0]}
+GRID = {
+    ('0', 'FKL'): [50.0, 52.0, 54.0],
+    ('0', 'JSD(0.9)'): [51.0, 55.0, 53.5],
+    ('1', 'FKL'): [60.0, 61.0, 65.0],
+    ('1', 'JSD(0.9)'): [10.0, 12.0, 17.0],
+}
 
 
 def test_heatmap_figure_from_eval_metrics(tmp_path, capsys):
@@ -661,18 +884,38 @@ def test_heatmap_figure_from_eval_metrics(tmp_path, capsys):
     assert float(row['mean']) == pytest.approx(mean) and float(row['std']) == pytest.approx(std)
     assert int(row['n_seeds']) == len(kept)
     assert [row[f'seed_{s}'] for s in range(3)] == [
-        repr(v) if i < len(kept) else '' for i, v in enumerate(values)]
+        repr(v) if i < len(kept) else '' for i, v in enumerate(values)
+    ]
   assert float(rows[('lam_1__div_JSD_0.9', 'greedy', 'accuracy')]['std']) == pytest.approx(
-      math.sqrt(13.0))
+      math.sqrt(13.0)
+  )
   student = rows[('ref_student', 'greedy', 'accuracy')]
   assert (student['reference'], student['mean'], student['std'], student['n_seeds']) == (
-      'student', '45.0', '0.0', '1')
+      'student',
+      '45.0',
+      '0.0',
+      '1',
+  )
   assert rows[('ref_teacher', 'greedy', 'accuracy')]['n_seeds'] == '0'
   assert_png(out / 'synthetic.png')
   # --strict fails instead (here through the script's command line).
-  result = subprocess.run([sys.executable, 'launch/figures.py', str(out / 'synthetic.json'),
-                           '--root', str(root), '--out', str(tmp_path / 'strict'), '--strict'],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+  result = subprocess.run(
+      [
+          sys.executable,
+          'launch/figures.py',
+          str(out / 'synthetic.json'),
+          '--root',
+          str(root),
+          '--out',
+          str(tmp_path / 'strict'),
+          '--strict',
+      ],
+      cwd=ROOT,
+      capture_output=True,
+      text=True,
+      timeout=120,
+      check=False,
+  )
   assert result.returncode == 1, result.stderr
   assert 'synthetic/lam_0__div_FKL/seed_2: accuracy (greedy)' in result.stderr
   assert not (tmp_path / 'strict' / 'synthetic.png').exists()
@@ -685,19 +928,31 @@ def test_bars_figure_from_the_trainers_own_evaluation(tmp_path):
   """Without evaluations, the metric comes from what the trainer wrote in MODEL_DIR: event
   files (one run), the trainer's JSON lines, or T5X's inference_eval JSON lines."""
   from clu import metric_writers
+
   spec = synthetic_spec(evaluations=[])
   del spec['references']['teacher']
   spec['bindings'] = {'INITIAL_CHECKPOINT_PATH': "'{ref:student}'"}
-  spec['axes'] = [{'name': 'method', 'values': [
-      {'label': 'events', 'bindings': {}}, {'label': 'trainer json', 'bindings': {}},
-      {'label': 't5x', 'bindings': {}}, {'label': 'undefined once', 'bindings': {}}]}]
+  spec['axes'] = [
+      {
+          'name': 'method',
+          'values': [
+              {'label': 'events', 'bindings': {}},
+              {'label': 'trainer json', 'bindings': {}},
+              {'label': 't5x', 'bindings': {}},
+              {'label': 'undefined once', 'bindings': {}},
+          ],
+      }
+  ]
   spec['seeds'] = [0, 1]
-  spec['plot'] = {'kind': 'bars', 'metric': 'accuracy', 'x': 'method',
-                  'references': ['student']}
+  spec['plot'] = {'kind': 'bars', 'metric': 'accuracy', 'x': 'method', 'references': ['student']}
   root = tmp_path / 'root'
   # A NaN metric (a rate over nothing) is left out of its point's mean, not reported missing.
-  values = {'events': [30.0, 34.0], 'trainer json': [40.0, 41.0], 't5x': [20.0, 26.0],
-            'undefined once': [float('nan'), 12.0]}
+  values = {
+      'events': [30.0, 34.0],
+      'trainer json': [40.0, 41.0],
+      't5x': [20.0, 26.0],
+      'undefined once': [float('nan'), 12.0],
+  }
   tag = 'inference/arithmetic_sum3_2digit/accuracy'
   for run in plan.expand(spec_lib.parse(spec), str(root)):
     os.makedirs(run.model_dir)
@@ -707,8 +962,9 @@ def test_bars_figure_from_the_trainers_own_evaluation(tmp_path):
       value = values[run.labels['method']][run.seed]
     method = run.labels.get('method', 'trainer json')
     if method == 'events':
-      writer = metric_writers.create_default_writer(os.path.join(run.model_dir, 'eval'),
-                                                    asynchronous=False)
+      writer = metric_writers.create_default_writer(
+          os.path.join(run.model_dir, 'eval'), asynchronous=False
+      )
       writer.write_scalars(5, {tag: value - 10.0, 'validation/accuracy': 1.0})
       writer.write_scalars(10, {tag: value, 'validation/accuracy': 2.0})
       writer.close()
@@ -717,8 +973,9 @@ def test_bars_figure_from_the_trainers_own_evaluation(tmp_path):
         f.write(json.dumps({'step': 10, 'metrics': {tag: value}}) + '\n')
     else:
       os.makedirs(os.path.join(run.model_dir, 'inference_eval'))
-      with open(os.path.join(run.model_dir, 'inference_eval',
-                             'arithmetic_sum3_2digit-metrics.jsonl'), 'w') as f:
+      with open(
+          os.path.join(run.model_dir, 'inference_eval', 'arithmetic_sum3_2digit-metrics.jsonl'), 'w'
+      ) as f:
         f.write(json.dumps({'step': 10, 'accuracy': value}) + '\n')
   out = tmp_path / 'out'
   assert run_figures(spec, root, out, '--strict') == 0
@@ -742,22 +999,48 @@ def test_lines_and_tradeoff_figures(tmp_path):
   spec['axes'][1]['values'] = spec['axes'][1]['values'][:1]
   spec['evaluations'].append({'label': 'T=1', 'bindings': {}})
   spec['plot'] = [
-      {'name': 'lines', 'kind': 'lines', 'metric': 'accuracy', 'x': 'lam', 'series': 'div',
-       'references': ['teacher', 'student'], 'evaluation': 'T=1'},
-      {'name': 'tradeoff', 'kind': 'tradeoff', 'x_metric': 'accuracy',
-       'y_metric': 'sequence_accuracy', 'points': 'lam', 'baseline': 'student',
-       'references': ['teacher'], 'evaluation': 'greedy'},
-      {'name': 'curves', 'kind': 'tradeoff', 'x_metric': 'accuracy',
-       'y_metric': 'sequence_accuracy', 'points': 'lam', 'series': 'div',
-       'baseline': 'student', 'evaluation': 'greedy'},
+      {
+          'name': 'lines',
+          'kind': 'lines',
+          'metric': 'accuracy',
+          'x': 'lam',
+          'series': 'div',
+          'references': ['teacher', 'student'],
+          'evaluation': 'T=1',
+      },
+      {
+          'name': 'tradeoff',
+          'kind': 'tradeoff',
+          'x_metric': 'accuracy',
+          'y_metric': 'sequence_accuracy',
+          'points': 'lam',
+          'baseline': 'student',
+          'references': ['teacher'],
+          'evaluation': 'greedy',
+      },
+      {
+          'name': 'curves',
+          'kind': 'tradeoff',
+          'x_metric': 'accuracy',
+          'y_metric': 'sequence_accuracy',
+          'points': 'lam',
+          'series': 'div',
+          'baseline': 'student',
+          'evaluation': 'greedy',
+      },
   ]
   root = tmp_path / 'root'
   for run in plan.expand(spec_lib.parse(spec), str(root)):
     lam = float(run.labels.get('lam', 2.0))
     seed = run.seed or 0
     for label, offset in (('greedy', 0.0), ('T=1', -5.0)):
-      write_eval(run.eval_dirs[label][0], {'accuracy': 50.0 + 10 * lam + seed + offset,
-                                           'sequence_accuracy': 40.0 - 4 * lam + 2 * seed})
+      write_eval(
+          run.eval_dirs[label][0],
+          {
+              'accuracy': 50.0 + 10 * lam + seed + offset,
+              'sequence_accuracy': 40.0 - 4 * lam + 2 * seed,
+          },
+      )
   out = tmp_path / 'out'
   assert run_figures(spec, root, out, '--strict') == 0
   rows = read_csv(out / 'synthetic.csv')
@@ -786,6 +1069,7 @@ def test_quality_diversity_figure_with_self_bleu(tmp_path, monkeypatch):
     calls.append(samples_per_input)
     # 100 x the fraction of inputs whose samples all agree.
     return 100.0 * sum(len(set(s)) == 1 for s in samples_per_input) / len(samples_per_input)
+
   fake_metrics = types.SimpleNamespace(self_bleu=fake_self_bleu)
   # `from gkd_t5x import metrics` reads the package attribute once the module was imported
   # (by another test in this worker), sys.modules otherwise: patch both.
@@ -793,11 +1077,23 @@ def test_quality_diversity_figure_with_self_bleu(tmp_path, monkeypatch):
   monkeypatch.setattr(gkd_t5x, 'metrics', fake_metrics, raising=False)
   spec = synthetic_spec()
   spec['axes'] = spec['axes'][1:]
-  spec['evaluations'] = [{'label': f'T={t}', 'num_samples': 2, 'bindings': {
-      'models.GKDModel.decode_method': "'sample'", 'models.GKDModel.decode_temperature': t}}
-                         for t in ('0.1', '1.0')]
-  spec['plot'] = {'kind': 'quality_diversity', 'metric': 'accuracy', 'series': 'div',
-                  'references': ['teacher']}
+  spec['evaluations'] = [
+      {
+          'label': f'T={t}',
+          'num_samples': 2,
+          'bindings': {
+              'models.GKDModel.decode_method': "'sample'",
+              'models.GKDModel.decode_temperature': t,
+          },
+      }
+      for t in ('0.1', '1.0')
+  ]
+  spec['plot'] = {
+      'kind': 'quality_diversity',
+      'metric': 'accuracy',
+      'series': 'div',
+      'references': ['teacher'],
+  }
   root = tmp_path / 'root'
   inputs = ['1+2+3=', '4+5+6=', '7+8+9=', '1+1+1=']
   for run in plan.expand(spec_lib.parse(spec), str(root)):
@@ -830,12 +1126,16 @@ def test_self_bleu_of_real_samples(tmp_path):
   for sample in range(3):
     directory = tmp_path / f'sample_{sample}'
     directory.mkdir()
-    (directory / 'predictions.jsonl').write_text(''.join(
-        json.dumps({'input': f'{i}', 'target': 't', 'prediction': f'12+{i}=1{i};#1{i}'}) + '\n'
-        for i in range(5)))
+    (directory / 'predictions.jsonl').write_text(
+        ''.join(
+            json.dumps({'input': f'{i}', 'target': 't', 'prediction': f'12+{i}=1{i};#1{i}'}) + '\n'
+            for i in range(5)
+        )
+    )
     directories.append(str(directory))
   assert results.self_bleu_of(directories) == pytest.approx(100.0)
   (tmp_path / 'sample_2' / 'predictions.jsonl').write_text(
-      json.dumps({'input': 'other', 'target': 't', 'prediction': 'p'}) + '\n')
+      json.dumps({'input': 'other', 'target': 't', 'prediction': 'p'}) + '\n'
+  )
   with pytest.raises(ValueError, match='cannot be aligned'):
     results.self_bleu_of(directories)

@@ -6,7 +6,6 @@ import pytest
 
 from gkd_t5x import metrics
 
-
 # ---------------------------------------------------------------------------------------------
 # ROUGE.
 
@@ -41,15 +40,15 @@ def test_rouge_lsum_splits_sentences():
 
 def test_bleu_known_values():
   assert metrics.bleu(['the cat sat on the mat'], ['the cat sat on the mat'])['bleu'] == (
-      pytest.approx(100.0))
+      pytest.approx(100.0)
+  )
   assert metrics.bleu(['the cat sat on the mat'], ['a dog ran far'])['bleu'] == 0.0
 
 
 def test_bleu_with_brevity_penalty_by_hand():
   # Hypothesis 'a b c d' (c = 4) against 'a b c d e f' (r = 6): every n-gram of the hypothesis
   # matches, so the precisions are 4/4, 3/3, 2/2, 1/1 and BLEU = BP = exp(1 - r/c) = exp(-0.5).
-  assert metrics.bleu(['a b c d e f'], ['a b c d'])['bleu'] == pytest.approx(
-      100 * math.exp(-0.5))
+  assert metrics.bleu(['a b c d e f'], ['a b c d'])['bleu'] == pytest.approx(100 * math.exp(-0.5))
 
 
 def test_bleu_is_corpus_level():
@@ -61,8 +60,7 @@ def test_bleu_is_corpus_level():
   assert metrics.bleu(targets, predictions)['bleu'] == pytest.approx(100.0)
   # One wrong token in the second pair: matches (4+1, 3+0, 2, 1) over (6, 4, 2, 1), c = r = 6:
   # exp((log 5/6 + log 3/4 + log 1 + log 1) / 4) = (5/8) ** (1/4).
-  assert metrics.bleu(targets, ['a b c d', 'e g'])['bleu'] == pytest.approx(
-      100 * (5 / 8) ** 0.25)
+  assert metrics.bleu(targets, ['a b c d', 'e g'])['bleu'] == pytest.approx(100 * (5 / 8) ** 0.25)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -81,24 +79,27 @@ def test_exact_match_strips_and_lowercases():
 # GSM8K answers.
 
 
-@pytest.mark.parametrize('text,answer', [
-    ('Natalia sold 48/2 = <<48/2=24>>24 clips in May.\n#### 72', '72'),
-    ('#### 1,234', '1234'),
-    ('So she has 5. The answer is 1,234.', '1234'),
-    ('The answer is -5.', '-5'),
-    ('#### -12', '-12'),
-    ('The answer is $18.00.', '18'),
-    ('#### 72.0', '72'),
-    ('#### 0.50', '0.5'),
-    ('the answer is: 7', '7'),
-    # '####' outranks 'The answer is', and the last marker counts.
-    ('The answer is 3. #### 4', '4'),
-    ('The answer is 3. Wait, the answer is 5.', '5'),
-    # Missing answers.
-    ('She has 5 apples.', None),
-    ('#### ', None),
-    ('The answer is unclear, 5 or 6.', None),
-])
+@pytest.mark.parametrize(
+    'text,answer',
+    [
+        ('Natalia sold 48/2 = <<48/2=24>>24 clips in May.\n#### 72', '72'),
+        ('#### 1,234', '1234'),
+        ('So she has 5. The answer is 1,234.', '1234'),
+        ('The answer is -5.', '-5'),
+        ('#### -12', '-12'),
+        ('The answer is $18.00.', '18'),
+        ('#### 72.0', '72'),
+        ('#### 0.50', '0.5'),
+        ('the answer is: 7', '7'),
+        # '####' outranks 'The answer is', and the last marker counts.
+        ('The answer is 3. #### 4', '4'),
+        ('The answer is 3. Wait, the answer is 5.', '5'),
+        # Missing answers.
+        ('She has 5 apples.', None),
+        ('#### ', None),
+        ('The answer is unclear, 5 or 6.', None),
+    ],
+)
 def test_extract_gsm8k_answer(text, answer):
   assert metrics.extract_gsm8k_answer(text) == answer
 
@@ -128,7 +129,8 @@ def test_gsm8k_calculator_accuracy():
   ]
   assert metrics.gsm8k_accuracy(targets, predictions) == {'accuracy': 25.0}
   assert metrics.gsm8k_calculator_accuracy(targets, predictions) == {
-      'accuracy_with_calculator': 50.0}
+      'accuracy_with_calculator': 50.0
+  }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -150,7 +152,8 @@ def test_self_bleu_by_hand():
   # K = 3 with one sample 'a b c d' and two copies of 'a b c e': each copy has the other copy as
   # a reference (100); 'a b c d' against both copies scores (1/8) ** (1/4) as above.
   assert metrics.self_bleu([['a b c d', 'a b c e', 'a b c e']]) == pytest.approx(
-      (100 * (1 / 8) ** 0.25 + 100 + 100) / 3)
+      (100 * (1 / 8) ** 0.25 + 100 + 100) / 3
+  )
 
 
 def test_self_bleu_rejects_bad_arguments():

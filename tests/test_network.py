@@ -12,8 +12,16 @@ VOCAB = 50
 
 
 def make_config(**overrides):
-  values = dict(vocab_size=VOCAB, emb_dim=16, num_heads=2, num_encoder_layers=2,
-                num_decoder_layers=2, head_dim=8, mlp_dim=24, dropout_rate=0.0)
+  values = dict(
+      vocab_size=VOCAB,
+      emb_dim=16,
+      num_heads=2,
+      num_encoder_layers=2,
+      num_decoder_layers=2,
+      head_dim=8,
+      mlp_dim=24,
+      dropout_rate=0.0,
+  )
   values.update(overrides)
   return network.T5Config(**values)
 
@@ -30,13 +38,16 @@ def make_batch(seed=0, batch=3, input_length=7, target_length=6):
 
 
 def init(module, inputs, decoder_inputs, targets, seed=0):
-  return module.init(jax.random.PRNGKey(seed), inputs, decoder_inputs, targets,
-                     enable_dropout=False)
+  return module.init(
+      jax.random.PRNGKey(seed), inputs, decoder_inputs, targets, enable_dropout=False
+  )
 
 
 def flat_names(tree):
-  return {jax.tree_util.keystr(path): leaf
-          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  return {
+      jax.tree_util.keystr(path): leaf
+      for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+  }
 
 
 def test_parameter_tree_follows_t5x_names_shapes_and_axes():
@@ -52,11 +63,16 @@ def test_parameter_tree_follows_t5x_names_shapes_and_axes():
   assert params["['encoder']['layers_0']['mlp']['wi_0']['kernel']"].shape == (16, 24)
   assert params["['encoder']['layers_0']['mlp']['wi_1']['kernel']"].shape == (16, 24)
   assert params["['encoder']['layers_0']['mlp']['wo']['kernel']"].shape == (24, 16)
-  assert params["['decoder']['layers_1']['encoder_decoder_attention']['key']['kernel']"].shape \
-      == (16, 16)
+  assert params["['decoder']['layers_1']['encoder_decoder_attention']['key']['kernel']"].shape == (
+      16,
+      16,
+  )
   assert params["['decoder']['logits_dense']['kernel']"].shape == (16, VOCAB)
-  for name in ('pre_self_attention_layer_norm', 'pre_cross_attention_layer_norm',
-               'pre_mlp_layer_norm'):
+  for name in (
+      'pre_self_attention_layer_norm',
+      'pre_cross_attention_layer_norm',
+      'pre_mlp_layer_norm',
+  ):
     assert params[f"['decoder']['layers_0']['{name}']['scale']"].shape == (16,)
   assert params["['encoder']['encoder_norm']['scale']"].shape == (16,)
   assert params["['decoder']['decoder_norm']['scale']"].shape == (16,)
@@ -67,9 +83,13 @@ def test_parameter_tree_follows_t5x_names_shapes_and_axes():
   names = lambda *path: lookup(axes, path).names
   assert names('token_embedder', 'embedding_axes') == ('vocab', 'embed')
   assert names('decoder', 'layers_0', 'self_attention', 'query', 'kernel_axes') == (
-      'embed', 'joined_kv')
+      'embed',
+      'joined_kv',
+  )
   assert names('decoder', 'layers_0', 'self_attention', 'out', 'kernel_axes') == (
-      'joined_kv', 'embed')
+      'joined_kv',
+      'embed',
+  )
   assert names('encoder', 'layers_0', 'mlp', 'wi_0', 'kernel_axes') == ('embed', 'mlp')
   assert names('encoder', 'layers_0', 'mlp', 'wo', 'kernel_axes') == ('mlp', 'embed')
   assert names('decoder', 'logits_dense', 'kernel_axes') == ('embed', 'vocab')
@@ -94,11 +114,14 @@ def test_cached_decoding_equals_teacher_forced_logits(logits_via_embedding):
   full = module.apply(variables, inputs, decoder_inputs, targets, enable_dropout=False)
   encoded = module.apply(variables, inputs, enable_dropout=False, method=module.encode)
   cache = module.apply(variables, encoded, inputs, targets.shape[1], method=module.init_cache)
-  step_fn = jax.jit(lambda tokens, cache, position: module.apply(
-      variables, tokens, cache, position, method=module.decode_step))
+  step_fn = jax.jit(
+      lambda tokens, cache, position: module.apply(
+          variables, tokens, cache, position, method=module.decode_step
+      )
+  )
   steps = []
   for position in range(targets.shape[1]):
-    logits, cache = step_fn(decoder_inputs[:, position:position + 1], cache, position)
+    logits, cache = step_fn(decoder_inputs[:, position : position + 1], cache, position)
     steps.append(logits)
   np.testing.assert_allclose(np.stack(steps, 1), np.asarray(full), rtol=1e-5, atol=1e-5)
 
@@ -129,8 +152,15 @@ def test_packed_examples_equal_unpacked_ones():
   packed_decoder_inputs = jnp.asarray([[0, 12, 13, 0, 14, 0]])
   encoder_segments = jnp.asarray([[1, 1, 1, 2, 2, 2, 2, 0]])
   decoder_segments = jnp.asarray([[1, 1, 1, 2, 2, 0]])
-  packed = module.apply(variables, packed_inputs, packed_decoder_inputs, packed_targets,
-                        encoder_segments, decoder_segments, enable_dropout=False)
+  packed = module.apply(
+      variables,
+      packed_inputs,
+      packed_decoder_inputs,
+      packed_targets,
+      encoder_segments,
+      decoder_segments,
+      enable_dropout=False,
+  )
   logits_a = module.apply(variables, *unpacked(a_in, a_out), enable_dropout=False)
   logits_b = module.apply(variables, *unpacked(b_in, b_out), enable_dropout=False)
   np.testing.assert_allclose(packed[0, :3], logits_a[0], rtol=1e-5, atol=1e-5)
@@ -142,23 +172,26 @@ def test_bfloat16_activations_keep_float32_params_and_logits():
   module32 = network.Transformer(make_config())
   module16 = network.Transformer(make_config(dtype='bfloat16'))
   variables = init(module16, *batch)
-  assert all(leaf.dtype == jnp.float32 for leaf in jax.tree_util.tree_leaves(
-      variables['params']))
+  assert all(leaf.dtype == jnp.float32 for leaf in jax.tree_util.tree_leaves(variables['params']))
   logits16 = module16.apply(variables, *batch, enable_dropout=False)
   logits32 = module32.apply(variables, *batch, enable_dropout=False)
   assert logits16.dtype == jnp.float32
   valid = np.asarray(batch[2]) > 0
   # bfloat16 keeps ~3 significant digits; the logits stay close to the float32 ones.
-  np.testing.assert_allclose(np.asarray(logits16)[valid], np.asarray(logits32)[valid],
-                             atol=0.1 * float(jnp.abs(logits32).max()))
+  np.testing.assert_allclose(
+      np.asarray(logits16)[valid],
+      np.asarray(logits32)[valid],
+      atol=0.1 * float(jnp.abs(logits32).max()),
+  )
 
 
 def test_dropout_only_when_enabled():
   batch = make_batch()
   module = network.Transformer(make_config(dropout_rate=0.3))
   variables = init(module, *batch)
-  apply = lambda seed, enable: module.apply(variables, *batch, enable_dropout=enable,
-                                            rngs={'dropout': jax.random.PRNGKey(seed)})
+  apply = lambda seed, enable: module.apply(
+      variables, *batch, enable_dropout=enable, rngs={'dropout': jax.random.PRNGKey(seed)}
+  )
   np.testing.assert_array_equal(apply(0, False), apply(1, False))
   assert not np.allclose(apply(0, True), apply(1, True))
   np.testing.assert_array_equal(apply(2, True), apply(2, True))
@@ -184,14 +217,26 @@ def test_cached_sampling_equals_uncached_step_by_step_decoding(temperature):
   length, rng = 6, jax.random.PRNGKey(7)
   encoded = module.apply(variables, inputs, enable_dropout=False, method=module.encode)
   cache = module.apply(variables, encoded, inputs, length, method=module.init_cache)
-  step = lambda tokens, cache, position: module.apply(variables, tokens, cache, position,
-                                                      method=module.decode_step)
-  cached = jax.jit(lambda cache: decoding.temperature_sample(
-      step, cache, rng=rng, batch_size=3, max_decode_length=length, temperature=temperature,
-      eos_id=1))(cache)
+  step = lambda tokens, cache, position: module.apply(
+      variables, tokens, cache, position, method=module.decode_step
+  )
+  cached = jax.jit(
+      lambda cache: decoding.temperature_sample(
+          step,
+          cache,
+          rng=rng,
+          batch_size=3,
+          max_decode_length=length,
+          temperature=temperature,
+          eos_id=1,
+      )
+  )(cache)
 
-  forward = jax.jit(lambda prefix: module.apply(variables, inputs, prefix,
-                                                jnp.ones_like(prefix), enable_dropout=False))
+  forward = jax.jit(
+      lambda prefix: module.apply(
+          variables, inputs, prefix, jnp.ones_like(prefix), enable_dropout=False
+      )
+  )
   tokens = np.zeros((3, length), np.int32)
   for position in range(length):
     prefix = np.pad(tokens, ((0, 0), (1, 0)))[:, :-1]

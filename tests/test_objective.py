@@ -8,6 +8,7 @@ import optax
 import pytest
 from scipy.special import log_softmax as scipy_log_softmax
 import seqio
+import tiny
 
 from gkd_t5x import decoding
 from gkd_t5x import divergences
@@ -15,7 +16,6 @@ from gkd_t5x import models
 from gkd_t5x import network
 from gkd_t5x import objective
 from gkd_t5x import rewards
-import tiny
 
 VOCAB = 16
 B, I, L = 4, 5, 6
@@ -27,8 +27,7 @@ TEACHER = tiny.transformer(VOCAB, 16, 2)
 
 
 def make_model(teacher=TEACHER, **gkd):
-  return models.GKDModel(STUDENT, teacher, VOCABULARY, VOCABULARY,
-                         gkd=objective.GKDConfig(**gkd))
+  return models.GKDModel(STUDENT, teacher, VOCABULARY, VOCABULARY, gkd=objective.GKDConfig(**gkd))
 
 
 def make_batch(seed=0):
@@ -41,8 +40,11 @@ def make_batch(seed=0):
 
 @pytest.fixture(scope='module')
 def variables():
-  shapes = {'encoder_input_tokens': (B, I), 'decoder_input_tokens': (B, L),
-            'decoder_target_tokens': (B, L)}
+  shapes = {
+      'encoder_input_tokens': (B, I),
+      'decoder_input_tokens': (B, L),
+      'decoder_target_tokens': (B, L),
+  }
   return make_model().get_initial_variables(jax.random.PRNGKey(0), shapes)
 
 
@@ -53,7 +55,9 @@ def teacher_of(variables):
 def test_initial_variables_hold_a_frozen_teacher_collection(variables):
   assert set(variables) == {'params', 'params_axes', 'teacher', 'teacher_axes'}
   assert variables['teacher']['encoder']['layers_1']['attention']['query']['kernel'].shape == (
-      16, 8)
+      16,
+      8,
+  )
   assert 'layers_1' not in variables['params']['encoder']
 
 
@@ -62,9 +66,14 @@ def test_lambda_half_is_on_policy_half_the_time(variables):
   model = make_model(lmbda=0.5, divergence='jsd', beta=0.5)
   batch = make_batch()
   keys = jax.random.split(jax.random.PRNGKey(1), 1000)
-  on_policy = jax.jit(lambda keys: jax.lax.map(
-      lambda key: model.loss_fn(variables['params'], batch, key, teacher_of(variables))[1][0][
-          'on_policy_fraction'].compute(), keys))(keys)
+  on_policy = jax.jit(
+      lambda keys: jax.lax.map(
+          lambda key: model.loss_fn(variables['params'], batch, key, teacher_of(variables))[1][0][
+              'on_policy_fraction'
+          ].compute(),
+          keys,
+      )
+  )(keys)
   assert set(np.unique(np.asarray(on_policy))) == {0.0, 1.0}
   assert abs(float(np.mean(on_policy)) - 0.5) < 0.05
 
@@ -87,12 +96,17 @@ def test_sft_is_token_cross_entropy_and_needs_no_teacher(variables):
   batch = make_batch()
   model = make_model(teacher=None, divergence='cross_entropy', lmbda=0.0)
   loss, metrics = model.loss_fn(variables['params'], batch, jax.random.PRNGKey(0))
-  logits = STUDENT.apply({'params': variables['params']}, batch['encoder_input_tokens'],
-                         batch['decoder_input_tokens'], batch['decoder_target_tokens'],
-                         enable_dropout=False)
+  logits = STUDENT.apply(
+      {'params': variables['params']},
+      batch['encoder_input_tokens'],
+      batch['decoder_input_tokens'],
+      batch['decoder_target_tokens'],
+      enable_dropout=False,
+  )
   log_q = scipy_log_softmax(np.asarray(logits, np.float64), axis=-1)
   targets, weights = np.asarray(batch['decoder_target_tokens']), np.asarray(
-      batch['decoder_loss_weights'])
+      batch['decoder_loss_weights']
+  )
   token_nll = -np.take_along_axis(log_q, targets[..., None], -1)[..., 0]
   want = np.mean(np.sum(token_nll * weights, -1) / np.sum(weights, -1))  # Eq. 2, then batch.
   np.testing.assert_allclose(float(loss), want, rtol=1e-5)
@@ -102,15 +116,22 @@ def test_sft_is_token_cross_entropy_and_needs_no_teacher(variables):
 def test_supervised_kd_is_forward_kl_on_targets(variables):
   batch = make_batch()
   model = make_model(lmbda=0.0, divergence='forward_kl')
-  loss, (metrics, mutables) = model.loss_fn(variables['params'], batch, jax.random.PRNGKey(0),
-                                            teacher_of(variables))
+  loss, (metrics, mutables) = model.loss_fn(
+      variables['params'], batch, jax.random.PRNGKey(0), teacher_of(variables)
+  )
   apply = lambda module, params: module.apply(
-      {'params': params}, batch['encoder_input_tokens'], batch['decoder_input_tokens'],
-      batch['decoder_target_tokens'], enable_dropout=False)
-  per_position = divergences.forward_kl(apply(TEACHER, variables['teacher']),
-                                        apply(STUDENT, variables['params']))
-  want = divergences.batch_mean(*divergences.sequence_mean(per_position,
-                                                           batch['decoder_loss_weights']))
+      {'params': params},
+      batch['encoder_input_tokens'],
+      batch['decoder_input_tokens'],
+      batch['decoder_target_tokens'],
+      enable_dropout=False,
+  )
+  per_position = divergences.forward_kl(
+      apply(TEACHER, variables['teacher']), apply(STUDENT, variables['params'])
+  )
+  want = divergences.batch_mean(
+      *divergences.sequence_mean(per_position, batch['decoder_loss_weights'])
+  )
   np.testing.assert_allclose(float(loss), float(want), rtol=1e-6)
   assert mutables is not None and mutables['teacher'] is variables['teacher']
   assert 0.0 <= float(metrics['token_agreement'].compute()) <= 1.0
@@ -122,8 +143,14 @@ def on_policy_samples(variables, batch, key, temperature=1.0):
   student = models.bind(STUDENT, variables['params'])
   inputs = batch['encoder_input_tokens']
   return objective.sample_sequences(
-      student, student.read_prompt(inputs), rng=sample_rng, batch_size=B, length=L,
-      max_decode_length=L, temperature=temperature)
+      student,
+      student.read_prompt(inputs),
+      rng=sample_rng,
+      batch_size=B,
+      length=L,
+      max_decode_length=L,
+      temperature=temperature,
+  )
 
 
 def test_on_policy_gradient_equals_fixed_data_gradient_on_the_same_samples(variables):
@@ -132,11 +159,15 @@ def test_on_policy_gradient_equals_fixed_data_gradient_on_the_same_samples(varia
   batch, key = make_batch(), jax.random.PRNGKey(3)
   samples = on_policy_samples(variables, batch, key)
   assert float(jnp.sum(samples.weights)) > 0
-  fixed_batch = dict(batch, decoder_target_tokens=samples.tokens,
-                     decoder_input_tokens=objective.shift_right(samples.tokens),
-                     decoder_loss_weights=samples.weights)
+  fixed_batch = dict(
+      batch,
+      decoder_target_tokens=samples.tokens,
+      decoder_input_tokens=objective.shift_right(samples.tokens),
+      decoder_loss_weights=samples.weights,
+  )
   grad = lambda model, b: jax.grad(lambda p: model.loss_fn(p, b, key, teacher_of(variables))[0])(
-      variables['params'])
+      variables['params']
+  )
   on_policy = grad(make_model(lmbda=1.0, divergence='reverse_kl'), batch)
   fixed = grad(make_model(lmbda=0.0, divergence='reverse_kl'), fixed_batch)
   for a, b in zip(jax.tree_util.tree_leaves(on_policy), jax.tree_util.tree_leaves(fixed)):
@@ -156,21 +187,32 @@ def test_sample_weights_stop_at_the_first_eos(variables):
 def test_seqkd_trains_on_teacher_samples(variables):
   """SeqKD (teacher samples at temperature 0) = cross-entropy on the teacher's greedy output."""
   batch = make_batch()
-  model = make_model(lmbda=0.0, divergence='cross_entropy', fixed_data='teacher_samples',
-                     teacher_sampling_temperature=0.0)
-  loss, _ = model.loss_fn(variables['params'], batch, jax.random.PRNGKey(5),
-                          teacher_of(variables))
+  model = make_model(
+      lmbda=0.0,
+      divergence='cross_entropy',
+      fixed_data='teacher_samples',
+      teacher_sampling_temperature=0.0,
+  )
+  loss, _ = model.loss_fn(variables['params'], batch, jax.random.PRNGKey(5), teacher_of(variables))
   teacher = models.bind(TEACHER, variables['teacher'])
-  cache, decode_step = teacher.start_sampling(
-      teacher.read_prompt(batch['encoder_input_tokens']), L)
+  cache, decode_step = teacher.start_sampling(teacher.read_prompt(batch['encoder_input_tokens']), L)
   greedy = decoding.greedy_decode(
       lambda t, c, p: (lambda lg, c: (lg.at[:, 0].set(-1e9), c))(*decode_step(t, c, p)),
-      cache, batch_size=B, max_decode_length=L)
+      cache,
+      batch_size=B,
+      max_decode_length=L,
+  )
   sft = make_model(teacher=None, lmbda=0.0, divergence='cross_entropy')
-  want, _ = sft.loss_fn(variables['params'], dict(
-      batch, decoder_target_tokens=greedy.tokens,
-      decoder_input_tokens=objective.shift_right(greedy.tokens),
-      decoder_loss_weights=greedy.weights), jax.random.PRNGKey(5))
+  want, _ = sft.loss_fn(
+      variables['params'],
+      dict(
+          batch,
+          decoder_target_tokens=greedy.tokens,
+          decoder_input_tokens=objective.shift_right(greedy.tokens),
+          decoder_loss_weights=greedy.weights,
+      ),
+      jax.random.PRNGKey(5),
+  )
   np.testing.assert_allclose(float(loss), float(want), rtol=1e-6)
 
 
@@ -183,11 +225,16 @@ def test_lambda_schedule_is_linear_and_clipped():
 
 
 def test_leave_one_out_baseline():
-  config = objective.GKDConfig(alpha=0.5, reward=rewards.ExactMatchReward(),
-                               baseline='per_input_mean', num_samples_per_input=3)
+  config = objective.GKDConfig(
+      alpha=0.5,
+      reward=rewards.ExactMatchReward(),
+      baseline='per_input_mean',
+      num_samples_per_input=3,
+  )
   rewards_ = jnp.asarray([1.0, 0.0, 0.0, 1.0, 1.0, 0.0])
-  np.testing.assert_allclose(np.asarray(objective.reward_baseline(config, rewards_)),
-                             [0.0, 0.5, 0.5, 0.5, 0.5, 1.0])
+  np.testing.assert_allclose(
+      np.asarray(objective.reward_baseline(config, rewards_)), [0.0, 0.5, 0.5, 0.5, 0.5, 1.0]
+  )
 
 
 def test_rl_term_raises_the_probability_of_a_rewarded_sequence(variables):
@@ -196,20 +243,39 @@ def test_rl_term_raises_the_probability_of_a_rewarded_sequence(variables):
   rewarded = 7
   targets = np.zeros((B, L), np.int32)
   targets[:, 0] = rewarded
-  batch = dict(make_batch(), decoder_target_tokens=jnp.asarray(targets),
-               decoder_input_tokens=jnp.zeros((B, L), jnp.int32),
-               decoder_loss_weights=jnp.asarray(targets > 0, jnp.float32))
-  model = make_model(alpha=0.0, reward=rewards.ExactMatchReward(), baseline='per_input_mean',
-                     num_samples_per_input=8, max_decode_length=1, divergence='jsd', beta=0.9)
-  first_token_prob = lambda params: jnp.mean(jax.nn.softmax(STUDENT.apply(
-      {'params': params}, batch['encoder_input_tokens'], batch['decoder_input_tokens'],
-      batch['decoder_target_tokens'], enable_dropout=False)[:, 0])[:, rewarded])
+  batch = dict(
+      make_batch(),
+      decoder_target_tokens=jnp.asarray(targets),
+      decoder_input_tokens=jnp.zeros((B, L), jnp.int32),
+      decoder_loss_weights=jnp.asarray(targets > 0, jnp.float32),
+  )
+  model = make_model(
+      alpha=0.0,
+      reward=rewards.ExactMatchReward(),
+      baseline='per_input_mean',
+      num_samples_per_input=8,
+      max_decode_length=1,
+      divergence='jsd',
+      beta=0.9,
+  )
+  first_token_prob = lambda params: jnp.mean(
+      jax.nn.softmax(
+          STUDENT.apply(
+              {'params': params},
+              batch['encoder_input_tokens'],
+              batch['decoder_input_tokens'],
+              batch['decoder_target_tokens'],
+              enable_dropout=False,
+          )[:, 0]
+      )[:, rewarded]
+  )
   optimizer = optax.adam(0.05)
 
   @jax.jit
   def step(params, opt_state, key):
-    grads, (metrics, _) = jax.grad(model.loss_fn, has_aux=True)(params, batch, key,
-                                                                teacher_of(variables))
+    grads, (metrics, _) = jax.grad(model.loss_fn, has_aux=True)(
+        params, batch, key, teacher_of(variables)
+    )
     updates, opt_state = optimizer.update(grads, opt_state)
     return optax.apply_updates(params, updates), opt_state, metrics['reward'].compute()
 
@@ -222,28 +288,39 @@ def test_rl_term_raises_the_probability_of_a_rewarded_sequence(variables):
   assert before < 0.2 and after > before + 0.3
 
 
-@pytest.mark.parametrize('settings,match', [
-    (dict(lmbda=1.5), 'lmbda must be in'),
-    (dict(lmbda=-0.1), 'lmbda must be in'),
-    (dict(beta=2.0), 'beta must be in'),
-    (dict(alpha=1.1), 'alpha must be in'),
-    (dict(divergence='kl'), 'divergence must be one of'),
-    (dict(divergence='cross_entropy', lmbda=0.5), 'needs lmbda = 0'),
-    (dict(alpha=0.5), 'needs a reward'),
-    (dict(alpha=0.5, reward=rewards.ExactMatchReward(), lmbda=0.5), 'needs lmbda = 1'),
-    (dict(fixed_data='teacher'), 'fixed_data must be one of'),
-    (dict(baseline='per_input_mean'), 'num_samples_per_input >= 2'),
-    (dict(teacher_temperature=0.0), 'teacher_temperature must be > 0'),
-])
+@pytest.mark.parametrize(
+    'settings,match',
+    [
+        (dict(lmbda=1.5), 'lmbda must be in'),
+        (dict(lmbda=-0.1), 'lmbda must be in'),
+        (dict(beta=2.0), 'beta must be in'),
+        (dict(alpha=1.1), 'alpha must be in'),
+        (dict(divergence='kl'), 'divergence must be one of'),
+        (dict(divergence='cross_entropy', lmbda=0.5), 'needs lmbda = 0'),
+        (dict(alpha=0.5), 'needs a reward'),
+        (dict(alpha=0.5, reward=rewards.ExactMatchReward(), lmbda=0.5), 'needs lmbda = 1'),
+        (dict(fixed_data='teacher'), 'fixed_data must be one of'),
+        (dict(baseline='per_input_mean'), 'num_samples_per_input >= 2'),
+        (dict(teacher_temperature=0.0), 'teacher_temperature must be > 0'),
+    ],
+)
 def test_bad_settings_fail_at_construction(settings, match):
   with pytest.raises(ValueError, match=match):
     objective.GKDConfig(**settings)
 
 
 def test_vocabulary_mismatch_and_missing_teacher_fail_at_construction():
-  other = network.Transformer(network.T5Config(vocab_size=VOCAB + 1, emb_dim=8, num_heads=2,
-                                               num_encoder_layers=1, num_decoder_layers=1,
-                                               head_dim=4, mlp_dim=8))
+  other = network.Transformer(
+      network.T5Config(
+          vocab_size=VOCAB + 1,
+          emb_dim=8,
+          num_heads=2,
+          num_encoder_layers=1,
+          num_decoder_layers=1,
+          head_dim=4,
+          mlp_dim=8,
+      )
+  )
   with pytest.raises(ValueError, match='vocabularies differ'):
     models.GKDModel(STUDENT, other, VOCABULARY, VOCABULARY)
   with pytest.raises(ValueError, match='needs a teacher'):

@@ -2,13 +2,13 @@
 
 import math
 
-import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
+import gin
 from gkd_t5x import optimizers
 
 
@@ -29,8 +29,9 @@ def _lrs(schedule, steps):
 
 
 def test_constant_schedule():
-  np.testing.assert_allclose(_lrs(optimizers.constant_schedule(3e-4), [0, 1, 10**6]), 3e-4,
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+      _lrs(optimizers.constant_schedule(3e-4), [0, 1, 10**6]), 3e-4, rtol=1e-6
+  )
 
 
 def test_warmup_rsqrt_schedule_t5x_values():
@@ -55,8 +56,7 @@ def test_warmup_cosine_schedule():
     s = min(s, decay)
     return end + (lr - end) * 0.5 * (1 + math.cos(math.pi * (s - warmup) / (decay - warmup)))
 
-  np.testing.assert_allclose(_lrs(schedule, steps), [ref(s) for s in steps], rtol=1e-5,
-                             atol=1e-9)
+  np.testing.assert_allclose(_lrs(schedule, steps), [ref(s) for s in steps], rtol=1e-5, atol=1e-9)
 
 
 def test_linear_warmup_constant_schedule():
@@ -65,13 +65,15 @@ def test_linear_warmup_constant_schedule():
   expected = [2e-4 * min(s, 100) / 100 for s in steps]
   np.testing.assert_allclose(_lrs(schedule, steps), expected, rtol=1e-5, atol=1e-12)
   np.testing.assert_allclose(
-      _lrs(optimizers.linear_warmup_constant_schedule(2e-4, 0), [0, 7]), 2e-4, rtol=1e-6)
+      _lrs(optimizers.linear_warmup_constant_schedule(2e-4, 0), [0, 7]), 2e-4, rtol=1e-6
+  )
 
 
 def test_linear_warmup_constant_schedule_with_cooldown():
   # The paper's XSum schedule (Table A.1), scaled down 100x.
-  schedule = optimizers.linear_warmup_constant_schedule(3e-4, 20, cooldown_start=300,
-                                                        cooldown_end=400)
+  schedule = optimizers.linear_warmup_constant_schedule(
+      3e-4, 20, cooldown_start=300, cooldown_end=400
+  )
 
   def ref(step):
     if step < 20:
@@ -81,8 +83,7 @@ def test_linear_warmup_constant_schedule_with_cooldown():
     return 3e-4 * max(400 - step, 0) / 100
 
   steps = [0, 10, 20, 299, 300, 350, 399, 400, 1000]
-  np.testing.assert_allclose(_lrs(schedule, steps), [ref(s) for s in steps], rtol=1e-5,
-                             atol=1e-12)
+  np.testing.assert_allclose(_lrs(schedule, steps), [ref(s) for s in steps], rtol=1e-5, atol=1e-12)
 
 
 # ------------------------------------------------------------------------------------------
@@ -92,8 +93,10 @@ def test_linear_warmup_constant_schedule_with_cooldown():
 
 def _params_and_grads(seed=0):
   rng = np.random.default_rng(seed)
-  params = {'w': rng.normal(size=(3, 5)).astype(np.float32),
-            'b': rng.normal(size=(5,)).astype(np.float32)}
+  params = {
+      'w': rng.normal(size=(3, 5)).astype(np.float32),
+      'b': rng.normal(size=(5,)).astype(np.float32),
+  }
   grads = {k: rng.normal(size=v.shape).astype(np.float32) for k, v in params.items()}
   return params, grads
 
@@ -120,8 +123,9 @@ def test_adamw_matches_numpy(weight_decay):
     np.testing.assert_allclose(np.asarray(jparams[k]), p[k], rtol=1e-5, atol=1e-6)
 
 
-def _numpy_adafactor(params, grads_seq, lr, decay_rate=0.8, eps1=1e-30, eps2=1e-3,
-                     threshold=1.0, min_dim=128):
+def _numpy_adafactor(
+    params, grads_seq, lr, decay_rate=0.8, eps1=1e-30, eps2=1e-3, threshold=1.0, min_dim=128
+):
   """Reference Adafactor (Shazeer & Stern / T5X), returns the updates of each step."""
   v_row, v_col, v = {}, {}, {}
   all_updates = []
@@ -169,14 +173,20 @@ def test_adafactor_state_factored_for_matrix_only():
 
 def test_adafactor_matches_numpy_reference():
   rng = np.random.default_rng(0)
-  params = {'m': rng.normal(size=(256, 256)).astype(np.float32) * 0.05,
-            'vec': rng.normal(size=(4,)).astype(np.float32),
-            'tiny': np.full((4,), 1e-5, np.float32)}  # RMS < epsilon2: scale is 1e-3.
+  params = {
+      'm': rng.normal(size=(256, 256)).astype(np.float32) * 0.05,
+      'vec': rng.normal(size=(4,)).astype(np.float32),
+      'tiny': np.full((4,), 1e-5, np.float32),
+  }  # RMS < epsilon2: scale is 1e-3.
   # Non-uniform gradient scales, so the factored row / column statistics matter.
   row_scale = np.linspace(0.1, 3.0, 256, dtype=np.float32)[:, None]
-  grads_seq = [{k: (rng.normal(size=p.shape).astype(np.float32)
-                    * (row_scale if k == 'm' else 1.0)) for k, p in params.items()}
-               for _ in range(3)]
+  grads_seq = [
+      {
+          k: (rng.normal(size=p.shape).astype(np.float32) * (row_scale if k == 'm' else 1.0))
+          for k, p in params.items()
+      }
+      for _ in range(3)
+  ]
   lr = 0.05
   tx = optimizers.adafactor(lr)
   state = tx.init(params)
@@ -189,8 +199,9 @@ def test_adafactor_matches_numpy_reference():
   expected = _numpy_adafactor(params, grads_seq, lr)
   for step, (g, e) in enumerate(zip(got, expected)):
     for k in params:
-      np.testing.assert_allclose(np.asarray(g[k]), e[k], rtol=2e-4, atol=1e-9,
-                                 err_msg=f'step {step} param {k}')
+      np.testing.assert_allclose(
+          np.asarray(g[k]), e[k], rtol=2e-4, atol=1e-9, err_msg=f'step {step} param {k}'
+      )
 
 
 def test_adafactor_first_update_properties():
@@ -207,8 +218,9 @@ def test_adafactor_first_update_properties():
   # Clipping: with threshold 0.5 the update RMS / (lr * param scale) is 0.5.
   tx = optimizers.adafactor(lr, clipping_threshold=0.5)
   updates, _ = tx.update(grads, tx.init(params), params)
-  np.testing.assert_allclose(np.sqrt(np.mean(np.asarray(updates['a']) ** 2)) / (lr * rms_a),
-                             0.5, rtol=1e-5)
+  np.testing.assert_allclose(
+      np.sqrt(np.mean(np.asarray(updates['a']) ** 2)) / (lr * rms_a), 0.5, rtol=1e-5
+  )
   # Without parameter scaling the update is lr-sized.
   tx = optimizers.adafactor(lr, multiply_by_parameter_scale=False)
   updates, _ = tx.update(grads, tx.init(params), params)
@@ -231,10 +243,10 @@ def test_adafactor_clipping_bounds_update_rms():
   assert unclipped_rms > 1.0
   tx = optimizers.adafactor(lr)
   clipped, _ = tx.update(grads, tx.init(params), params)
-  np.testing.assert_allclose(float(np.sqrt(np.mean(np.asarray(clipped['m']) ** 2))) / rms_p,
-                             1.0, rtol=1e-5)
-  np.testing.assert_allclose(clipped['m'], unclipped['m'] / unclipped_rms, rtol=1e-5,
-                             atol=1e-12)
+  np.testing.assert_allclose(
+      float(np.sqrt(np.mean(np.asarray(clipped['m']) ** 2))) / rms_p, 1.0, rtol=1e-5
+  )
+  np.testing.assert_allclose(clipped['m'], unclipped['m'] / unclipped_rms, rtol=1e-5, atol=1e-12)
 
 
 def test_adafactor_with_schedule_matches_optax_adafactor():
@@ -303,8 +315,9 @@ def test_accumulation_updates_every_k_steps_with_mean_gradient():
       np.testing.assert_array_equal(np.asarray(params['w']), before)
     else:
       mean_grad = np.mean(grads_seen[-k:], axis=0)
-      np.testing.assert_allclose(np.asarray(params['w']), before - lr * mean_grad, rtol=1e-5,
-                                 atol=1e-6)
+      np.testing.assert_allclose(
+          np.asarray(params['w']), before - lr * mean_grad, rtol=1e-5, atol=1e-6
+      )
 
 
 def test_accumulation_clips_the_mean_gradient():
@@ -316,15 +329,18 @@ def test_accumulation_clips_the_mean_gradient():
   np.testing.assert_allclose(updates['w'], [-1.0, 0.0], rtol=1e-6)
 
 
-@pytest.mark.parametrize('kwargs, name', [
-    (dict(accumulation_steps=0), 'accumulation_steps'),
-    (dict(accumulation_steps=2.0), 'accumulation_steps'),
-    (dict(accumulation_steps=-1), 'accumulation_steps'),
-    (dict(accumulation_steps=True), 'accumulation_steps'),
-    (dict(max_grad_norm=0.0), 'max_grad_norm'),
-    (dict(max_grad_norm=-1.0), 'max_grad_norm'),
-    (dict(max_grad_norm='1'), 'max_grad_norm'),
-])
+@pytest.mark.parametrize(
+    'kwargs, name',
+    [
+        (dict(accumulation_steps=0), 'accumulation_steps'),
+        (dict(accumulation_steps=2.0), 'accumulation_steps'),
+        (dict(accumulation_steps=-1), 'accumulation_steps'),
+        (dict(accumulation_steps=True), 'accumulation_steps'),
+        (dict(max_grad_norm=0.0), 'max_grad_norm'),
+        (dict(max_grad_norm=-1.0), 'max_grad_norm'),
+        (dict(max_grad_norm='1'), 'max_grad_norm'),
+    ],
+)
 def test_make_optimizer_rejects_bad_settings(kwargs, name):
   with pytest.raises(ValueError, match=name):
     optimizers.make_optimizer(optax.sgd(1.0), **kwargs)
@@ -335,20 +351,23 @@ def test_make_optimizer_rejects_non_optimizer():
     optimizers.make_optimizer(optimizers.constant_schedule(1.0))
 
 
-@pytest.mark.parametrize('build, name', [
-    (lambda: optimizers.warmup_rsqrt_schedule(1.0, 0), 'warmup_steps'),
-    (lambda: optimizers.warmup_rsqrt_schedule(-1.0, 10), 'learning_rate'),
-    (lambda: optimizers.warmup_cosine_schedule(1.0, 10, 10), 'decay_steps'),
-    (lambda: optimizers.warmup_cosine_schedule(1.0, -1, 10), 'warmup_steps'),
-    (lambda: optimizers.linear_warmup_constant_schedule(1.0, 1.5), 'warmup_steps'),
-    (lambda: optimizers.linear_warmup_constant_schedule(1.0, 10, 5, 20), 'cooldown_start'),
-    (lambda: optimizers.linear_warmup_constant_schedule(1.0, 10, 20, 20), 'cooldown_end'),
-    (lambda: optimizers.linear_warmup_constant_schedule(1.0, 10, 20), 'cooldown_start'),
-    (lambda: optimizers.constant_schedule(0.0), 'learning_rate'),
-    (lambda: optimizers.adafactor(1.0, epsilon2=1e-2), 'epsilon2'),
-    (lambda: optimizers.adafactor(1.0, clipping_threshold=0.0), 'clipping_threshold'),
-    (lambda: optimizers.adamw(1.0, weight_decay=-0.1), 'weight_decay'),
-])
+@pytest.mark.parametrize(
+    'build, name',
+    [
+        (lambda: optimizers.warmup_rsqrt_schedule(1.0, 0), 'warmup_steps'),
+        (lambda: optimizers.warmup_rsqrt_schedule(-1.0, 10), 'learning_rate'),
+        (lambda: optimizers.warmup_cosine_schedule(1.0, 10, 10), 'decay_steps'),
+        (lambda: optimizers.warmup_cosine_schedule(1.0, -1, 10), 'warmup_steps'),
+        (lambda: optimizers.linear_warmup_constant_schedule(1.0, 1.5), 'warmup_steps'),
+        (lambda: optimizers.linear_warmup_constant_schedule(1.0, 10, 5, 20), 'cooldown_start'),
+        (lambda: optimizers.linear_warmup_constant_schedule(1.0, 10, 20, 20), 'cooldown_end'),
+        (lambda: optimizers.linear_warmup_constant_schedule(1.0, 10, 20), 'cooldown_start'),
+        (lambda: optimizers.constant_schedule(0.0), 'learning_rate'),
+        (lambda: optimizers.adafactor(1.0, epsilon2=1e-2), 'epsilon2'),
+        (lambda: optimizers.adafactor(1.0, clipping_threshold=0.0), 'clipping_threshold'),
+        (lambda: optimizers.adamw(1.0, weight_decay=-0.1), 'weight_decay'),
+    ],
+)
 def test_builders_reject_bad_settings(build, name):
   with pytest.raises(ValueError, match=name):
     build()

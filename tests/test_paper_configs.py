@@ -31,28 +31,33 @@ import pathlib
 import re
 import shlex
 
+import gin_probe
 import pytest
+from spec_labels import DIVERGENCES
+from spec_labels import check_divergence
+from spec_labels import check_method
 
 from launch import plan
 from launch import spec as spec_lib
 from launch import sweep
-import gin_probe
-from spec_labels import DIVERGENCES, check_divergence, check_method
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 PAPER_SPECS = sorted((ROOT / 'launch' / 'sweeps' / 'paper').glob('*.json'))
-EXPERIMENT_FILES = sorted(str(path.relative_to(ROOT))
-                          for path in (ROOT / 'gin' / 'experiments').rglob('*.gin'))
+EXPERIMENT_FILES = sorted(
+    str(path.relative_to(ROOT)) for path in (ROOT / 'gin' / 'experiments').rglob('*.gin')
+)
 HAS_T5X = importlib.util.find_spec('t5x') is not None
 # Files parsed after an experiment's own to change some of its settings (not runnable alone).
-OVERLAY_FILES = ('gin/experiments/arithmetic/reproduction.gin',
-                 'gin/experiments/arithmetic/chain5.gin',
-                 'gin/experiments/arithmetic/chain5_reproduction.gin',
-                 'gin/experiments/arithmetic/chain5_recovery.gin',
-                 'gin/experiments/arithmetic/chain5_recovery_budget.gin',
-                 'gin/experiments/arithmetic/sum3_recovery.gin',
-                 'gin/experiments/arithmetic/sum3_testbed_budget.gin')
+OVERLAY_FILES = (
+    'gin/experiments/arithmetic/reproduction.gin',
+    'gin/experiments/arithmetic/chain5.gin',
+    'gin/experiments/arithmetic/chain5_reproduction.gin',
+    'gin/experiments/arithmetic/chain5_recovery.gin',
+    'gin/experiments/arithmetic/chain5_recovery_budget.gin',
+    'gin/experiments/arithmetic/sum3_recovery.gin',
+    'gin/experiments/arithmetic/sum3_testbed_budget.gin',
+)
 SWEEP_ROOT = '/sweeps'
 
 # Spec name -> (runner, references, points, seeds): runs = references + points x seeds.
@@ -87,37 +92,81 @@ EXPECTED_SPECS = {
 
 # The paper's tables: A.1 XSum, A.3 WMT, A.2 GSM8K, A.4 FLAN.
 TABLES = {
-    'xsum': dict(task='xsum', lengths={'inputs': 1024, 'targets': 64}, batch=32, steps=40000,
-                 dropout=0.0, lr=0.0003, warmup=2000, cooldown=(30000, 40000),
-                 teacher_temperature=1.0, split='validation', decode='greedy',
-                 start='T5_1_1_LM_ADAPTED'),
-    'wmt': dict(task='wmt_t2t_ende_v003', lengths={'inputs': 80, 'targets': 80}, batch=32,
-                steps=100000, dropout=0.0, lr=0.0003, warmup=5000, cooldown=None,
-                teacher_temperature=1.0,
-                split='validation', decode='beam', start='T5_1_1_LM_ADAPTED'),
-    'gsm8k': dict(task='gsm8k', lengths={'inputs': 512, 'targets': 320}, batch=32, steps=40000,
-                  dropout=0.05, lr=0.0003, warmup=2000, cooldown=(30000, 40000),
-                  teacher_temperature=0.1, split='test',
-                  decode='greedy', start='FLAN_T5'),
-    'flan': dict(task='flan2021', lengths={'inputs': 2048, 'targets': 256}, batch=128,
-                 steps=50000, dropout=0.0, lr=0.0001, warmup=0, cooldown=None,
-                 teacher_temperature=1.0,
-                 split='validation', decode='greedy', start='FLAN_T5'),
+    'xsum': dict(
+        task='xsum',
+        lengths={'inputs': 1024, 'targets': 64},
+        batch=32,
+        steps=40000,
+        dropout=0.0,
+        lr=0.0003,
+        warmup=2000,
+        cooldown=(30000, 40000),
+        teacher_temperature=1.0,
+        split='validation',
+        decode='greedy',
+        start='T5_1_1_LM_ADAPTED',
+    ),
+    'wmt': dict(
+        task='wmt_t2t_ende_v003',
+        lengths={'inputs': 80, 'targets': 80},
+        batch=32,
+        steps=100000,
+        dropout=0.0,
+        lr=0.0003,
+        warmup=5000,
+        cooldown=None,
+        teacher_temperature=1.0,
+        split='validation',
+        decode='beam',
+        start='T5_1_1_LM_ADAPTED',
+    ),
+    'gsm8k': dict(
+        task='gsm8k',
+        lengths={'inputs': 512, 'targets': 320},
+        batch=32,
+        steps=40000,
+        dropout=0.05,
+        lr=0.0003,
+        warmup=2000,
+        cooldown=(30000, 40000),
+        teacher_temperature=0.1,
+        split='test',
+        decode='greedy',
+        start='FLAN_T5',
+    ),
+    'flan': dict(
+        task='flan2021',
+        lengths={'inputs': 2048, 'targets': 256},
+        batch=128,
+        steps=50000,
+        dropout=0.0,
+        lr=0.0001,
+        warmup=0,
+        cooldown=None,
+        teacher_temperature=1.0,
+        split='validation',
+        decode='greedy',
+        start='FLAN_T5',
+    ),
 }
 SFT_STEPS = {  # paper A.3
     'xsum': {'small': 100000, 'base': 50000, 'large': 38000, 'xl': 8000},
     'wmt': {'small': 250000, 'base': 250000, 'large': 110000, 'xl': 50000},
     'gsm8k': {'small': 10000, 'base': 10000, 'large': 10000, 'xl': 10000},
 }
-CHECKPOINT_STEPS = {'T5_1_1_LM_ADAPTED': dict.fromkeys(('small', 'base', 'large', 'xl'), 1100000),
-                    'FLAN_T5': {'small': 1198000, 'base': 1184000, 'large': 1164000,
-                                'xl': 1138000}}
+CHECKPOINT_STEPS = {
+    'T5_1_1_LM_ADAPTED': dict.fromkeys(('small', 'base', 'large', 'xl'), 1100000),
+    'FLAN_T5': {'small': 1198000, 'base': 1184000, 'large': 1164000, 'xl': 1138000},
+}
 SIZE_OF_WIDTH = {512: 'small', 768: 'base', 1024: 'large', 2048: 'xl'}
 
 # The beta of each paper method with a JSD (the rest of each method: spec_labels.METHODS).
-PAPER_BETAS = {'GKD (on-policy, JSD(0.1))': 0.1, 'GKD (on-policy, JSD(0.9))': 0.9,
-               'GKD (on-policy)': 0.1,  # Fig. 3: JSD(0.1), our choice
-               'GKD (supervised)': 0.1}
+PAPER_BETAS = {
+    'GKD (on-policy, JSD(0.1))': 0.1,
+    'GKD (on-policy, JSD(0.9))': 0.9,
+    'GKD (on-policy)': 0.1,  # Fig. 3: JSD(0.1), our choice
+    'GKD (supervised)': 0.1,
+}
 
 # In place of the T5 vocabulary (read from GCS on first use): a small local one. Its size only
 # has to fit the networks' 32128 logits; small, it keeps the calculator's per-token table of
@@ -130,19 +179,26 @@ seqio.PassThroughVocabulary.size = 256
 """
 
 
-
 # The run file of each runner and kind, parsed before a config's files.
-RUN_FILES = {'gkd_t5x': {'train': 'gin/runs/train.gin', 'eval': 'gin/runs/eval.gin'},
-             't5x': {'train': 'gin/runs/t5x_finetune.gin', 'eval': 'gin/runs/t5x_eval.gin'}}
+RUN_FILES = {
+    'gkd_t5x': {'train': 'gin/runs/train.gin', 'eval': 'gin/runs/eval.gin'},
+    't5x': {'train': 'gin/runs/t5x_finetune.gin', 'eval': 'gin/runs/t5x_eval.gin'},
+}
 
 
 def run_helper(configs, vocab_file):
   """Parses `configs` (each under its runner's run files) with the gin probe; one result per
   config."""
-  return gin_probe.probe([
-      dict(config, files=[RUN_FILES[config['runner']][config['kind']], *config['files']],
-           extra_files=[vocab_file] if config['tiny_vocab'] else [])
-      for config in configs])
+  return gin_probe.probe(
+      [
+          dict(
+              config,
+              files=[RUN_FILES[config['runner']][config['kind']], *config['files']],
+              extra_files=[vocab_file] if config['tiny_vocab'] else [],
+          )
+          for config in configs
+      ]
+  )
 
 
 def task_of(files):
@@ -158,8 +214,14 @@ def task_of(files):
 
 # Bindings that only the training reads: an evaluation config is parsed once without them (its
 # training config, parsed with them, covers their syntax).
-TRAINING_ONLY = ('LMBDA', 'DIVERGENCE', 'BETA', 'LEARNING_RATE', 'TEACHER_TEMPERATURE',
-                 'TRAIN_STEPS')
+TRAINING_ONLY = (
+    'LMBDA',
+    'DIVERGENCE',
+    'BETA',
+    'LEARNING_RATE',
+    'TEACHER_TEMPERATURE',
+    'TRAIN_STEPS',
+)
 
 
 def _convert(command, runner):
@@ -185,8 +247,10 @@ def _convert(command, runner):
   if kind == 'train':
     bindings.insert(0, ('MODEL_DIR', "'/sweeps/model_dir'"))
   else:
-    bindings[:0] = [('CHECKPOINT_PATH', "'/sweeps/checkpoint'"),
-                    ('EVAL_OUTPUT_DIR', "'/sweeps/eval'")]
+    bindings[:0] = [
+        ('CHECKPOINT_PATH', "'/sweeps/checkpoint'"),
+        ('EVAL_OUTPUT_DIR', "'/sweeps/eval'"),
+    ]
   return kind, files, bindings
 
 
@@ -200,8 +264,13 @@ def spec_configs(runner):
         kind, files, bindings = _convert(command, runner)
         key = json.dumps([runner, kind, files, bindings])
         if key not in configs:
-          configs[key] = dict(runner=runner, kind=kind, files=files, bindings=bindings,
-                              tiny_vocab=task_of(files) != 'arithmetic')
+          configs[key] = dict(
+              runner=runner,
+              kind=kind,
+              files=files,
+              bindings=bindings,
+              tiny_vocab=task_of(files) != 'arithmetic',
+          )
         uses.append((spec, run, command, dict(bindings), key))
   return configs, uses
 
@@ -217,16 +286,32 @@ def file_configs(runner):
   that requires INITIAL_CHECKPOINT_PATH is parsed without it (to see it refused), then with it."""
   configs = []
   for path in EXPERIMENT_FILES:
-    common = dict(runner=runner, files=[path], tiny_vocab=task_of([path]) != 'arithmetic',
-                  partial=path.endswith('base.gin') or path in OVERLAY_FILES)
-    for kind, outputs in (('train', [('MODEL_DIR', "'/m'")]),
-                          ('eval', [('CHECKPOINT_PATH', "'/c'"), ('EVAL_OUTPUT_DIR', "'/e'")])):
+    common = dict(
+        runner=runner,
+        files=[path],
+        tiny_vocab=task_of([path]) != 'arithmetic',
+        partial=path.endswith('base.gin') or path in OVERLAY_FILES,
+    )
+    for kind, outputs in (
+        ('train', [('MODEL_DIR', "'/m'")]),
+        ('eval', [('CHECKPOINT_PATH', "'/c'"), ('EVAL_OUTPUT_DIR', "'/e'")]),
+    ):
       configs.append(dict(common, kind=kind, bindings=outputs))
       if needs_initial_checkpoint(path):
-        configs.append(dict(common, kind=kind, with_initial=True, bindings=outputs + [
-            ('INITIAL_CHECKPOINT_PATH', "'/sft_student'")] + (
-                [('ENTAILMENT_CLASSIFIER_CHECKPOINT', "'/classifier'")]
-                if path.endswith('/rlef.gin') else [])))
+        configs.append(
+            dict(
+                common,
+                kind=kind,
+                with_initial=True,
+                bindings=outputs
+                + [('INITIAL_CHECKPOINT_PATH', "'/sft_student'")]
+                + (
+                    [('ENTAILMENT_CLASSIFIER_CHECKPOINT', "'/classifier'")]
+                    if path.endswith('/rlef.gin')
+                    else []
+                ),
+            )
+        )
   return configs
 
 
@@ -249,8 +334,8 @@ def parsed(tmp_path_factory):
   results = run_helper(configs, str(vocab_file))
   out = {}
   for runner, (uses, keys, files, start) in parts.items():
-    mine = results[start:start + len(keys) + len(files)]
-    out[runner] = (uses, dict(zip(keys, mine[:len(keys)])), files, mine[len(keys):])
+    mine = results[start : start + len(keys) + len(files)]
+    out[runner] = (uses, dict(zip(keys, mine[: len(keys)])), files, mine[len(keys) :])
   return out
 
 
@@ -279,20 +364,28 @@ def test_paper_spec_expands(path, capsys):
   assert len(spec.seeds) == num_seeds
   assert len(runs) == num_refs + points * num_seeds
   assert [r.reference is not None for r in runs] == [True] * num_refs + [False] * (
-      points * num_seeds)
+      points * num_seeds
+  )
   modules = {'t5x': ('t5x.train', 't5x.eval'), 'gkd_t5x': ('gkd_t5x.train', 'gkd_t5x.eval')}
-  run_files = {'t5x': ('gin/runs/t5x_finetune.gin', 'gin/runs/t5x_eval.gin'),
-               'gkd_t5x': ('gin/runs/train.gin', 'gin/runs/eval.gin')}
+  run_files = {
+      't5x': ('gin/runs/t5x_finetune.gin', 'gin/runs/t5x_eval.gin'),
+      'gkd_t5x': ('gin/runs/train.gin', 'gin/runs/eval.gin'),
+  }
   for run in runs:
     for command in run.commands:
       index = command.kind == 'eval'
-      assert command.argv()[:4] == ['python', '-m', modules[runner][index],
-                                    f'--gin_file={run_files[runner][index]}']
+      assert command.argv()[:4] == [
+          'python',
+          '-m',
+          modules[runner][index],
+          f'--gin_file={run_files[runner][index]}',
+      ]
       assert not re.search(r'\{(root|seed|ref:)', ' '.join(command.argv()))
     if run.reference is None:
       # Every distillation run names its student start and its teacher.
       assert {'INITIAL_CHECKPOINT_PATH', 'TEACHER_CHECKPOINT_PATH'} <= set(run.bindings) or (
-          spec.name == 'paper_figA11_flan')  # FLAN: the public FLAN-T5 checkpoints
+          spec.name == 'paper_figA11_flan'
+      )  # FLAN: the public FLAN-T5 checkpoints
   assert sweep.main([str(path), '--root', 'gs://bucket/sweeps']) == 0
   lines = capsys.readouterr().out.splitlines()
   assert [shlex.split(line) for line in lines] == [c.argv() for r in runs for c in r.commands]
@@ -307,25 +400,33 @@ def test_fig6_small_grid_runs_and_bindings():
   teacher, sft, grid = runs[0], runs[1], runs[2:]
   assert len(grid) == 15 * 3
   assert {(r.labels['lambda'], r.labels['divergence'], r.seed) for r in grid} == {
-      (lam, div, seed) for lam in ('1.0', '0.5', '0.0') for div in DIVERGENCES
-      for seed in (0, 1, 2)}
+      (lam, div, seed) for lam in ('1.0', '0.5', '0.0') for div in DIVERGENCES for seed in (0, 1, 2)
+  }
   # The references train the WMT SFT teacher (T5-XL, 50K steps) and student from LM-adapted T5.
   assert teacher.commands[0].argv()[4:] == [
-      '--gin_file=gin/experiments/wmt/sft.gin', "--gin.MODEL_DIR='/r/paper_fig6_wmt_small/ref_teacher'",
+      '--gin_file=gin/experiments/wmt/sft.gin',
+      "--gin.MODEL_DIR='/r/paper_fig6_wmt_small/ref_teacher'",
       '--gin.STUDENT_CONFIG=%T5_1_1_XL',
       '--gin.INITIAL_CHECKPOINT_PATH=%T5_1_1_LM_ADAPTED_XL_CHECKPOINT',
-      '--gin.TRAIN_STEPS=%SFT_STEPS_XL']
-  assert sft.commands[0].argv()[4:] == ['--gin_file=gin/experiments/wmt/sft.gin',
-                                      "--gin.MODEL_DIR='/r/paper_fig6_wmt_small/ref_student_sft'"]
+      '--gin.TRAIN_STEPS=%SFT_STEPS_XL',
+  ]
+  assert sft.commands[0].argv()[4:] == [
+      '--gin_file=gin/experiments/wmt/sft.gin',
+      "--gin.MODEL_DIR='/r/paper_fig6_wmt_small/ref_student_sft'",
+  ]
   run = next(r for r in grid if r.name.endswith('lambda_0.5__divergence_JSD_0.1/seed_2'))
   assert run.gin_files == ['gin/experiments/wmt/gkd.gin']
   assert run.bindings == {
       'MODEL_DIR': "'/r/paper_fig6_wmt_small/lambda_0.5__divergence_JSD_0.1/seed_2'",
-      'RANDOM_SEED': '2', 'STUDENT_CONFIG': '%T5_1_1_SMALL',
+      'RANDOM_SEED': '2',
+      'STUDENT_CONFIG': '%T5_1_1_SMALL',
       'INITIAL_CHECKPOINT_PATH': "'/r/paper_fig6_wmt_small/ref_student_sft'",
       'TEACHER_CHECKPOINT_PATH': "'/r/paper_fig6_wmt_small/ref_teacher'",
       'utils.RestoreCheckpointConfig.mode': "'latest'",
-      'LMBDA': '0.5', 'DIVERGENCE': "'jsd'", 'BETA': '0.1'}
+      'LMBDA': '0.5',
+      'DIVERGENCE': "'jsd'",
+      'BETA': '0.1',
+  }
   assert run.eval_dirs == {'beam': [run.model_dir + '/eval_beam']}
 
 
@@ -342,9 +443,11 @@ def test_fig4_evaluations_sample_at_four_temperatures():
   assert len(evals) == 4 * 4
   for i, command in enumerate(evals):
     temperature, sample = ('0.1', '0.3', '0.5', '1.0')[i // 4], i % 4
-    assert command.argv()[-3:] == ["--gin.models.GKDModel.decode_method='sample'",
-                                 f'--gin.models.GKDModel.decode_temperature={temperature}',
-                                 f'--gin.RANDOM_SEED={sample}']
+    assert command.argv()[-3:] == [
+        "--gin.models.GKDModel.decode_method='sample'",
+        f'--gin.models.GKDModel.decode_temperature={temperature}',
+        f'--gin.RANDOM_SEED={sample}',
+    ]
     assert command.output_dir == f'{rkl.model_dir}/eval_T_{temperature}/sample_{sample}'
   assert spec.plots[0].kind == 'quality_diversity'
 
@@ -352,15 +455,22 @@ def test_fig4_evaluations_sample_at_four_temperatures():
 def test_xsum_temperature_panels_train_with_teacher_temperature_0_1():
   """A.1 note: teacher temperature 0.1 where results are reported with sampling, 1 with greedy."""
   for name, temperature, evaluation in (
-      ('paper_fig2_xsum_temperature', '0.1', 'T=1.0'), ('paper_fig2_xsum_greedy', '1.0', 'greedy'),
+      ('paper_fig2_xsum_temperature', '0.1', 'T=1.0'),
+      ('paper_fig2_xsum_greedy', '1.0', 'greedy'),
       ('paper_fig3_xsum_data_efficiency', '0.1', 'T=1.0'),
-      ('paper_figA12_xsum_base', '0.1', 'T=1.0'), ('paper_figA13_xsum_base', '1.0', 'greedy')):
+      ('paper_figA12_xsum_base', '0.1', 'T=1.0'),
+      ('paper_figA13_xsum_base', '1.0', 'greedy'),
+  ):
     spec = _load(name)
     assert spec.bindings['TEACHER_TEMPERATURE'] == temperature, name
     assert [e.label for e in spec.evaluations] == [evaluation], name
   runs = plan.expand(_load('paper_fig3_xsum_data_efficiency'), '/r')
   assert {r.labels['data_percent']: r.bindings['MIXTURE_OR_TASK_NAME'] for r in runs[2:]} == {
-      '0.5': "'xsum_train1k'", '5': "'xsum_train10k'", '25': "'xsum_train50k'", '100': "'xsum'"}
+      '0.5': "'xsum_train1k'",
+      '5': "'xsum_train10k'",
+      '25': "'xsum_train50k'",
+      '100': "'xsum'",
+  }
 
 
 def test_fig1_sizes_start_from_their_own_sft_student():
@@ -373,7 +483,7 @@ def test_fig1_sizes_start_from_their_own_sft_student():
     assert run.bindings.get('LEARNING_RATE') == ('0.001' if size == 'small' else None)
 
 
-def test_figA10_and_figA11_start_from_public_flan_checkpoints():
+def test_fig_a10_and_fig_a11_start_from_public_flan_checkpoints():
   runs = plan.expand(_load('paper_figA10_gsm8k_self_distillation'), '/r')
   teacher, student = runs[:2]
   assert [c.kind for c in teacher.commands] == ['train', 'eval']
@@ -388,10 +498,15 @@ def test_figA10_and_figA11_start_from_public_flan_checkpoints():
   evaluations = [c.argv() for c in runs[-1].commands if c.kind == 'eval']
   assert [argv[-2:] for argv in evaluations] == [
       ["--gin.EVAL_MIXTURE_OR_TASK_NAME='mmlu'", "--gin.EVAL_SPLIT='test'"],
-      ["--gin.EVAL_MIXTURE_OR_TASK_NAME='bbh'", "--gin.EVAL_SPLIT='test'"]]
+      ["--gin.EVAL_MIXTURE_OR_TASK_NAME='bbh'", "--gin.EVAL_SPLIT='test'"],
+  ]
   assert [r.labels['method'] for r in runs[2:]] == [
-      'GKD (on-policy, FKL)', 'ImitKD', 'Supervised KD', 'GKD (supervised, RKL)',
-      'GKD (on-policy, RKL)']
+      'GKD (on-policy, FKL)',
+      'ImitKD',
+      'Supervised KD',
+      'GKD (supervised, RKL)',
+      'GKD (on-policy, RKL)',
+  ]
 
 
 # ------------------------------------------------------------------------- (b) parsing
@@ -410,7 +525,10 @@ def _check_train(result, task, run, bindings, runner, spec_runner, where):
   assert result['student'] == {v: k for k, v in SIZE_OF_WIDTH.items()}[size], where
   assert result['task'] in (table['task'], 'xsum_train1k', 'xsum_train10k', 'xsum_train50k'), where
   assert (result['batch'], result['lengths'], result['dropout']) == (
-      table['batch'], table['lengths'], table['dropout']), where
+      table['batch'],
+      table['lengths'],
+      table['dropout'],
+  ), where
   assert result['eval_split'] == table['split'], where
   assert result['decode']['method'] == table['decode'], where
   # GSM8K's accuracy is "given an external calculator" (A.3): calculator-assisted decoding.
@@ -421,17 +539,22 @@ def _check_train(result, task, run, bindings, runner, spec_runner, where):
   sft = run.reference is not None
   if sft:  # a reference trains the task SFT of its size from the public checkpoint
     steps = SFT_STEPS[task][size]
-    assert (gkd['divergence'], gkd['lmbda'], result['teacher']) == ('cross_entropy', 0.0, None), where
+    assert (gkd['divergence'], gkd['lmbda'], result['teacher']) == (
+        'cross_entropy',
+        0.0,
+        None,
+    ), where
     start = table['start']
-    assert result['initial'] == (f'gs://t5-data/pretrained_models/t5x/'
-                                 f'{"t5_1_1_lm100k" if start == "T5_1_1_LM_ADAPTED" else "flan_t5"}'
-                                 f'_{size}/checkpoint_{CHECKPOINT_STEPS[start][size]}'), where
+    assert result['initial'] == (
+        f'gs://t5-data/pretrained_models/t5x/'
+        f'{"t5_1_1_lm100k" if start == "T5_1_1_LM_ADAPTED" else "flan_t5"}'
+        f'_{size}/checkpoint_{CHECKPOINT_STEPS[start][size]}'
+    ), where
     assert result['teacher_path'] is None, where
     lr = table['lr']
   else:
     steps = table['steps']
-    teacher = _expected_size({'STUDENT_CONFIG': bindings.get('TEACHER_CONFIG', '%T5_1_1_XL')},
-                             task)
+    teacher = _expected_size({'STUDENT_CONFIG': bindings.get('TEACHER_CONFIG', '%T5_1_1_XL')}, task)
     assert result['teacher'] == {v: k for k, v in SIZE_OF_WIDTH.items()}[teacher], where
     temperature = float(bindings.get('TEACHER_TEMPERATURE', table['teacher_temperature']))
     assert gkd['teacher_temperature'] == temperature, where
@@ -446,13 +569,20 @@ def _check_train(result, task, run, bindings, runner, spec_runner, where):
       assert gkd['lmbda'] == float(labels['lambda']), where
     if 'alpha' in labels:  # Fig. 5: RL + on-policy GKD with JSD(0.9)
       assert (gkd['divergence'], gkd['beta'], gkd['lmbda'], gkd['alpha']) == (
-          'jsd', 0.9, 1.0, float(labels['alpha'])), where
+          'jsd',
+          0.9,
+          1.0,
+          float(labels['alpha']),
+      ), where
       assert result['reward_path'] == '/sweeps/classifier', where
     else:
       assert gkd['alpha'] == 1.0, where
     # XSum learning rate (A.1 text): small 1e-3, except 3e-4 with reverse KL; else the table's.
-    lr = 0.001 if (task == 'xsum' and size == 'small'
-                   and gkd['divergence'] != 'reverse_kl') else table['lr']
+    lr = (
+        0.001
+        if (task == 'xsum' and size == 'small' and gkd['divergence'] != 'reverse_kl')
+        else table['lr']
+    )
     assert isinstance(result['initial'], str) and isinstance(result['teacher_path'], str), where
   assert result['steps'] == steps, where
   assert result['lr'] == lr, where
@@ -469,11 +599,13 @@ def _check_train(result, task, run, bindings, runner, spec_runner, where):
 
   # JSON from the parsing subprocess: the steps come back as strings.
   assert result['lr_at'] == pytest.approx(
-      {step: expected_lr(int(step)) for step in result['lr_at']}, rel=1e-3, abs=1e-9), where
+      {step: expected_lr(int(step)) for step in result['lr_at']}, rel=1e-3, abs=1e-9
+  ), where
   if runner == 't5x':
     assert result['relative_steps'] == steps, where  # counted from the restored step
-    from_run_dir = (spec_runner == 't5x'
-                    and bindings.get('INITIAL_CHECKPOINT_PATH', '').startswith("'/sweeps"))
+    from_run_dir = spec_runner == 't5x' and bindings.get('INITIAL_CHECKPOINT_PATH', '').startswith(
+        "'/sweeps"
+    )
     assert result['restore_mode'] == ('latest' if from_run_dir else 'specific'), where
 
 
@@ -487,7 +619,9 @@ def _check_eval(result, task, evaluation_label, run, runner, spec_runner, where)
   decode = result['decode']
   if evaluation_label.startswith('T='):
     assert (decode['method'], decode['temperature']) == (
-        'sample', float(evaluation_label[2:])), where
+        'sample',
+        float(evaluation_label[2:]),
+    ), where
   else:
     assert decode['method'] == table['decode'], where
   assert decode['calculator'] == (task == 'gsm8k'), where
@@ -513,7 +647,7 @@ def test_spec_configs_parse_and_build_what_the_paper_says(parsed, runner):
     if command.kind == 'train':
       _check_train(result, task, run, bindings, runner, spec.runner.name, where)
     else:
-      label = command.log_name.split('_sample_')[0][len('eval_'):].replace('T_', 'T=')
+      label = command.log_name.split('_sample_')[0][len('eval_') :].replace('T_', 'T=')
       _check_eval(result, task, label, run, runner, spec.runner.name, where)
 
 
@@ -537,7 +671,10 @@ def test_experiment_files_parse_alone(parsed, runner):
     table = TABLES[task]
     assert result['task'] == table['task'] and result['registered'], where
     assert (result['batch'], result['lengths'], result['dropout']) == (
-        table['batch'], table['lengths'], table['dropout']), where
+        table['batch'],
+        table['lengths'],
+        table['dropout'],
+    ), where
     assert result['decode']['method'] == table['decode'], where
     assert result['decode']['calculator'] == (task == 'gsm8k'), where
     assert result['eval_split'] == table['split'], where

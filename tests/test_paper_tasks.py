@@ -16,8 +16,8 @@ import seqio
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-import gkd_t5x.tasks  # pylint: disable=unused-import  # registers the tasks
 from gkd_t5x import metrics
+import gkd_t5x.tasks  # noqa: F401  (registers the seqio tasks)
 from gkd_t5x.tasks import common
 from gkd_t5x.tasks import flan
 from gkd_t5x.tasks import gsm8k
@@ -25,10 +25,16 @@ from gkd_t5x.tasks import wmt
 from gkd_t5x.tasks import xsum
 
 TEST_VOCABULARY = seqio.SentencePieceVocabulary(
-    os.path.join(os.path.dirname(seqio.__file__), 'test_data', 'sentencepiece',
-                 'sentencepiece.model'))
-MODEL_FEATURES = ('encoder_input_tokens', 'decoder_target_tokens', 'decoder_input_tokens',
-                  'decoder_loss_weights')
+    os.path.join(
+        os.path.dirname(seqio.__file__), 'test_data', 'sentencepiece', 'sentencepiece.model'
+    )
+)
+MODEL_FEATURES = (
+    'encoder_input_tokens',
+    'decoder_target_tokens',
+    'decoder_input_tokens',
+    'decoder_loss_weights',
+)
 NUM_EXAMPLES = 8
 
 xsum.register_xsum('test_xsum', TEST_VOCABULARY)
@@ -38,21 +44,22 @@ gsm8k.register_gsm8k('test_gsm8k', TEST_VOCABULARY)
 
 
 def mocked_tfds():
-  return tfds.testing.mock_data(num_examples=NUM_EXAMPLES,
-                                policy=tfds.testing.MockPolicy.USE_CODE)
+  return tfds.testing.mock_data(num_examples=NUM_EXAMPLES, policy=tfds.testing.MockPolicy.USE_CODE)
 
 
 def task_examples(name, split, lengths):
   """The task's preprocessed examples, as numpy dicts (inside a TFDS mock where needed)."""
   dataset = seqio.get_mixture_or_task(name).get_dataset(
-      lengths, split=split, shuffle=False, try_in_mem_cache=False)
+      lengths, split=split, shuffle=False, try_in_mem_cache=False
+  )
   return list(dataset.as_numpy_iterator())
 
 
 def model_batch(name, split, lengths):
   """One batch of all examples through `EncDecFeatureConverter(pack=False)`."""
   dataset = seqio.get_mixture_or_task(name).get_dataset(
-      lengths, split=split, shuffle=False, try_in_mem_cache=False)
+      lengths, split=split, shuffle=False, try_in_mem_cache=False
+  )
   converted = seqio.EncDecFeatureConverter(pack=False)(dataset, lengths)
   return next(converted.batch(NUM_EXAMPLES).as_numpy_iterator())
 
@@ -67,9 +74,8 @@ def check_model_batch(batch, lengths, batch_size=NUM_EXAMPLES):
   for feature in ('encoder_input_tokens', 'decoder_target_tokens'):
     for row in batch[feature]:
       eos = np.flatnonzero(row == 1)
-      assert eos.size and not row[eos[0] + 1:].any(), feature
-  np.testing.assert_array_equal(batch['decoder_loss_weights'],
-                                batch['decoder_target_tokens'] > 0)
+      assert eos.size and not row[eos[0] + 1 :].any(), feature
+  np.testing.assert_array_equal(batch['decoder_loss_weights'], batch['decoder_target_tokens'] > 0)
 
 
 def decoded(vocabulary, ids):
@@ -80,11 +86,15 @@ def decoded(vocabulary, ids):
 # TFDS tasks.
 
 
-@pytest.mark.parametrize('name,split,lengths,prefix', [
-    ('test_xsum', 'validation', xsum.XSUM_FEATURE_LENGTHS, 'summarize: '),
-    ('test_wmt', 'validation', wmt.WMT_FEATURE_LENGTHS, 'translate English to German: '),
-    ('test_gsm8k', 'test', gsm8k.GSM8K_FEATURE_LENGTHS, 'Q: There are 15 trees in the grove.'),
-], ids=['xsum', 'wmt', 'gsm8k'])
+@pytest.mark.parametrize(
+    'name,split,lengths,prefix',
+    [
+        ('test_xsum', 'validation', xsum.XSUM_FEATURE_LENGTHS, 'summarize: '),
+        ('test_wmt', 'validation', wmt.WMT_FEATURE_LENGTHS, 'translate English to German: '),
+        ('test_gsm8k', 'test', gsm8k.GSM8K_FEATURE_LENGTHS, 'Q: There are 15 trees in the grove.'),
+    ],
+    ids=['xsum', 'wmt', 'gsm8k'],
+)
 def test_tfds_task_batches(name, split, lengths, prefix):
   with mocked_tfds():
     examples = task_examples(name, split, lengths)
@@ -95,7 +105,8 @@ def test_tfds_task_batches(name, split, lengths, prefix):
     # The tokens are those of the pretokenized strings (the random mock text is short enough
     # that nothing is trimmed).
     assert decoded(TEST_VOCABULARY, example['targets']) == (
-        TEST_VOCABULARY.decode(TEST_VOCABULARY.encode(example['targets_pretokenized'].decode())))
+        TEST_VOCABULARY.decode(TEST_VOCABULARY.encode(example['targets_pretokenized'].decode()))
+    )
   check_model_batch(batch, lengths)
 
 
@@ -130,7 +141,8 @@ WEI_ET_AL_PROMPT = (
     'Q: Jason had 20 lollipops. He gave Dan some lollipops. Now Jason has 12 lollipops. How '
     'many lollipops did Jason give to Denny?\n'
     'A: Jason started with 20 lollipops. Then he had 12 after giving some to Denny. So he gave '
-    'Denny 20 - 12 = 8. The answer is 8.\n\n')
+    'Denny 20 - 12 = 8. The answer is 8.\n\n'
+)
 
 
 def test_gsm8k_inputs_are_the_4shot_prompt_then_the_question():
@@ -141,7 +153,8 @@ def test_gsm8k_inputs_are_the_4shot_prompt_then_the_question():
     examples = task_examples('test_gsm8k', 'test', gsm8k.GSM8K_FEATURE_LENGTHS)
   for raw_example, example in zip(raw, examples, strict=True):
     assert example['inputs_pretokenized'].decode() == gsm8k.format_question(
-        raw_example['question'].decode())
+        raw_example['question'].decode()
+    )
     # Targets are GSM8K's whole answer field, calculator annotations and '#### N' included.
     assert example['targets_pretokenized'] == raw_example['answer']
 
@@ -152,17 +165,20 @@ def test_xsum_subsets_slice_only_the_train_split():
   def as_dataset_fn(self, split, **unused_kwargs):
     del self
     requested.append(split)
-    return tf.data.Dataset.from_tensor_slices({'document': ['a document'] * 3,
-                                               'summary': ['a summary'] * 3})
+    return tf.data.Dataset.from_tensor_slices(
+        {'document': ['a document'] * 3, 'summary': ['a summary'] * 3}
+    )
 
-  with tfds.testing.mock_data(as_dataset_fn=as_dataset_fn,
-                              policy=tfds.testing.MockPolicy.USE_CODE):
+  with tfds.testing.mock_data(as_dataset_fn=as_dataset_fn, policy=tfds.testing.MockPolicy.USE_CODE):
     for split in ('train', 'validation', 'test'):
       task_examples('test_xsum_train3', split, xsum.XSUM_FEATURE_LENGTHS)
       task_examples('test_xsum', split, xsum.XSUM_FEATURE_LENGTHS)
   assert requested == ['train[:3]', 'train', 'validation', 'validation', 'test', 'test']
-  assert xsum.TRAIN_SUBSETS == {'xsum_train1k': 1000, 'xsum_train10k': 10000,
-                                'xsum_train50k': 50000}
+  assert xsum.TRAIN_SUBSETS == {
+      'xsum_train1k': 1000,
+      'xsum_train10k': 10000,
+      'xsum_train50k': 50000,
+  }
 
 
 def test_registered_tasks_use_the_default_vocabulary_and_paper_metrics():
@@ -184,12 +200,13 @@ def test_registered_tasks_use_the_default_vocabulary_and_paper_metrics():
       assert task.output_features[feature].vocabulary == common.DEFAULT_VOCABULARY
       assert task.output_features[feature].add_eos
   # Registration read nothing: the SentencePiece model is loaded on first use only.
-  assert common.DEFAULT_VOCABULARY._model is None  # pylint: disable=protected-access
+  assert common.DEFAULT_VOCABULARY._model is None
 
 
 def test_registration_is_idempotent_and_rejects_conflicts():
   assert xsum.register_xsum('xsum', common.DEFAULT_VOCABULARY) is (
-      seqio.get_mixture_or_task('xsum'))
+      seqio.get_mixture_or_task('xsum')
+  )
   with pytest.raises(ValueError, match="'xsum' is already registered"):
     xsum.register_xsum('xsum', TEST_VOCABULARY)
   with pytest.raises(ValueError, match="'xsum_train1k' is already registered"):
@@ -212,17 +229,21 @@ def write_jsonl(path, examples):
 
 
 def test_flan2021_reads_sharded_jsonl_from_the_environment_variable(tmp_path, monkeypatch):
-  examples = [(f'Instruction {i}: answer the question.', f'answer {i}')
-              for i in range(NUM_EXAMPLES)]
+  examples = [
+      (f'Instruction {i}: answer the question.', f'answer {i}') for i in range(NUM_EXAMPLES)
+  ]
   write_jsonl(str(tmp_path / 'train-00000-of-00002.jsonl'), examples[:5])
   write_jsonl(str(tmp_path / 'train-00001-of-00002.jsonl'), examples[5:])
   flan.register_flan2021('test_flan2021_env', TEST_VOCABULARY)
   monkeypatch.setenv(flan.FLAN2021_DIR_ENV, str(tmp_path))
   read = task_examples('test_flan2021_env', 'train', flan.FLAN_FEATURE_LENGTHS)
-  assert sorted((ex['inputs_pretokenized'].decode(), ex['targets_pretokenized'].decode())
-                for ex in read) == sorted(examples)
-  check_model_batch(model_batch('test_flan2021_env', 'train', flan.FLAN_FEATURE_LENGTHS),
-                    flan.FLAN_FEATURE_LENGTHS)
+  assert sorted(
+      (ex['inputs_pretokenized'].decode(), ex['targets_pretokenized'].decode()) for ex in read
+  ) == sorted(examples)
+  check_model_batch(
+      model_batch('test_flan2021_env', 'train', flan.FLAN_FEATURE_LENGTHS),
+      flan.FLAN_FEATURE_LENGTHS,
+  )
 
   monkeypatch.delenv(flan.FLAN2021_DIR_ENV)
   with pytest.raises(ValueError, match=f'environment variable {flan.FLAN2021_DIR_ENV} is not'):
@@ -244,44 +265,63 @@ def test_jsonl_errors_name_the_problem(tmp_path):
 def test_mmlu_and_bbh_tasks_and_mixtures(tmp_path):
   mmlu_dir, bbh_dir = tmp_path / 'mmlu', tmp_path / 'bbh'
   for subject in ('anatomy', 'virology'):
-    write_jsonl(str(mmlu_dir / subject / 'test.jsonl'),
-                [(f'{subject} question {i}\nAnswer:', 'ABCD'[i % 4]) for i in range(2)])
-  for subtask in ('logical_deduction_three_objects', 'tracking_shuffled_objects_seven_objects',
-                  'word_sorting'):
+    write_jsonl(
+        str(mmlu_dir / subject / 'test.jsonl'),
+        [(f'{subject} question {i}\nAnswer:', 'ABCD'[i % 4]) for i in range(2)],
+    )
+  for subtask in (
+      'logical_deduction_three_objects',
+      'tracking_shuffled_objects_seven_objects',
+      'word_sorting',
+  ):
     write_jsonl(str(bbh_dir / subtask / 'test.jsonl'), [(f'Q: {subtask}?\nA:', 'True')])
   mmlu = flan.register_mmlu('test_mmlu', TEST_VOCABULARY, data_dir=str(mmlu_dir))
   bbh = flan.register_bbh('test_bbh', TEST_VOCABULARY, data_dir=str(bbh_dir))
   assert [task.name for task in mmlu.tasks] == [f'test_mmlu_{s}' for s in flan.MMLU_SUBJECTS]
   assert [task.name for task in bbh.tasks] == [f'test_bbh_{s}' for s in flan.BBH_SUBTASKS]
   assert [task.name for task in seqio.get_mixture_or_task('mmlu').tasks] == [
-      f'mmlu_{s}' for s in flan.MMLU_SUBJECTS]
+      f'mmlu_{s}' for s in flan.MMLU_SUBJECTS
+  ]
   assert len(seqio.get_mixture_or_task('bbh').tasks) == 27
 
   anatomy = task_examples('test_mmlu_anatomy', 'test', flan.FLAN_FEATURE_LENGTHS)
   assert [(ex['inputs_pretokenized'], ex['targets_pretokenized']) for ex in anatomy] == [
-      (b'anatomy question 0\nAnswer:', b'A'), (b'anatomy question 1\nAnswer:', b'B')]
+      (b'anatomy question 0\nAnswer:', b'A'),
+      (b'anatomy question 1\nAnswer:', b'B'),
+  ]
   # A few tasks, each reading its own subdirectory (every read builds a tf.data pipeline of about
   # a second, so not all 84 tasks, nor the mixtures, which seqio composes from them).
-  for subtask in ('logical_deduction_three_objects', 'tracking_shuffled_objects_seven_objects',
-                  'word_sorting'):
+  for subtask in (
+      'logical_deduction_three_objects',
+      'tracking_shuffled_objects_seven_objects',
+      'word_sorting',
+  ):
     (example,) = task_examples(f'test_bbh_{subtask}', 'test', flan.FLAN_FEATURE_LENGTHS)
     assert example['inputs_pretokenized'] == f'Q: {subtask}?\nA:'.encode()
-  check_model_batch(model_batch('test_bbh_word_sorting', 'test', flan.FLAN_FEATURE_LENGTHS),
-                    flan.FLAN_FEATURE_LENGTHS, batch_size=1)
+  check_model_batch(
+      model_batch('test_bbh_word_sorting', 'test', flan.FLAN_FEATURE_LENGTHS),
+      flan.FLAN_FEATURE_LENGTHS,
+      batch_size=1,
+  )
 
 
 def test_mmlu_and_bbh_lists():
   assert len(flan.MMLU_SUBJECTS) == len(set(flan.MMLU_SUBJECTS)) == 57
   assert {'abstract_algebra', 'high_school_government_and_politics', 'world_religions'} <= set(
-      flan.MMLU_SUBJECTS)
+      flan.MMLU_SUBJECTS
+  )
   assert len(flan.BBH_TASKS) == 23
   assert len(flan.BBH_SUBTASKS) == len(set(flan.BBH_SUBTASKS)) == 27
   assert flan.BBH_TASKS['logical_deduction'] == (
-      'logical_deduction_five_objects', 'logical_deduction_seven_objects',
-      'logical_deduction_three_objects')
+      'logical_deduction_five_objects',
+      'logical_deduction_seven_objects',
+      'logical_deduction_three_objects',
+  )
   assert [s for s in flan.BBH_SUBTASKS if s.startswith('tracking')] == [
-      'tracking_shuffled_objects_five_objects', 'tracking_shuffled_objects_seven_objects',
-      'tracking_shuffled_objects_three_objects']
+      'tracking_shuffled_objects_five_objects',
+      'tracking_shuffled_objects_seven_objects',
+      'tracking_shuffled_objects_three_objects',
+  ]
 
 
 def test_benchmark_score_is_the_unweighted_mean_over_tasks():
@@ -292,11 +332,14 @@ def test_benchmark_score_is_the_unweighted_mean_over_tasks():
 
   # 21 single-subtask tasks at 10; logical_deduction = mean(0, 30, 60) = 30; tracking = 10.
   bbh = {f'test_bbh_{s}': 10.0 for s in flan.BBH_SUBTASKS}
-  bbh.update({'test_bbh_logical_deduction_three_objects': 0.0,
-              'test_bbh_logical_deduction_five_objects': 30.0,
-              'test_bbh_logical_deduction_seven_objects': 60.0})
-  assert flan.benchmark_score('bbh', bbh, prefix='test_bbh') == pytest.approx(
-      (22 * 10 + 30) / 23)
+  bbh.update(
+      {
+          'test_bbh_logical_deduction_three_objects': 0.0,
+          'test_bbh_logical_deduction_five_objects': 30.0,
+          'test_bbh_logical_deduction_seven_objects': 60.0,
+      }
+  )
+  assert flan.benchmark_score('bbh', bbh, prefix='test_bbh') == pytest.approx((22 * 10 + 30) / 23)
   # The per-subtask mean (27 subtasks) would differ: (24 * 10 + 90) / 27.
   assert flan.benchmark_score('bbh', bbh, prefix='test_bbh') != pytest.approx(330 / 27)
 

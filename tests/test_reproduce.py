@@ -1,14 +1,14 @@
 """launch/reproduce.py: the merged plan of the reproduction specs, and a real end-to-end run.
 
-  * the shipped specs (launch/sweeps/reproduction/) merge into one plan in which every
-    distinct training appears once: the SFT students once per size, the Fig. 4 students as the
-    grid's on-policy ones, and a merged run directory is a link to a training with the same
-    command up to MODEL_DIR; every job only reads trainings planned before it;
-  * their gin configs build the method each label names (one subprocess);
-  * two small specs that share references and a point run for real (tiny networks, a few
-    steps, one worker): each shared training once, the links, evaluations, resumption (a
-    second call runs nothing), the figures, CSVs and tables.md;
-  * the effect size is Cohen's d with the pooled standard deviation.
+* the shipped specs (launch/sweeps/reproduction/) merge into one plan in which every
+  distinct training appears once: the SFT students once per size, the Fig. 4 students as the
+  grid's on-policy ones, and a merged run directory is a link to a training with the same
+  command up to MODEL_DIR; every job only reads trainings planned before it;
+* their gin configs build the method each label names (one subprocess);
+* two small specs that share references and a point run for real (tiny networks, a few
+  steps, one worker): each shared training once, the links, evaluations, resumption (a
+  second call runs nothing), the figures, CSVs and tables.md;
+* the effect size is Cohen's d with the pooled standard deviation.
 """
 
 import hashlib
@@ -21,6 +21,9 @@ import sys
 import textwrap
 
 import pytest
+from spec_labels import REPRODUCTION_METHODS
+from spec_labels import check_divergence
+from spec_labels import check_method
 
 from gkd_t5x import checkpoints
 from launch import claims
@@ -29,7 +32,6 @@ from launch import reproduce
 from launch import results
 from launch import runners
 from launch import spec as spec_lib
-from spec_labels import REPRODUCTION_METHODS, check_divergence, check_method
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -49,14 +51,24 @@ def bindings_of(job):
 def test_shipped_specs_merge_into_one_plan_of_distinct_trainings(tmp_path):
   specs = load_all()
   assert {spec.name for spec in specs} == {
-      'repro_fig7_grid_s', 'repro_fig7_grid_xs', 'repro_fig9_methods_s', 'repro_fig9_methods_xs',
-      'repro_fig8_lambda_xs', 'repro_fig4_quality_diversity_xs', 'repro_fig3_data_efficiency_xs',
-      'repro_fig5_rl_xs', 'repro_chain5_fig9_methods_s', 'repro_chain5_fig3_data_efficiency_s',
-      'repro_chain5_fig9_methods_xs'}
+      'repro_fig7_grid_s',
+      'repro_fig7_grid_xs',
+      'repro_fig9_methods_s',
+      'repro_fig9_methods_xs',
+      'repro_fig8_lambda_xs',
+      'repro_fig4_quality_diversity_xs',
+      'repro_fig3_data_efficiency_xs',
+      'repro_fig5_rl_xs',
+      'repro_chain5_fig9_methods_s',
+      'repro_chain5_fig3_data_efficiency_s',
+      'repro_chain5_fig9_methods_xs',
+  }
   # Each task's teacher is shipped as an exported checkpoint.
   teachers = {spec.references['teacher'].checkpoint for spec in specs}
-  assert teachers == {'launch/checkpoints/arithmetic_sum3_2digit_teacher',
-                      'launch/checkpoints/arithmetic_chain5_teacher'}
+  assert teachers == {
+      'launch/checkpoints/arithmetic_sum3_2digit_teacher',
+      'launch/checkpoints/arithmetic_chain5_teacher',
+  }
   for teacher in teachers:
     assert checkpoints.resolve_step_dir(str(ROOT / teacher), 'teacher').name == 'checkpoint_4000'
   root = str(tmp_path)
@@ -70,7 +82,11 @@ def test_shipped_specs_merge_into_one_plan_of_distinct_trainings(tmp_path):
   sft = [job for job in trainings if job.output_dir.endswith('ref_student_sft')]
   assert len(sft) == 4
   assert sorted(str(bindings_of(job).get('STUDENT_CONFIG')) for job in sft) == [
-      '%ARITHMETIC_STUDENT_XS', '%ARITHMETIC_STUDENT_XS', 'None', 'None']
+      '%ARITHMETIC_STUDENT_XS',
+      '%ARITHMETIC_STUDENT_XS',
+      'None',
+      'None',
+  ]
   # Every merged directory is a link to a planned training with the same command up to paths.
   trained = {job.output_dir: job for job in trainings}
   for alias, target in merged.links.items():
@@ -83,14 +99,17 @@ def test_shipped_specs_merge_into_one_plan_of_distinct_trainings(tmp_path):
     mine = by_dir[alias].commands[0].renamed(merged.links)
     theirs = trained[target].command
     assert (mine.module, mine.gin_files) == (theirs.module, theirs.gin_files)
-    assert ({k: v for k, v in mine.gin_bindings().items() if k != 'MODEL_DIR'}
-            == {k: v for k, v in theirs.gin_bindings().items() if k != 'MODEL_DIR'})
+    assert {k: v for k, v in mine.gin_bindings().items() if k != 'MODEL_DIR'} == {
+        k: v for k, v in theirs.gin_bindings().items() if k != 'MODEL_DIR'
+    }
   # Fig. 4's students are the grid's on-policy ones; every job reads earlier trainings only.
   fig4 = [d for d in merged.links if '/repro_fig4_quality_diversity_xs/divergence_' in d]
   assert len(fig4) == 15
   for alias in fig4:
-    grid = alias.replace('/repro_fig4_quality_diversity_xs/divergence_',
-                         '/repro_fig7_grid_xs/lambda_1.0__divergence_')
+    grid = alias.replace(
+        '/repro_fig4_quality_diversity_xs/divergence_',
+        '/repro_fig7_grid_xs/lambda_1.0__divergence_',
+    )
     assert merged.links[alias] == merged.links.get(grid, grid)
   seen = set()
   for job in merged.jobs:
@@ -127,8 +146,10 @@ def test_the_reproductions_plan_is_the_recorded_one(capsys):
   assert digest == REPRODUCTION_PLAN_SHA256
   # --print lists that plan.
   assert reproduce.main(['--root', '/ROOT', '--print']) == 0
-  assert capsys.readouterr().out.splitlines() == '\n'.join(
-      plan_lines(merged, sys.executable)).splitlines()
+  assert (
+      capsys.readouterr().out.splitlines()
+      == '\n'.join(plan_lines(merged, sys.executable)).splitlines()
+  )
 
 
 def test_shipped_specs_build_the_methods_their_labels_name(tmp_path):
@@ -172,18 +193,25 @@ def test_shipped_specs_build_the_methods_their_labels_name(tmp_path):
                         cooldown_end=q(f'{schedule}.cooldown_end', optional=True)))
       print(json.dumps(out))
   """)
-  result = subprocess.run([sys.executable, '-c', script], cwd=ROOT, capture_output=True,
-                          text=True, input=json.dumps([[f, b] for f, b in map(
-                              json.loads, configs)]),
-                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3'), timeout=300)
+  result = subprocess.run(
+      [sys.executable, '-c', script],
+      cwd=ROOT,
+      capture_output=True,
+      text=True,
+      input=json.dumps([[f, b] for f, b in map(json.loads, configs)]),
+      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3'),
+      timeout=300,
+      check=False,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   built = json.loads(result.stdout.splitlines()[-1])
   for run, index in expected:
     got, where = built[index], run.name
     size = 32 if '_xs/' in run.name else 64
     assert got['student'] == size, where
-    task, length = (('arithmetic_chain5', 56) if '_chain5_' in run.name
-                    else ('arithmetic_sum3_2digit', 32))
+    task, length = (
+        ('arithmetic_chain5', 56) if '_chain5_' in run.name else ('arithmetic_sum3_2digit', 32)
+    )
     assert got['task'].startswith(task) and got['target_length'] == length, where
     if run.reference is not None:
       assert (got['steps'], got['batch'], got['divergence']) == (3000, 64, 'cross_entropy')
@@ -204,7 +232,11 @@ def test_shipped_specs_build_the_methods_their_labels_name(tmp_path):
       assert got['task'] == task + suffix, where
     if 'alpha' in labels:
       assert (got['divergence'], got['beta'], got['lmbda'], got['alpha']) == (
-          'jsd', 0.9, 1.0, float(labels['alpha'])), where
+          'jsd',
+          0.9,
+          1.0,
+          float(labels['alpha']),
+      ), where
       # RLEF*: the regularizer is the SFT student itself.
       assert got['teacher'] == (size if labels['regularizer'].startswith('self') else 128), where
     else:
@@ -213,18 +245,37 @@ def test_shipped_specs_build_the_methods_their_labels_name(tmp_path):
 
 def tiny_spec(name, lambdas):
   return {
-      'name': name, 'runner': 'gkd_t5x', 'gin_files': [G + 'gkd.gin', TINY],
-      'bindings': {'INITIAL_CHECKPOINT_PATH': "'{ref:student_sft}'",
-                   'TEACHER_CHECKPOINT_PATH': "'{ref:teacher}'", 'TRAIN_STEPS': '3'},
+      'name': name,
+      'runner': 'gkd_t5x',
+      'gin_files': [G + 'gkd.gin', TINY],
+      'bindings': {
+          'INITIAL_CHECKPOINT_PATH': "'{ref:student_sft}'",
+          'TEACHER_CHECKPOINT_PATH': "'{ref:teacher}'",
+          'TRAIN_STEPS': '3',
+      },
       'references': {
           'teacher': {'gin_files': [G + 'teacher.gin', TINY], 'bindings': {'TRAIN_STEPS': '3'}},
-          'student_sft': {'gin_files': [G + 'student_sft.gin', TINY],
-                          'bindings': {'TRAIN_STEPS': '3'}}},
-      'axes': [{'name': 'lambda', 'values': [{'label': lam, 'bindings': {'LMBDA': lam}}
-                                             for lam in lambdas]}],
-      'seeds': [0], 'evaluations': [{'label': 'greedy', 'bindings': {}}],
-      'plot': {'kind': 'bars', 'metric': 'accuracy', 'x': 'lambda',
-               'references': ['teacher', 'student_sft'], 'evaluation': 'greedy'}}
+          'student_sft': {
+              'gin_files': [G + 'student_sft.gin', TINY],
+              'bindings': {'TRAIN_STEPS': '3'},
+          },
+      },
+      'axes': [
+          {
+              'name': 'lambda',
+              'values': [{'label': lam, 'bindings': {'LMBDA': lam}} for lam in lambdas],
+          }
+      ],
+      'seeds': [0],
+      'evaluations': [{'label': 'greedy', 'bindings': {}}],
+      'plot': {
+          'kind': 'bars',
+          'metric': 'accuracy',
+          'x': 'lambda',
+          'references': ['teacher', 'student_sft'],
+          'evaluation': 'greedy',
+      },
+  }
 
 
 def test_two_specs_sharing_runs_train_each_once_resume_and_draw(tmp_path, capsys):
@@ -244,8 +295,10 @@ def test_two_specs_sharing_runs_train_each_once_resume_and_draw(tmp_path, capsys
     link = root / 'tiny_b' / name
     assert link.is_symlink(), name
     assert link.resolve() == (root / 'tiny_a' / name).resolve()
-  for run_dir in (root / 'tiny_a' / 'lambda_1.0' / 'seed_0', root / 'tiny_b' / 'lambda_0.0' /
-                  'seed_0'):
+  for run_dir in (
+      root / 'tiny_a' / 'lambda_1.0' / 'seed_0',
+      root / 'tiny_b' / 'lambda_0.0' / 'seed_0',
+  ):
     assert (run_dir / runners.DONE).exists()
     assert (run_dir / 'eval_greedy' / 'metrics.json').exists()
     assert (run_dir / 'logs' / 'train.log').read_text().count('step 3/3') == 1
@@ -264,8 +317,7 @@ def test_probes_start_from_the_reproductions_trained_students(tmp_path):
   # A probe (launch/sweeps/probes/) runs beyond the reproduction's budget from its students,
   # named through {root}: each must be a training of the reproduction's plan under that root.
   root = str(tmp_path)
-  trained = {job.output_dir for job in plan.merge(load_all(), root).jobs
-             if job.kind == 'train'}
+  trained = {job.output_dir for job in plan.merge(load_all(), root).jobs if job.kind == 'train'}
   probes = sorted((ROOT / 'launch' / 'sweeps' / 'probes').glob('*.json'))
   assert probes
   for path in probes:
@@ -321,16 +373,19 @@ def test_claim_verdicts_follow_the_effect_size_rule(tmp_path):
   lower = claims.Claim('Fig. X', 'a is lower', 'spec', 'divergence', 'greedy', 'a', 'b', sign=-1)
   assert claims.verdict(lower, row(8.0, 1.0), row(10.0, 1.0))[2] == 'reproduced'
   with open(tmp_path / 'spec.csv', 'w') as f:
-    f.write('point,reference,evaluation,metric,mean,std,n_seeds\n'
-            'a,,greedy,accuracy,12.0,1.0,3\nb,,greedy,accuracy,10.0,1.0,3\n')
+    f.write(
+        'point,reference,evaluation,metric,mean,std,n_seeds\n'
+        'a,,greedy,accuracy,12.0,1.0,3\nb,,greedy,accuracy,10.0,1.0,3\n'
+    )
   text = claims.table(str(tmp_path), [claim, lower])
-  assert ('| Fig. X | a beats b | 12.00 ± 1.00 (n=3) | 10.00 ± 1.00 (n=3) | +2.00 | +2.0 | '
-          'reproduced |') in text
+  assert (
+      '| Fig. X | a beats b | 12.00 ± 1.00 (n=3) | 10.00 ± 1.00 (n=3) | +2.00 | +2.0 | '
+      'reproduced |'
+  ) in text
   assert text.splitlines()[-1].endswith('| missing |')
   # Every shipped claim, the paper's and the testbed's, names points of its spec.
   testbed = sorted((ROOT / 'launch' / 'sweeps' / 'testbed').glob('*.json'))
-  specs = {spec.name: spec
-           for spec in load_all() + [spec_lib.load(str(path)) for path in testbed]}
+  specs = {spec.name: spec for spec in load_all() + [spec_lib.load(str(path)) for path in testbed]}
   for claim in claims.CLAIMS + claims.TESTBED_CLAIMS:
     points = {run.point for run in plan.expand(specs[claim.spec], '/r')}
     assert {claim.first, claim.second} <= points, claim

@@ -13,10 +13,15 @@ PROBE = os.path.join(os.path.dirname(__file__), 'sharded_step_probe.py')
 
 
 def check_probe(lmbda, architecture):
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
-             JAX_PLATFORMS='cpu')
-  out = subprocess.run([sys.executable, PROBE, str(lmbda), architecture], env=env,
-                       capture_output=True, text=True, timeout=600, check=True)
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8', JAX_PLATFORMS='cpu')
+  out = subprocess.run(
+      [sys.executable, PROBE, str(lmbda), architecture],
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=600,
+      check=True,
+  )
   results = json.loads(out.stdout.strip().splitlines()[-1])
   loss, grad_norm, _ = results['single']
   assert np.isfinite(loss) and grad_norm > 0

@@ -13,50 +13,69 @@ import seqio
 
 pytest.importorskip('t5x.models')
 
-# pylint: disable=g-import-not-at-top
 from t5x import checkpoints as t5x_checkpoints
 from t5x import models as t5x_models
 from t5x import optimizers as t5x_optimizers
 from t5x import partitioning as t5x_partitioning
 from t5x import train_state as t5x_train_state
+import tiny
 
 from gkd_t5x import checkpoints
 from gkd_t5x import models
 from gkd_t5x import objective
 from gkd_t5x import t5x_integration
-import tiny
 
 VOCAB = 32
 VOCABULARY = seqio.PassThroughVocabulary(size=VOCAB, eos_id=1)
-SHAPES = {'encoder_input_tokens': (2, 5), 'decoder_input_tokens': (2, 4),
-          'decoder_target_tokens': (2, 4), 'decoder_loss_weights': (2, 4)}
+SHAPES = {
+    'encoder_input_tokens': (2, 5),
+    'decoder_input_tokens': (2, 4),
+    'decoder_target_tokens': (2, 4),
+    'decoder_loss_weights': (2, 4),
+}
 
 
 def make_model(teacher=True):
-  gkd = objective.GKDConfig(lmbda=0.5) if teacher else objective.GKDConfig(
-      divergence='cross_entropy', lmbda=0.0)
+  gkd = (
+      objective.GKDConfig(lmbda=0.5)
+      if teacher
+      else objective.GKDConfig(divergence='cross_entropy', lmbda=0.0)
+  )
   teacher_module = tiny.transformer(VOCAB, 16, mlp_dim=16) if teacher else None
-  return models.GKDModel(tiny.transformer(VOCAB, 8, mlp_dim=16), teacher_module, VOCABULARY,
-                         VOCABULARY, optimizer_def=t5x_optimizers.OptaxWrapper(optax.adam(1e-3)),
-                         gkd=gkd)
+  return models.GKDModel(
+      tiny.transformer(VOCAB, 8, mlp_dim=16),
+      teacher_module,
+      VOCABULARY,
+      VOCABULARY,
+      optimizer_def=t5x_optimizers.OptaxWrapper(optax.adam(1e-3)),
+      gkd=gkd,
+  )
 
 
 def make_initializer(model, teacher_checkpoint_path):
   return t5x_integration.TeacherTrainStateInitializer(
-      optimizer_def=model.optimizer_def, init_fn=model.get_initial_variables,
-      input_shapes=SHAPES, partitioner=t5x_partitioning.PjitPartitioner(num_partitions=1),
-      teacher_checkpoint_path=teacher_checkpoint_path)
+      optimizer_def=model.optimizer_def,
+      init_fn=model.get_initial_variables,
+      input_shapes=SHAPES,
+      partitioner=t5x_partitioning.PjitPartitioner(num_partitions=1),
+      teacher_checkpoint_path=teacher_checkpoint_path,
+  )
 
 
 def write_t5x_teacher(directory):
   """A teacher written by T5X's msgpack + tensorstore `Checkpointer`; returns its params."""
   variables = tiny.transformer(VOCAB, 16, mlp_dim=16).init(
-      jax.random.PRNGKey(7), *(jnp.ones(SHAPES[name], jnp.int32) for name in (
-          'encoder_input_tokens', 'decoder_input_tokens', 'decoder_target_tokens')),
-      enable_dropout=False)
+      jax.random.PRNGKey(7),
+      *(
+          jnp.ones(SHAPES[name], jnp.int32)
+          for name in ('encoder_input_tokens', 'decoder_input_tokens', 'decoder_target_tokens')
+      ),
+      enable_dropout=False,
+  )
   state = t5x_train_state.InferenceState.create(flax.core.freeze(variables))
-  t5x_checkpoints.Checkpointer(state, t5x_partitioning.PjitPartitioner(num_partitions=1),
-                               str(directory)).save(state)
+  t5x_checkpoints.Checkpointer(
+      state, t5x_partitioning.PjitPartitioner(num_partitions=1), str(directory)
+  ).save(state)
   return jax.tree_util.tree_map(np.asarray, flax.core.unfreeze(variables['params']))
 
 
@@ -68,10 +87,14 @@ def test_gkd_model_is_a_t5x_encoder_decoder_model():
   params = model.get_initial_variables(jax.random.PRNGKey(0), SHAPES)['params']
   rng = np.random.RandomState(0)
   batch = {name: jnp.asarray(rng.randint(2, VOCAB, shape)) for name, shape in SHAPES.items()}
-  logits = model._compute_logits(params, batch)  # pylint: disable=protected-access
-  want = model.module.apply({'params': params}, batch['encoder_input_tokens'],
-                            batch['decoder_input_tokens'], batch['decoder_target_tokens'],
-                            enable_dropout=False)
+  logits = model._compute_logits(params, batch)
+  want = model.module.apply(
+      {'params': params},
+      batch['encoder_input_tokens'],
+      batch['decoder_input_tokens'],
+      batch['decoder_target_tokens'],
+      enable_dropout=False,
+  )
   np.testing.assert_allclose(logits, want, rtol=1e-6)
 
 

@@ -24,7 +24,6 @@ import pytest
 
 pytest.importorskip('t5x.train')
 
-# pylint: disable=g-import-not-at-top
 import flax
 import jax
 import orbax.checkpoint as ocp
@@ -44,13 +43,23 @@ COMMON = ('EVAL_PERIOD=6',)
 
 
 def t5x_run(script, run_file, experiment, *bindings, devices=1):
-  command = [sys.executable, '-m', f't5x.{script}', f'--gin_file=gin/runs/{run_file}.gin',
-             f'--gin_file=gin/experiments/arithmetic/{experiment}.gin', f'--gin_file={TINY}',
-             *[f'--gin.{binding}' for binding in bindings]]
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3',
-             XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
-  result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=900)
+  command = [
+      sys.executable,
+      '-m',
+      f't5x.{script}',
+      f'--gin_file=gin/runs/{run_file}.gin',
+      f'--gin_file=gin/experiments/arithmetic/{experiment}.gin',
+      f'--gin_file={TINY}',
+      *[f'--gin.{binding}' for binding in bindings],
+  ]
+  env = dict(
+      os.environ,
+      TF_CPP_MIN_LOG_LEVEL='3',
+      XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
+  )
+  result = subprocess.run(
+      command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900, check=False
+  )
   assert result.returncode == 0, result.stderr[-6000:]
 
 
@@ -58,15 +67,19 @@ def state_tree(step_dir):
   """A T5X orbax checkpoint's state as NumPy arrays (it may come from more devices)."""
   path = os.path.join(step_dir, 'state')
   metadata = ocp.PyTreeCheckpointer().metadata(path).item_metadata.tree
-  restore_args = jax.tree_util.tree_map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
-                                        metadata)
+  restore_args = jax.tree_util.tree_map(
+      lambda _: ocp.RestoreArgs(restore_type=np.ndarray), metadata
+  )
   return ocp.PyTreeCheckpointer().restore(
-      path, args=ocp.args.PyTreeRestore(restore_args=restore_args))
+      path, args=ocp.args.PyTreeRestore(restore_args=restore_args)
+  )
 
 
 def flat(tree):
-  return {jax.tree_util.keystr(key): np.asarray(value)
-          for key, value in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  return {
+      jax.tree_util.keystr(key): np.asarray(value)
+      for key, value in jax.tree_util.tree_flatten_with_path(tree)[0]
+  }
 
 
 def assert_trees_equal(a, b):
@@ -91,11 +104,14 @@ def teacher_params(tmp_path_factory, t5x_teacher_run):
   params = state_tree(t5x_teacher_run / 'checkpoint_6')['target']
   legacy_dir = tmp_path_factory.mktemp('legacy_teacher')
   axes = jax.tree_util.tree_map(
-      lambda x: flax.linen.partitioning.AxisMetadata(names=(None,) * np.ndim(x)), params)
+      lambda x: flax.linen.partitioning.AxisMetadata(names=(None,) * np.ndim(x)), params
+  )
   state = t5x_train_state.InferenceState.create(
-      flax.core.freeze({'params': params, 'params_axes': axes}))
-  t5x_checkpoints.Checkpointer(state, partitioning.PjitPartitioner(num_partitions=1),
-                               str(legacy_dir)).save(state)
+      flax.core.freeze({'params': params, 'params_axes': axes})
+  )
+  t5x_checkpoints.Checkpointer(
+      state, partitioning.PjitPartitioner(num_partitions=1), str(legacy_dir)
+  ).save(state)
   assert (legacy_dir / 'checkpoint_0' / 'checkpoint').is_file()
   assert not (legacy_dir / 'checkpoint_0' / 'state').exists()
   return params, legacy_dir
@@ -105,16 +121,25 @@ def test_both_t5x_formats_restore_the_same_params(t5x_teacher_run, teacher_param
   params, legacy_dir = teacher_params
   replicated = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   abstract = jax.tree_util.tree_map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), params)
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), params
+  )
   for path in (t5x_teacher_run, legacy_dir):  # a model directory: its latest step
     restored = checkpoints.restore_params(str(path), abstract, setting='TEACHER_CHECKPOINT_PATH')
     assert_trees_equal(restored, params)
 
 
 def gkd_bindings(model_dir, teacher_dir, *extra):
-  return (f'MODEL_DIR="{model_dir}"', f'TEACHER_CHECKPOINT_PATH="{teacher_dir}"',
-          'LMBDA=0.5', 'DIVERGENCE="jsd"', 'BETA=0.9', 'NUM_PARTITIONS=None',
-          'MODEL_PARALLEL_SUBMESH=(1, 2)', *COMMON, *extra)
+  return (
+      f'MODEL_DIR="{model_dir}"',
+      f'TEACHER_CHECKPOINT_PATH="{teacher_dir}"',
+      'LMBDA=0.5',
+      'DIVERGENCE="jsd"',
+      'BETA=0.9',
+      'NUM_PARTITIONS=None',
+      'MODEL_PARALLEL_SUBMESH=(1, 2)',
+      *COMMON,
+      *extra,
+  )
 
 
 @pytest.fixture(scope='module')
@@ -137,8 +162,9 @@ def test_gkd_trains_under_t5x_with_model_parallelism(gkd_run):
   # T5X's train_eval (eval_fn) and seqio infer_eval (predict_batch_with_aux) ran.
   train_eval = event_files.read_scalars(str(gkd_run / 'training_eval' / TASK))
   assert [step for step, _ in train_eval['loss']] == [6]
-  metrics = [json.loads(line)
-             for line in open(gkd_run / 'inference_eval' / f'{TASK}-metrics.jsonl')]
+  metrics = [
+      json.loads(line) for line in open(gkd_run / 'inference_eval' / f'{TASK}-metrics.jsonl')
+  ]
   assert [m['step'] for m in metrics] == [6] and 0.0 <= metrics[0]['accuracy'] <= 100.0
 
 
@@ -160,8 +186,13 @@ def test_teacher_is_sharded_like_the_student_and_never_updated(gkd_run, teacher_
 
 def test_gkd_run_resumes_with_the_teacher_of_its_checkpoint(gkd_run, teacher_params):
   params, legacy_dir = teacher_params
-  t5x_run('train', 't5x_finetune', 'gkd', *gkd_bindings(gkd_run, legacy_dir, 'TRAIN_STEPS=9',
-                                                        'EVAL_PERIOD=3'), devices=4)
+  t5x_run(
+      'train',
+      't5x_finetune',
+      'gkd',
+      *gkd_bindings(gkd_run, legacy_dir, 'TRAIN_STEPS=9', 'EVAL_PERIOD=3'),
+      devices=4,
+  )
   steps = [step for step, _ in event_files.read_scalars(str(gkd_run / 'train'))['loss']]
   assert steps == list(range(1, 10))
   state = state_tree(gkd_run / 'checkpoint_9')
@@ -172,11 +203,21 @@ def test_gkd_run_resumes_with_the_teacher_of_its_checkpoint(gkd_run, teacher_par
 def test_t5x_eval_and_infer_read_the_gkd_checkpoint(gkd_run, tmp_path):
   checkpoint = f'CHECKPOINT_PATH="{gkd_run / "checkpoint_6"}"'
   t5x_run('eval', 't5x_eval', 'gkd', checkpoint, f'EVAL_OUTPUT_DIR="{tmp_path / "eval"}"')
-  metrics = [json.loads(line) for line in
-             open(tmp_path / 'eval' / 'inference_eval' / f'{TASK}-metrics.jsonl')]
+  metrics = [
+      json.loads(line)
+      for line in open(tmp_path / 'eval' / 'inference_eval' / f'{TASK}-metrics.jsonl')
+  ]
   assert metrics[0]['step'] == 6 and 'accuracy' in metrics[0]
-  t5x_run('infer', 't5x_infer', 'gkd', checkpoint, f'INFER_OUTPUT_DIR="{tmp_path / "score"}"',
-          'INFER_MODE="score"')
-  scores = [json.loads(line)['score'] for line in
-            open(tmp_path / 'score' / f'{TASK}-score.jsonl-00000-of-00001')]
+  t5x_run(
+      'infer',
+      't5x_infer',
+      'gkd',
+      checkpoint,
+      f'INFER_OUTPUT_DIR="{tmp_path / "score"}"',
+      'INFER_MODE="score"',
+  )
+  scores = [
+      json.loads(line)['score']
+      for line in open(tmp_path / 'score' / f'{TASK}-score.jsonl-00000-of-00001')
+  ]
   assert len(scores) == 1000 and all(np.isfinite(scores)) and all(s < 0 for s in scores)
