@@ -403,8 +403,8 @@ def beam_search(
 
   def step_fn(state: _BeamState) -> _BeamState:
     t = state.step
-    inputs_BKx1 = _previous_tokens(state.live_seqs_BxKxL, t, decoder_start_id)
-    logits_BKxV, cache = tokens_to_logits(inputs_BKx1.reshape(b * k, 1), state.cache, t)
+    inputs_BxK = _previous_tokens(state.live_seqs_BxKxL, t, decoder_start_id)
+    logits_BKxV, cache = tokens_to_logits(inputs_BxK.reshape(b * k, 1), state.cache, t)
     logits_BKxV = _check_logits(logits_BKxV, b * k)
     v = logits_BKxV.shape[-1]
     cand_BxKxV = state.live_logprobs_BxK[..., None] + jax.nn.log_softmax(
