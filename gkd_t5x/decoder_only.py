@@ -42,8 +42,6 @@ from gkd_t5x import network
 Array = jnp.ndarray
 Cache = Dict[str, Any]
 
-_ACTIVATION_DTYPES = ('float32', 'bfloat16', 'float16')
-
 
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
@@ -68,40 +66,9 @@ class DecoderOnlyConfig:
   dtype: Any = 'float32'
 
   def __post_init__(self):
-    for name in ('vocab_size', 'emb_dim', 'num_heads', 'num_layers', 'head_dim', 'mlp_dim'):
-      value = getattr(self, name)
-      if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f'DecoderOnlyConfig.{name} must be a positive int, got {value!r}.')
-    if not 0.0 <= self.dropout_rate < 1.0:
-      raise ValueError(
-          f'DecoderOnlyConfig.dropout_rate must be in [0, 1), got {self.dropout_rate!r}.'
-      )
-    if isinstance(self.mlp_activations, str):
-      raise ValueError(
-          'DecoderOnlyConfig.mlp_activations must be a sequence of names, e.g. '
-          f"('relu',), got the string {self.mlp_activations!r}."
-      )
-    allowed = sorted(layers._ACTIVATIONS)
-    activations = tuple(self.mlp_activations)
-    if not activations or any(name not in allowed for name in activations):
-      raise ValueError(
-          'DecoderOnlyConfig.mlp_activations must be a non-empty sequence of '
-          f'{allowed}, got {self.mlp_activations!r}.'
-      )
-    if not isinstance(self.logits_via_embedding, bool):
-      raise ValueError(
-          'DecoderOnlyConfig.logits_via_embedding must be a bool, got '
-          f'{self.logits_via_embedding!r}.'
-      )
-    try:
-      dtype = jnp.dtype(self.dtype)
-    except TypeError:
-      dtype = None
-    if dtype is None or dtype.name not in _ACTIVATION_DTYPES:
-      raise ValueError(
-          f'DecoderOnlyConfig.dtype must be one of {list(_ACTIVATION_DTYPES)}, '
-          f'got {self.dtype!r}.'
-      )
+    activations, dtype = layers.check_network_config(
+        self, ('vocab_size', 'emb_dim', 'num_heads', 'num_layers', 'head_dim', 'mlp_dim')
+    )
     object.__setattr__(self, 'mlp_activations', activations)
     object.__setattr__(self, 'dtype', dtype)
 

@@ -292,6 +292,50 @@ class MultiHeadDotProductAttention(nn.Module):
 
 
 _ACTIVATIONS = {'relu': nn.relu, 'gelu': nn.gelu, 'linear': lambda x: x}
+ACTIVATION_DTYPES = ('float32', 'bfloat16', 'float16')
+
+
+def check_network_config(config: Any, positive_ints: Sequence[str]) -> Tuple[Tuple[str, ...], Any]:
+  """Validates the fields `network.T5Config` and `decoder_only.DecoderOnlyConfig` share.
+
+  Each message names `<Config>.<field>` and the allowed values. Bools are not sizes, though
+  Python counts them as ints.
+
+  Returns:
+    (mlp_activations as a tuple, dtype as a `jnp.dtype`), the normalized values to store.
+  """
+  owner = type(config).__name__
+  for name in positive_ints:
+    value = getattr(config, name)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+      raise ValueError(f'{owner}.{name} must be a positive int, got {value!r}.')
+  if not 0.0 <= config.dropout_rate < 1.0:
+    raise ValueError(f'{owner}.dropout_rate must be in [0, 1), got {config.dropout_rate!r}.')
+  if isinstance(config.mlp_activations, str):
+    raise ValueError(
+        f"{owner}.mlp_activations must be a sequence of names, e.g. ('relu',), got the string "
+        f'{config.mlp_activations!r}.'
+    )
+  allowed = sorted(_ACTIVATIONS)
+  activations = tuple(config.mlp_activations)
+  if not activations or any(name not in allowed for name in activations):
+    raise ValueError(
+        f'{owner}.mlp_activations must be a non-empty sequence of {allowed}, got '
+        f'{config.mlp_activations!r}.'
+    )
+  if not isinstance(config.logits_via_embedding, bool):
+    raise ValueError(
+        f'{owner}.logits_via_embedding must be a bool, got {config.logits_via_embedding!r}.'
+    )
+  try:
+    dtype = jnp.dtype(config.dtype)
+  except TypeError:
+    dtype = None
+  if dtype is None or dtype.name not in ACTIVATION_DTYPES:
+    raise ValueError(
+        f'{owner}.dtype must be one of {list(ACTIVATION_DTYPES)}, got {config.dtype!r}.'
+    )
+  return activations, dtype
 
 
 class MlpBlock(nn.Module):

@@ -371,6 +371,7 @@ class GKDModelBase:
     self.decode_top_p = decode_top_p
     self.beam_size = beam_size
     self.beam_alpha = beam_alpha
+    self.calculator = calculator
     self._eos_id = output_vocabulary.eos_id
     self._forcing = (
         calculator_lib.calculator_forcing(output_vocabulary, student_vocab) if calculator else None

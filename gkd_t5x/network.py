@@ -54,22 +54,20 @@ class T5Config:
   dtype: Any = 'float32'
 
   def __post_init__(self):
-    for name in (
-        'vocab_size',
-        'emb_dim',
-        'num_heads',
-        'num_encoder_layers',
-        'num_decoder_layers',
-        'head_dim',
-        'mlp_dim',
-    ):
-      value = getattr(self, name)
-      if not isinstance(value, int) or value < 1:
-        raise ValueError(f'T5Config.{name} must be a positive int, got {value!r}.')
-    if not 0.0 <= self.dropout_rate < 1.0:
-      raise ValueError(f'T5Config.dropout_rate must be in [0, 1), got {self.dropout_rate}.')
-    object.__setattr__(self, 'mlp_activations', tuple(self.mlp_activations))
-    object.__setattr__(self, 'dtype', jnp.dtype(self.dtype))
+    activations, dtype = layers.check_network_config(
+        self,
+        (
+            'vocab_size',
+            'emb_dim',
+            'num_heads',
+            'num_encoder_layers',
+            'num_decoder_layers',
+            'head_dim',
+            'mlp_dim',
+        ),
+    )
+    object.__setattr__(self, 'mlp_activations', activations)
+    object.__setattr__(self, 'dtype', dtype)
 
 
 class EncoderLayer(nn.Module):

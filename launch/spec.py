@@ -330,27 +330,41 @@ def _axes(errors: '_Errors', data: Any, references: Sequence[str]) -> Tuple[Axis
 def _axis_values(
     errors: '_Errors', field: str, data: Any, references: Sequence[str]
 ) -> Tuple[AxisValue, ...]:
-  if not isinstance(data, list) or not data:
-    errors.add(field, 'must be a non-empty list')
-    return ()
-  errors.labels(
-      field, [value.get('label') if isinstance(value, Mapping) else None for value in data]
-  )
-  values = []
-  for j, value in enumerate(data):
-    value_field = f'{field}[{j}]'
-    if not isinstance(value, Mapping):
-      errors.add(value_field, 'must be an object')
+  items = _labelled(errors, field, data, VALUE_KEYS, references, non_empty=True)
+  return tuple(AxisValue(item.get('label'), **given) for _, item, given in items)
+
+
+def _labelled(
+    errors: '_Errors',
+    field: str,
+    data: Any,
+    keys: Sequence[str],
+    references: Sequence[str],
+    *,
+    non_empty: bool,
+) -> List[Tuple[str, Mapping, Dict[str, Any]]]:
+  """A list of labelled objects (axis values, evaluations): (field, object, the settings they
+  share, validated: `gin_files` where `keys` allows them, `bindings` naming known references)
+  of each object that is one."""
+  if not isinstance(data, list) or (non_empty and not data):
+    errors.add(field, 'must be a non-empty list' if non_empty else 'must be a list')
+    return []
+  errors.labels(field, [item.get('label') if isinstance(item, Mapping) else None for item in data])
+  items = []
+  for i, item in enumerate(data):
+    item_field = f'{field}[{i}]'
+    if not isinstance(item, Mapping):
+      errors.add(item_field, 'must be an object')
       continue
-    errors.keys(value_field, value, VALUE_KEYS, required=('label',))
+    errors.keys(item_field, item, keys, required=('label',))
     given: Dict[str, Any] = {}
-    if 'gin_files' in value:
-      given['gin_files'] = errors.gin_files(f'{value_field}.gin_files', value['gin_files'])
-    if 'bindings' in value:
-      given['bindings'] = errors.bindings(f'{value_field}.bindings', value['bindings'])
-      errors.known_references(f'{value_field}.bindings', given['bindings'], references)
-    values.append(AxisValue(value.get('label'), **given))
-  return tuple(values)
+    if 'gin_files' in keys and 'gin_files' in item:
+      given['gin_files'] = errors.gin_files(f'{item_field}.gin_files', item['gin_files'])
+    if 'bindings' in item:
+      given['bindings'] = errors.bindings(f'{item_field}.bindings', item['bindings'])
+      errors.known_references(f'{item_field}.bindings', given['bindings'], references)
+    items.append((item_field, item, given))
+  return items
 
 
 def _check_experiment_files(errors: '_Errors', spec_files: bool, axes: Sequence[Axis]) -> None:
@@ -380,28 +394,17 @@ def _seeds(errors: '_Errors', data: Any) -> Tuple[int, ...]:
 
 
 def _evaluations(errors: '_Errors', data: Any, references: Sequence[str]) -> Tuple[Evaluation, ...]:
-  if not isinstance(data, list):
-    errors.add('evaluations', 'must be a list')
-    return ()
-  errors.labels('evaluations', [e.get('label') if isinstance(e, Mapping) else None for e in data])
   evaluations = []
-  for i, evaluation in enumerate(data):
-    field = f'evaluations[{i}]'
-    if not isinstance(evaluation, Mapping):
-      errors.add(field, 'must be an object')
-      continue
-    errors.keys(field, evaluation, EVALUATION_KEYS, required=('label',))
-    given: Dict[str, Any] = {}
-    if 'bindings' in evaluation:
-      given['bindings'] = errors.bindings(f'{field}.bindings', evaluation['bindings'])
-      errors.known_references(f'{field}.bindings', given['bindings'], references)
-    if 'num_samples' in evaluation:
-      samples = evaluation['num_samples']
+  for field, item, given in _labelled(
+      errors, 'evaluations', data, EVALUATION_KEYS, references, non_empty=False
+  ):
+    if 'num_samples' in item:
+      samples = item['num_samples']
       if isinstance(samples, int) and not isinstance(samples, bool) and samples >= 1:
         given['num_samples'] = samples
       else:
         errors.add(f'{field}.num_samples', f'must be an integer >= 1; got {samples!r}')
-    evaluations.append(Evaluation(evaluation.get('label'), **given))
+    evaluations.append(Evaluation(item.get('label'), **given))
   return tuple(evaluations)
 
 

@@ -90,7 +90,8 @@ ARITHMETIC_CHAIN5_SLIPS_FEATURE_LENGTHS = {'inputs': 16, 'targets': 80}
 _CHUNK = 8192
 
 
-def _apply(op: str, a: int, b: int) -> int:
+def apply_operator(op: str, a: int, b: int) -> int:
+  """a op b for op in '+', '-', '*'."""
   if op == '+':
     return a + b
   if op == '-':
@@ -118,7 +119,7 @@ def format_example(operands: Sequence[int], ops: Sequence[str]) -> Example:
   acc = int(operands[0])
   for op, b in zip(ops, operands[1:]):
     b = int(b)
-    result = _apply(op, acc, b)
+    result = apply_operator(op, acc, b)
     problem.append(f'{op}{b}')
     steps.append(f'{acc}{op}{b}={result};')
     acc = result
@@ -172,7 +173,7 @@ def _check_args(
 
 
 @functools.lru_cache(maxsize=16)
-def _unique_problems(
+def unique_problems(
     num_terms: int, max_value: int, operators: Tuple[str, ...], total: int, seed: int
 ) -> Tuple[Example, ...]:
   """The first `total` distinct problems of the seed's stream, in order of first appearance."""
@@ -231,7 +232,7 @@ def generate_splits(
   operators = _check_args(
       num_terms, max_value, operators, num_train, num_validation, num_test, train_fraction
   )
-  examples = _unique_problems(
+  examples = unique_problems(
       int(num_terms),
       int(max_value),
       operators,
@@ -356,7 +357,7 @@ def self_correction(
     prediction = _to_str(prediction)
     corrected_rows += marker in prediction
     for step in steps.step_pattern(marker).finditer(prediction):
-      truth = _apply(step['op'], int(step['a']), int(step['b']))
+      truth = apply_operator(step['op'], int(step['a']), int(step['b']))
       corrected = step['corrected']
       if int(step['value']) != truth:
         errors += 1
@@ -398,7 +399,7 @@ def step_order(
       if step['a'] != running:
         reordered += 1
         commuted += step['b'] == running
-        reordered_right += int(_final_value(step)) == _apply(
+        reordered_right += int(_final_value(step)) == apply_operator(
             step['op'], int(step['a']), int(step['b'])
         )
       running = _final_value(step)

@@ -112,7 +112,7 @@ def describe(runner, kind, got):
       temperature=model.decode_temperature,
       beam_size=model.beam_size,
       beam_alpha=model.beam_alpha,
-      calculator=model._forcing is not None,
+      calculator=model.calculator,
   )
   if kind == 'train':
     data, evaluation = got['train_dataset_cfg'], got.get(

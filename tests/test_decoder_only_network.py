@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import tiny
 
 import gin
 from gkd_t5x import decoder_only
@@ -60,13 +61,6 @@ def packed_prefix_lm_batch():
   return tuple(map(jnp.asarray, (inputs, targets, segments, causal_attention)))
 
 
-def flat_names(tree):
-  return {
-      jax.tree_util.keystr(path): leaf
-      for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
-  }
-
-
 def axis_names(variables):
   return jax.tree_util.tree_map(lambda axes: axes.names, variables['params_axes'])
 
@@ -82,7 +76,7 @@ def test_param_tree_names_shapes_and_axes_equal_t5x(logits_via_embedding, mlp_ac
   t5x_variables = theirs.init(jax.random.PRNGKey(0), tokens, tokens, enable_dropout=False)
   our_variables = init(ours)
   shapes = lambda variables: {
-      name: (leaf.shape, leaf.dtype) for name, leaf in flat_names(variables['params']).items()
+      name: (leaf.shape, leaf.dtype) for name, leaf in tiny.flat(variables['params']).items()
   }
   assert shapes(our_variables) == shapes(t5x_variables)
   assert axis_names(our_variables) == axis_names(t5x_variables)
@@ -112,7 +106,7 @@ def test_t5x_params_give_equal_logits_both_ways(logits_via_embedding, mlp_activa
 def test_parameter_tree_follows_t5x_layout():
   """The layout the T5X comparisons check, stated here too for where T5X is absent."""
   variables = init(make_module(mlp_activations=('gelu', 'linear')))
-  params = flat_names(variables['params'])
+  params = tiny.flat(variables['params'])
   prefix = "['decoder']"
   expected = {
       "['token_embedder']['embedding']": (VOCAB, 16),

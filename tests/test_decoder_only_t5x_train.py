@@ -15,12 +15,10 @@ is this project's own network: T5X's decoder_only example is not needed.
 """
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+import runs
 
 pytest.importorskip('t5x.train')
 
@@ -30,48 +28,22 @@ import test_t5x_train as t5x_helpers
 from gkd_t5x import event_files
 
 TASK = t5x_helpers.TASK
-TINY = str(t5x_helpers.ROOT / 'tests' / 'testdata' / 'tiny_arithmetic_decoder_only.gin')
-
-
-def t5x_run(script, run_file, experiment, *bindings, devices=1):
-  """T5X's `script` with a decoder-only experiment and the decoder-only test sizes."""
-  command = [
-      sys.executable,
-      '-m',
-      f't5x.{script}',
-      f'--gin_file=gin/runs/{run_file}.gin',
-      f'--gin_file=gin/experiments/arithmetic/decoder_only_{experiment}.gin',
-      f'--gin_file={TINY}',
-      *[f'--gin.{binding}' for binding in bindings],
-  ]
-  env = dict(
-      os.environ,
-      TF_CPP_MIN_LOG_LEVEL='3',
-      XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
-  )
-  result = subprocess.run(
-      command,
-      cwd=t5x_helpers.ROOT,
-      env=env,
-      capture_output=True,
-      text=True,
-      timeout=900,
-      check=False,
-  )
-  assert result.returncode == 0, result.stderr[-6000:]
+EXPERIMENTS = runs.DECODER_ONLY
 
 
 @pytest.fixture(scope='module')
 def teacher_run(tmp_path_factory):
   run_dir = tmp_path_factory.mktemp('t5x_decoder_only_teacher')
-  t5x_run('train', 't5x_finetune', 'teacher', f'MODEL_DIR="{run_dir}"', *t5x_helpers.COMMON)
+  EXPERIMENTS.run_t5x(
+      'train', 't5x_finetune', 'teacher', f'MODEL_DIR="{run_dir}"', *t5x_helpers.COMMON
+  )
   return run_dir
 
 
 @pytest.fixture(scope='module')
 def gkd_run(tmp_path_factory, teacher_run):
   model_dir = tmp_path_factory.mktemp('t5x_decoder_only_gkd')
-  t5x_run(
+  EXPERIMENTS.run_t5x(
       'train',
       't5x_finetune',
       'gkd',
@@ -107,7 +79,7 @@ def test_on_policy_gkd_trains_under_t5x_with_model_parallelism(gkd_run):
 def test_teacher_comes_from_its_run_and_is_sharded_like_the_student(gkd_run, teacher_run):
   state = t5x_helpers.state_tree(gkd_run / 'checkpoint_6')
   teacher = t5x_helpers.state_tree(teacher_run / 'checkpoint_6')['target']
-  t5x_helpers.assert_trees_equal(state['flax_mutables']['teacher'], teacher)
+  runs.assert_trees_equal(state['flax_mutables']['teacher'], teacher)
   assert 'decoder' in teacher and 'encoder' not in teacher
   metadata = ocp.PyTreeCheckpointer().metadata(gkd_run / 'checkpoint_6' / 'state')
   tree = metadata.item_metadata.tree
@@ -117,7 +89,7 @@ def test_teacher_comes_from_its_run_and_is_sharded_like_the_student(gkd_run, tea
 
 
 def test_t5x_infer_scores_the_targets_with_the_student(gkd_run, tmp_path):
-  t5x_run(
+  EXPERIMENTS.run_t5x(
       'infer',
       't5x_infer',
       'gkd',

@@ -4,66 +4,27 @@ decoder_only_*.gin) and the test-sized nets of tests/testdata/tiny_arithmetic_de
 
 A decoder-only teacher and SFT student are trained, then on-policy GKD with JSD(0.9) (lambda =
 1) starts from both; a run stopped after its first checkpoint and restarted ends where the
-uninterrupted run does, and the evaluator reads the result. The helpers are test_train.py's.
+uninterrupted run does, and the evaluator reads the result. The scaffolding is tests/runs.py's.
 """
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
-import test_train
+import runs
+import tiny
 
 from gkd_t5x import event_files
 
-EXPERIMENT = 'decoder_only_{}'
-TINY = os.path.join(test_train.ROOT, 'tests', 'testdata', 'tiny_arithmetic_decoder_only.gin')
-
-
-def command(model_dir, experiment, *bindings):
-  argv = test_train.command(model_dir, EXPERIMENT.format(experiment), *bindings)
-  return [arg.replace(test_train.TINY, TINY) for arg in argv]
-
-
-def run(model_dir, experiment, *bindings):
-  result = subprocess.run(
-      command(model_dir, experiment, *bindings),
-      cwd=test_train.ROOT,
-      env=test_train.environment(),
-      capture_output=True,
-      text=True,
-      timeout=600,
-      check=False,
-  )
-  assert result.returncode == 0, result.stderr[-4000:]
-  return result
-
-
-@pytest.fixture(scope='module')
-def teacher_dir(tmp_path_factory):
-  model_dir = tmp_path_factory.mktemp('decoder_only_teacher')
-  run(model_dir, 'teacher')
-  return model_dir
-
-
-@pytest.fixture(scope='module')
-def sft_dir(tmp_path_factory):
-  model_dir = tmp_path_factory.mktemp('decoder_only_sft')
-  run(model_dir, 'student_sft')
-  return model_dir
+EXPERIMENTS = runs.DECODER_ONLY
+teacher_dir = EXPERIMENTS.trained('teacher')
+sft_dir = EXPERIMENTS.trained('student_sft')
 
 
 def gkd_bindings(teacher_dir, sft_dir, *extra):
-  return (
-      f'TEACHER_CHECKPOINT_PATH="{teacher_dir}"',
-      f'INITIAL_CHECKPOINT_PATH="{sft_dir}"',
-      'LMBDA=1.0',
-      'DIVERGENCE="jsd"',
-      'BETA=0.9',
-      'EVAL_PERIOD=6',
-      *extra,
+  return runs.distillation_bindings(
+      teacher_dir, sft_dir, 'LMBDA=1.0', 'DIVERGENCE="jsd"', 'BETA=0.9', 'EVAL_PERIOD=6', *extra
   )
 
 
@@ -71,12 +32,12 @@ def gkd_bindings(teacher_dir, sft_dir, *extra):
 def gkd_run(tmp_path_factory, teacher_dir, sft_dir):
   """6 steps of on-policy GKD (lambda 1, JSD(0.9)), checkpoints every 3, evaluated at the end."""
   model_dir = tmp_path_factory.mktemp('decoder_only_gkd')
-  run(model_dir, 'gkd', *gkd_bindings(teacher_dir, sft_dir))
+  EXPERIMENTS.train(model_dir, 'gkd', *gkd_bindings(teacher_dir, sft_dir))
   return model_dir
 
 
 def test_on_policy_gkd_trains_and_evaluates(gkd_run):
-  scalars = test_train.train_scalars(gkd_run)
+  scalars = runs.train_scalars(gkd_run)
   assert [step for step, _ in scalars['loss']] == list(range(1, 7))
   assert all(np.isfinite(value) and value > 0 for _, value in scalars['loss'])
   assert {value for _, value in scalars['on_policy_fraction']} == {1.0}
@@ -93,17 +54,12 @@ def test_on_policy_gkd_trains_and_evaluates(gkd_run):
 
 def test_sft_student_starts_the_distillation(sft_dir, teacher_dir, tmp_path):
   """One step at a negligible learning rate from INITIAL_CHECKPOINT_PATH keeps its params."""
-  run(
-      tmp_path,
-      'supervised_kd',
-      f'TEACHER_CHECKPOINT_PATH="{teacher_dir}"',
-      f'INITIAL_CHECKPOINT_PATH="{sft_dir}"',
-      'TRAIN_STEPS=1',
-      'LEARNING_RATE=1e-30',
+  bindings = runs.distillation_bindings(
+      teacher_dir, sft_dir, 'TRAIN_STEPS=1', 'LEARNING_RATE=1e-30'
   )
-  flat = lambda tree: dict(test_train.flatten(tree))
-  sft = flat(test_train.final_params(sft_dir, 6))
-  distilled = flat(test_train.final_params(tmp_path, 1))
+  EXPERIMENTS.train(tmp_path, 'supervised_kd', *bindings)
+  sft = tiny.flat(runs.final_params(sft_dir, 6))
+  distilled = tiny.flat(runs.final_params(tmp_path, 1))
   assert sft.keys() == distilled.keys() and any('decoder' in key for key in sft)
   for key in sft:
     np.testing.assert_allclose(sft[key], distilled[key], atol=1e-6, err_msg=key)
@@ -116,37 +72,24 @@ def test_restarted_run_ends_where_the_uninterrupted_run_does(
   the checkpoint (data position and step keys included) and ends with the same params and
   metrics."""
   bindings = gkd_bindings(teacher_dir, sft_dir)
-  run(tmp_path, 'gkd', *bindings, 'TRAIN_STEPS=3')
-  resumed = run(tmp_path, 'gkd', *bindings)
+  EXPERIMENTS.train(tmp_path, 'gkd', *bindings, 'TRAIN_STEPS=3')
+  resumed = EXPERIMENTS.train(tmp_path, 'gkd', *bindings)
   assert 'steps 3 -> 6' in resumed.stdout
-  test_train.assert_trees_equal(
-      test_train.final_params(tmp_path, 6), test_train.final_params(gkd_run, 6)
-  )
-  assert test_train.train_scalars(tmp_path) == test_train.train_scalars(gkd_run)
+  runs.assert_trees_equal(runs.final_params(tmp_path, 6), runs.final_params(gkd_run, 6))
+  assert runs.train_scalars(tmp_path) == runs.train_scalars(gkd_run)
 
 
 def test_evaluator_reads_the_decoder_only_checkpoint(gkd_run, teacher_dir, tmp_path):
-  argv = [
-      sys.executable,
-      '-m',
-      'gkd_t5x.eval',
-      '--gin_file=gin/runs/eval.gin',
-      f'--gin_file=gin/experiments/arithmetic/{EXPERIMENT.format("gkd")}.gin',
-      f'--gin_file={TINY}',
-      f'--gin.CHECKPOINT_PATH="{gkd_run}"',
-      f'--gin.EVAL_OUTPUT_DIR="{tmp_path}"',
-      f'--gin.TEACHER_CHECKPOINT_PATH="{teacher_dir}"',
-  ]
-  result = subprocess.run(
-      argv,
-      cwd=test_train.ROOT,
-      env=test_train.environment(),
-      capture_output=True,
-      text=True,
-      timeout=600,
-      check=False,
+  runs.run(
+      EXPERIMENTS.argv(
+          'gkd_t5x.eval',
+          'eval',
+          'gkd',
+          f'CHECKPOINT_PATH="{gkd_run}"',
+          f'EVAL_OUTPUT_DIR="{tmp_path}"',
+          f'TEACHER_CHECKPOINT_PATH="{teacher_dir}"',
+      )
   )
-  assert result.returncode == 0, result.stderr[-4000:]
   summary = json.load(open(tmp_path / 'metrics.json'))
   assert summary['checkpoint'].endswith('checkpoint_6') and summary['split'] == 'test'
   metrics = summary['metrics']

@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import tiny
 
 from gkd_t5x import decoding
 from gkd_t5x import network
@@ -43,17 +44,10 @@ def init(module, inputs, decoder_inputs, targets, seed=0):
   )
 
 
-def flat_names(tree):
-  return {
-      jax.tree_util.keystr(path): leaf
-      for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
-  }
-
-
 def test_parameter_tree_follows_t5x_names_shapes_and_axes():
   module = network.Transformer(make_config())
   variables = init(module, *make_batch())
-  params = flat_names(variables['params'])
+  params = tiny.flat(variables['params'])
   assert params["['token_embedder']['embedding']"].shape == (VOCAB, 16)
   assert params["['encoder']['relpos_bias']['rel_embedding']"].shape == (2, 32)
   assert params["['decoder']['relpos_bias']['rel_embedding']"].shape == (2, 32)
@@ -202,9 +196,12 @@ def test_bad_config_fails_early():
     network.T5Config(vocab_size=10, emb_dim=0)
   with pytest.raises(ValueError, match='dropout_rate'):
     network.T5Config(vocab_size=10, dropout_rate=1.5)
-  module = network.Transformer(make_config(mlp_activations=('gelu', 'swish')))
-  with pytest.raises(ValueError, match='mlp_activations'):
-    init(module, *make_batch())
+  with pytest.raises(ValueError, match=r'T5Config.mlp_activations must be a non-empty sequence'):
+    make_config(mlp_activations=('gelu', 'swish'))
+  with pytest.raises(ValueError, match='T5Config.num_heads must be a positive int, got True'):
+    network.T5Config(vocab_size=10, num_heads=True)
+  with pytest.raises(ValueError, match=r"T5Config.dtype must be one of \['float32'"):
+    network.T5Config(vocab_size=10, dtype='int8')
 
 
 @pytest.mark.parametrize('temperature', [0.0, 1.0])

@@ -33,7 +33,7 @@ def test_slips_are_wrong_values_followed_by_the_right_ones(kind):
     num_steps += target.count(';')
     for a, op, b, wrong, right in SLIPPED_STEP.findall(slipped):
       num_slips += 1
-      assert int(right) == arithmetic._apply(op, int(a), int(b))
+      assert int(right) == arithmetic.apply_operator(op, int(a), int(b))
       assert int(wrong) != int(right)
       if kind == 'offset':
         assert 1 <= abs(int(wrong) - int(right)) <= 9

@@ -15,12 +15,11 @@ Skipped where t5x is not installed (it is not on PyPI; see the README).
 
 import json
 import os
-import pathlib
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+import runs
+import tiny
 
 pytest.importorskip('t5x.train')
 
@@ -34,33 +33,11 @@ from t5x import train_state as t5x_train_state
 from gkd_t5x import checkpoints
 from gkd_t5x import event_files
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-TINY = str(ROOT / 'tests' / 'testdata' / 'tiny_arithmetic.gin')
+EXPERIMENTS = runs.ENCODER_DECODER
 TASK = 'arithmetic_sum3_2digit'
 # tiny_arithmetic.gin trains 6 steps and checkpoints every 3; T5X needs the eval period to be a
 # multiple of the checkpoint period.
 COMMON = ('EVAL_PERIOD=6',)
-
-
-def t5x_run(script, run_file, experiment, *bindings, devices=1):
-  command = [
-      sys.executable,
-      '-m',
-      f't5x.{script}',
-      f'--gin_file=gin/runs/{run_file}.gin',
-      f'--gin_file=gin/experiments/arithmetic/{experiment}.gin',
-      f'--gin_file={TINY}',
-      *[f'--gin.{binding}' for binding in bindings],
-  ]
-  env = dict(
-      os.environ,
-      TF_CPP_MIN_LOG_LEVEL='3',
-      XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
-  )
-  result = subprocess.run(
-      command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900, check=False
-  )
-  assert result.returncode == 0, result.stderr[-6000:]
 
 
 def state_tree(step_dir):
@@ -75,25 +52,11 @@ def state_tree(step_dir):
   )
 
 
-def flat(tree):
-  return {
-      jax.tree_util.keystr(key): np.asarray(value)
-      for key, value in jax.tree_util.tree_flatten_with_path(tree)[0]
-  }
-
-
-def assert_trees_equal(a, b):
-  a, b = flat(a), flat(b)
-  assert a.keys() == b.keys()
-  for key in a:
-    np.testing.assert_array_equal(a[key], b[key], err_msg=key)
-
-
 @pytest.fixture(scope='module')
 def t5x_teacher_run(tmp_path_factory):
   """A teacher trained by T5X: its run directory of orbax checkpoints."""
   run_dir = tmp_path_factory.mktemp('t5x_teacher')
-  t5x_run('train', 't5x_finetune', 'teacher', f'MODEL_DIR="{run_dir}"', *COMMON)
+  EXPERIMENTS.run_t5x('train', 't5x_finetune', 'teacher', f'MODEL_DIR="{run_dir}"', *COMMON)
   return run_dir
 
 
@@ -125,7 +88,7 @@ def test_both_t5x_formats_restore_the_same_params(t5x_teacher_run, teacher_param
   )
   for path in (t5x_teacher_run, legacy_dir):  # a model directory: its latest step
     restored = checkpoints.restore_params(str(path), abstract, setting='TEACHER_CHECKPOINT_PATH')
-    assert_trees_equal(restored, params)
+    runs.assert_trees_equal(restored, params)
 
 
 def gkd_bindings(model_dir, teacher_dir, *extra):
@@ -146,7 +109,9 @@ def gkd_bindings(model_dir, teacher_dir, *extra):
 def gkd_run(tmp_path_factory, teacher_params):
   _, legacy_dir = teacher_params
   model_dir = tmp_path_factory.mktemp('t5x_gkd')
-  t5x_run('train', 't5x_finetune', 'gkd', *gkd_bindings(model_dir, legacy_dir), devices=4)
+  EXPERIMENTS.run_t5x(
+      'train', 't5x_finetune', 'gkd', *gkd_bindings(model_dir, legacy_dir), devices=4
+  )
   return model_dir
 
 
@@ -172,9 +137,9 @@ def test_teacher_is_sharded_like_the_student_and_never_updated(gkd_run, teacher_
   params, _ = teacher_params
   step_dir = gkd_run / 'checkpoint_6'
   state = state_tree(step_dir)
-  assert_trees_equal(state['flax_mutables']['teacher'], params)
+  runs.assert_trees_equal(state['flax_mutables']['teacher'], params)
   # The optimizer holds the student's params only.
-  assert not any('teacher' in key for key in flat(state['state']))
+  assert not any('teacher' in key for key in tiny.flat(state['state']))
   metadata = ocp.PyTreeCheckpointer().metadata(step_dir / 'state').item_metadata.tree
   kernel = ['decoder', 'layers_0', 'mlp', 'wi_0', 'kernel']
   for tree in (metadata['flax_mutables']['teacher'], metadata['target']):
@@ -186,7 +151,7 @@ def test_teacher_is_sharded_like_the_student_and_never_updated(gkd_run, teacher_
 
 def test_gkd_run_resumes_with_the_teacher_of_its_checkpoint(gkd_run, teacher_params):
   params, legacy_dir = teacher_params
-  t5x_run(
+  EXPERIMENTS.run_t5x(
       'train',
       't5x_finetune',
       'gkd',
@@ -196,19 +161,21 @@ def test_gkd_run_resumes_with_the_teacher_of_its_checkpoint(gkd_run, teacher_par
   steps = [step for step, _ in event_files.read_scalars(str(gkd_run / 'train'))['loss']]
   assert steps == list(range(1, 10))
   state = state_tree(gkd_run / 'checkpoint_9')
-  assert_trees_equal(state['flax_mutables']['teacher'], params)
+  runs.assert_trees_equal(state['flax_mutables']['teacher'], params)
   assert int(state['state']['step']) == 9
 
 
 def test_t5x_eval_and_infer_read_the_gkd_checkpoint(gkd_run, tmp_path):
   checkpoint = f'CHECKPOINT_PATH="{gkd_run / "checkpoint_6"}"'
-  t5x_run('eval', 't5x_eval', 'gkd', checkpoint, f'EVAL_OUTPUT_DIR="{tmp_path / "eval"}"')
+  EXPERIMENTS.run_t5x(
+      'eval', 't5x_eval', 'gkd', checkpoint, f'EVAL_OUTPUT_DIR="{tmp_path / "eval"}"'
+  )
   metrics = [
       json.loads(line)
       for line in open(tmp_path / 'eval' / 'inference_eval' / f'{TASK}-metrics.jsonl')
   ]
   assert metrics[0]['step'] == 6 and 'accuracy' in metrics[0]
-  t5x_run(
+  EXPERIMENTS.run_t5x(
       'infer',
       't5x_infer',
       'gkd',

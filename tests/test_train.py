@@ -8,111 +8,26 @@ TensorBoard event files, the eval JSON lines and the orbax checkpoints.
 
 import json
 import os
-import pathlib
 import signal
 import socket
 import subprocess
-import sys
 import time
 
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
+import runs
+import tiny
 
 from gkd_t5x import event_files
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-TINY = str(ROOT / 'tests' / 'testdata' / 'tiny_arithmetic.gin')
-# Progress figures that differ between identical runs.
-TIMING_TAGS = {'steps_per_sec', 'eta_seconds'}
-
-
-def command(model_dir, experiment, *bindings, extra_flags=()):
-  return [
-      sys.executable,
-      '-m',
-      'gkd_t5x.train',
-      '--gin_file=gin/runs/train.gin',
-      f'--gin_file=gin/experiments/arithmetic/{experiment}.gin',
-      f'--gin_file={TINY}',
-      f'--gin.MODEL_DIR="{model_dir}"',
-      *[f'--gin.{b}' for b in bindings],
-      *extra_flags,
-  ]
-
-
-def environment(devices=1):
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
-  env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
-  return env
-
-
-def run(model_dir, experiment, *bindings, devices=1):
-  result = subprocess.run(
-      command(model_dir, experiment, *bindings),
-      cwd=ROOT,
-      env=environment(devices),
-      capture_output=True,
-      text=True,
-      timeout=600,
-      check=False,
-  )
-  assert result.returncode == 0, result.stderr[-4000:]
-  return result
-
-
-def train_scalars(model_dir):
-  return {
-      tag: values
-      for tag, values in event_files.read_scalars(os.path.join(model_dir, 'train')).items()
-      if tag not in TIMING_TAGS
-  }
-
-
-def final_params(model_dir, step):
-  state = ocp.PyTreeCheckpointer().restore(os.path.join(model_dir, f'checkpoint_{step}', 'state'))
-  return state['target']
-
-
-def assert_trees_equal(a, b):
-  flat_a = dict(flatten(a))
-  flat_b = dict(flatten(b))
-  assert flat_a.keys() == flat_b.keys()
-  for key in flat_a:
-    np.testing.assert_array_equal(flat_a[key], flat_b[key], err_msg=key)
-
-
-def flatten(tree, prefix=''):
-  """Yields ('/path/to/leaf', numpy array) of a nested dict of arrays."""
-  if isinstance(tree, dict):
-    for key, value in tree.items():
-      yield from flatten(value, f'{prefix}/{key}')
-  else:
-    yield prefix, np.asarray(tree)
-
-
-@pytest.fixture(scope='module')
-def teacher_dir(tmp_path_factory):
-  model_dir = tmp_path_factory.mktemp('teacher')
-  run(model_dir, 'teacher')
-  return model_dir
-
-
-@pytest.fixture(scope='module')
-def sft_dir(tmp_path_factory):
-  model_dir = tmp_path_factory.mktemp('sft')
-  run(model_dir, 'student_sft')
-  return model_dir
+EXPERIMENTS = runs.ENCODER_DECODER
+teacher_dir = EXPERIMENTS.trained('teacher')
+sft_dir = EXPERIMENTS.trained('student_sft')
 
 
 def gkd_bindings(teacher_dir, sft_dir, *extra):
-  return (
-      f'TEACHER_CHECKPOINT_PATH="{teacher_dir}"',
-      f'INITIAL_CHECKPOINT_PATH="{sft_dir}"',
-      'LMBDA=0.5',
-      'DIVERGENCE="jsd"',
-      'BETA=0.5',
-      *extra,
+  return runs.distillation_bindings(
+      teacher_dir, sft_dir, 'LMBDA=0.5', 'DIVERGENCE="jsd"', 'BETA=0.5', *extra
   )
 
 
@@ -123,13 +38,13 @@ def gkd_run(tmp_path_factory, teacher_dir, sft_dir):
   bindings = gkd_bindings(
       teacher_dir, sft_dir, 'TRAIN_STEPS=12', 'CHECKPOINT_PERIOD=4', 'EVAL_PERIOD=4'
   )
-  run(model_dir, 'gkd', *bindings)
+  EXPERIMENTS.train(model_dir, 'gkd', *bindings)
   return model_dir, bindings
 
 
 def test_gkd_run_writes_metrics_checkpoints_and_predictions(gkd_run):
   model_dir, _ = gkd_run
-  scalars = train_scalars(model_dir)
+  scalars = runs.train_scalars(model_dir)
   assert [step for step, _ in scalars['loss']] == list(range(1, 13))
   assert all(np.isfinite(value) for _, value in scalars['loss'])
   on_policy = [value for _, value in scalars['on_policy_fraction']]
@@ -157,25 +72,22 @@ def test_gkd_run_writes_metrics_checkpoints_and_predictions(gkd_run):
 
 def test_sft_params_start_the_distillation_run(sft_dir, teacher_dir, tmp_path):
   """One step at a negligible learning rate from INITIAL_CHECKPOINT_PATH keeps its params."""
-  run(
-      tmp_path,
-      'supervised_kd',
-      f'TEACHER_CHECKPOINT_PATH="{teacher_dir}"',
-      f'INITIAL_CHECKPOINT_PATH="{sft_dir}"',
-      'TRAIN_STEPS=1',
-      'LEARNING_RATE=1e-30',
+  bindings = runs.distillation_bindings(
+      teacher_dir, sft_dir, 'TRAIN_STEPS=1', 'LEARNING_RATE=1e-30'
   )
-  sft = final_params(sft_dir, 6)
-  distilled = final_params(tmp_path, 1)
-  for (key, a), (_, b) in zip(sorted(flatten(sft)), sorted(flatten(distilled))):
-    np.testing.assert_allclose(a, b, atol=1e-6, err_msg=key)
+  EXPERIMENTS.train(tmp_path, 'supervised_kd', *bindings)
+  sft = tiny.flat(runs.final_params(sft_dir, 6))
+  distilled = tiny.flat(runs.final_params(tmp_path, 1))
+  assert sft.keys() == distilled.keys()
+  for key in sft:
+    np.testing.assert_allclose(sft[key], distilled[key], atol=1e-6, err_msg=key)
 
 
 def test_same_seed_same_metrics(gkd_run, tmp_path):
   model_dir, bindings = gkd_run
-  run(tmp_path, 'gkd', *bindings)
-  assert train_scalars(tmp_path) == train_scalars(model_dir)
-  assert_trees_equal(final_params(tmp_path, 12), final_params(model_dir, 12))
+  EXPERIMENTS.train(tmp_path, 'gkd', *bindings)
+  assert runs.train_scalars(tmp_path) == runs.train_scalars(model_dir)
+  runs.assert_trees_equal(runs.final_params(tmp_path, 12), runs.final_params(model_dir, 12))
 
 
 def test_sigkill_then_resume_equals_uninterrupted_run(gkd_run, tmp_path):
@@ -183,9 +95,9 @@ def test_sigkill_then_resume_equals_uninterrupted_run(gkd_run, tmp_path):
   the final params and every logged metric after the restart equal the uninterrupted run's."""
   model_dir, bindings = gkd_run
   process = subprocess.Popen(
-      command(tmp_path, 'gkd', *bindings),
-      cwd=ROOT,
-      env=environment(),
+      EXPERIMENTS.train_argv(tmp_path, 'gkd', *bindings),
+      cwd=runs.ROOT,
+      env=runs.environment(),
       stdout=subprocess.DEVNULL,
       stderr=subprocess.DEVNULL,
   )
@@ -197,30 +109,34 @@ def test_sigkill_then_resume_equals_uninterrupted_run(gkd_run, tmp_path):
   process.send_signal(signal.SIGKILL)
   process.wait()
   assert not (tmp_path / 'checkpoint_12').exists(), 'the run finished before it was killed'
-  run(tmp_path, 'gkd', *bindings)
-  assert_trees_equal(final_params(tmp_path, 12), final_params(model_dir, 12))
-  resumed, reference = train_scalars(tmp_path), train_scalars(model_dir)
+  EXPERIMENTS.train(tmp_path, 'gkd', *bindings)
+  runs.assert_trees_equal(runs.final_params(tmp_path, 12), runs.final_params(model_dir, 12))
+  resumed, reference = runs.train_scalars(tmp_path), runs.train_scalars(model_dir)
   for tag, values in reference.items():
     assert resumed[tag] == values, tag
 
 
 def losses(model_dir):
-  return np.array([value for _, value in train_scalars(model_dir)['loss']])
+  return np.array([value for _, value in runs.train_scalars(model_dir)['loss']])
 
 
 @pytest.mark.parametrize('partitions', [1, 2])
 def test_eight_devices_give_the_loss_of_one(gkd_run, tmp_path, partitions):
   """Mesh 8x1 (data parallel) and 4x2 (model parallel 2): the same losses as one device."""
   model_dir, bindings = gkd_run
-  run(tmp_path, 'gkd', *bindings, f'NUM_PARTITIONS={partitions}', 'EVAL_PERIOD=None', devices=8)
+  EXPERIMENTS.train(
+      tmp_path, 'gkd', *bindings, f'NUM_PARTITIONS={partitions}', 'EVAL_PERIOD=None', devices=8
+  )
   np.testing.assert_allclose(losses(tmp_path), losses(model_dir), rtol=1e-5, atol=1e-6)
 
 
 def test_vocabulary_that_model_parallelism_cannot_split(tmp_path):
   result = subprocess.run(
-      command(tmp_path, 'student_sft', 'ARITHMETIC_VOCAB_SIZE=259', 'NUM_PARTITIONS=2'),
-      cwd=ROOT,
-      env=environment(8),
+      EXPERIMENTS.train_argv(
+          tmp_path, 'student_sft', 'ARITHMETIC_VOCAB_SIZE=259', 'NUM_PARTITIONS=2'
+      ),
+      cwd=runs.ROOT,
+      env=runs.environment(8),
       capture_output=True,
       text=True,
       timeout=600,
@@ -242,7 +158,7 @@ def test_two_processes_give_the_loss_of_one(gkd_run, tmp_path):
   port = free_port()
   processes = [
       subprocess.Popen(
-          command(
+          EXPERIMENTS.train_argv(
               tmp_path,
               'gkd',
               *bindings,
@@ -253,8 +169,8 @@ def test_two_processes_give_the_loss_of_one(gkd_run, tmp_path):
                   f'--process_id={index}',
               ),
           ),
-          cwd=ROOT,
-          env=environment(),
+          cwd=runs.ROOT,
+          env=runs.environment(),
           stdout=subprocess.PIPE,
           stderr=subprocess.PIPE,
           text=True,

@@ -1,4 +1,4 @@
-"""Tiny T5 networks and encoder-decoder batches that the unit tests share.
+"""Tiny T5 networks and encoder-decoder batches that the unit tests share, and pytrees by path.
 
 The networks trace and run in seconds on a CPU; the batch maker derives what the model
 features add to the token arrays (shifted decoder inputs, loss weights), as seqio's
@@ -7,6 +7,7 @@ encoder-decoder feature converter does.
 
 from typing import Dict, Optional
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -47,4 +48,13 @@ def encdec_batch(inputs: np.ndarray, targets: np.ndarray) -> Dict[str, jnp.ndarr
       'decoder_target_tokens': jnp.asarray(targets),
       'decoder_input_tokens': objective.shift_right(jnp.asarray(targets)),
       'decoder_loss_weights': jnp.asarray(targets > 0, jnp.float32),
+  }
+
+
+def flat(tree) -> Dict[str, np.ndarray]:
+  """{path as `jax.tree_util.keystr` writes it, e.g. "['decoder']['layers_0']": leaf as a
+  NumPy array} of a pytree (params, checkpoints)."""
+  return {
+      jax.tree_util.keystr(path): np.asarray(leaf)
+      for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
   }
