@@ -6,19 +6,22 @@ per-position values of shape `logits.shape[:-1]`, computed in log space in at le
 that logits of magnitude 1e4 and vocabularies of 32k+ stay finite.
 
 `sequence_mean` reduces per-position values to the paper's sequence discrepancy (Eq. 2),
-`batch_mean` then averages over the sequences of a batch.
+`batch_mean` then averages over the sequences of a batch. `chunked_sequence_sum` computes such
+weighted sums over chunks of the sequence, so that long targets never hold float32
+[B, L, V] intermediates.
 
 The logits must be finite: a -inf logit (a token masked out of the vocabulary) would turn the
 0 * log 0 terms into NaN.
 """
 
-from typing import Callable, Optional, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
 
 Array = jnp.ndarray
 DivergenceFn = Callable[..., Array]
+PyTree = Any
 
 
 def _log_probs(logits: Array, temperature: float) -> Array:
@@ -222,6 +225,30 @@ def get_divergence(name: str, beta: Optional[float] = None) -> DivergenceFn:
   return fn
 
 
+def weighted_sequence_sum(values: Array, weights: Array) -> Array:
+  """sum_n w_n D_n over each row; positions of weight 0 contribute exactly 0 (also when their
+  value is NaN or inf).
+
+  Args:
+    values: [batch, length] per-position divergence.
+    weights: [batch, length] loss weights.
+
+  Returns:
+    [batch] weighted sums, in the dtype of `values`.
+  """
+  weights = weights.astype(values.dtype)
+  return jnp.sum(jnp.where(weights > 0, values, 0.0) * weights, axis=-1)
+
+
+def sequence_mean_of_sum(sum_B: Array, total_weight_B: Array) -> Tuple[Array, Array]:
+  """`sequence_mean` from each row's weighted sum [B] and total weight [B]: sum / total weight,
+  0 for a row without weight. Returns ([B] per-sequence mean, [B] float32 1.0 where the row has
+  weight)."""
+  has_tokens = total_weight_B > 0
+  per_sequence = sum_B / jnp.where(has_tokens, total_weight_B, 1.0)
+  return per_sequence, has_tokens.astype(jnp.float32)
+
+
 def sequence_mean(values: Array, weights: Array) -> Tuple[Array, Array]:
   """Paper Eq. 2: D(p_T || p_S)(y | x) = (1 / L_y) sum_n D_n over the weighted positions of y.
 
@@ -240,12 +267,62 @@ def sequence_mean(values: Array, weights: Array) -> Tuple[Array, Array]:
         f'values and weights must both be [batch, length]; got {values.shape} and '
         f'{weights.shape}.'
     )
-  weights = weights.astype(values.dtype)
-  masked = jnp.where(weights > 0, values, 0.0) * weights
-  total_weight = jnp.sum(weights, axis=-1)
-  has_tokens = total_weight > 0
-  per_sequence = jnp.sum(masked, axis=-1) / jnp.where(has_tokens, total_weight, 1.0)
-  return per_sequence, has_tokens.astype(jnp.float32)
+  total_weight = jnp.sum(weights.astype(values.dtype), axis=-1)
+  return sequence_mean_of_sum(weighted_sequence_sum(values, weights), total_weight)
+
+
+def chunked_sequence_sum(
+    sum_fn: Callable[[PyTree, Array], PyTree],
+    arrays: PyTree,
+    weights: Array,
+    *,
+    chunk_length: int,
+) -> PyTree:
+  """sum_k sum_fn(arrays[:, S_k], weights[:, S_k] * fresh_k) over chunks S_k of the sequence,
+  holding one chunk's intermediates at a time.
+
+  For a `sum_fn` that sums over positions terms that are 0 where the weight is 0 (such as
+  `weighted_sequence_sum`), this equals sum_fn(arrays, weights) up to the order of the float
+  additions. Chunk k covers the C = min(chunk_length, L) positions from min(kC, L - C): when C
+  does not divide L, the last chunk ends at the sequence's end and overlaps the one before, and
+  its positions already counted (before kC) get weight 0 (`fresh_k`). Nothing is padded, so no
+  copy of the [B, L, V] arrays is made.
+
+  A `lax.scan` runs over the chunks; its body is rematerialized (`jax.checkpoint`), so the
+  backward pass saves no per-chunk residuals but recomputes each chunk's forward, and neither
+  pass holds more than [B, C, ...] of `sum_fn`'s intermediates.
+
+  Args:
+    sum_fn: (chunk of `arrays` [B, C, ...], chunk weights [B, C]) -> a pytree of sums.
+    arrays: a pytree of [B, L, ...] arrays (None leaves allowed), sliced along axis 1.
+    weights: [B, L] loss weights.
+    chunk_length: the positions per chunk, >= 1.
+
+  Returns:
+    the pytree `sum_fn` returns, summed over the chunks.
+  """
+  if chunk_length < 1:
+    raise ValueError(f'chunk_length must be >= 1, got {chunk_length}.')
+  length = weights.shape[1]
+  size = min(chunk_length, length)
+  positions_C = jnp.arange(size)
+
+  @jax.checkpoint
+  def chunk_sum(k: Array) -> PyTree:
+    start = jnp.minimum(k * size, length - size)
+    take = lambda array: jax.lax.dynamic_slice_in_dim(array, start, size, axis=1)
+    fresh_C = start + positions_C >= k * size
+    weights_BxC = jnp.where(fresh_C, take(weights), jnp.zeros((), weights.dtype))
+    return sum_fn(jax.tree_util.tree_map(take, arrays), weights_BxC)
+
+  def add_chunk(total: PyTree, k: Array) -> Tuple[PyTree, None]:
+    return jax.tree_util.tree_map(jnp.add, total, chunk_sum(k)), None
+
+  zeros = jax.tree_util.tree_map(
+      lambda shape: jnp.zeros(shape.shape, shape.dtype), jax.eval_shape(chunk_sum, 0)
+  )
+  total, _ = jax.lax.scan(add_chunk, zeros, jnp.arange(-(-length // size)))
+  return total
 
 
 def batch_mean(per_sequence: Array, valid: Array) -> Array:

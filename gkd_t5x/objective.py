@@ -163,6 +163,12 @@ class GKDConfig:
       of the other samples of the same input; needs num_samples_per_input > 1).
     num_samples_per_input: samples per input for on-policy steps with 'per_input_mean' (the
       inputs are repeated, so the step trains on batch x this many sequences).
+    divergence_chunk_length: None (the default) computes the divergence and its next-token
+      statistics over the whole sequence at once; a positive int computes them over chunks of
+      that many positions (`divergences.chunked_sequence_sum`), the same values up to float
+      summation order, holding float32 [B, chunk, V] rather than [B, L, V] intermediates in
+      the forward and the backward pass, at the cost of recomputing each chunk's forward in
+      the backward. For long targets with a large vocabulary (GSM8K: 320 tokens, 32k).
   """
 
   divergence: str = 'forward_kl'
@@ -180,6 +186,7 @@ class GKDConfig:
   reward: Optional[rewards_lib.Reward] = None
   baseline: str = 'batch_mean'
   num_samples_per_input: int = 1
+  divergence_chunk_length: Optional[int] = None
 
   def __post_init__(self):
     if self.divergence not in DIVERGENCE_NAMES:
@@ -210,6 +217,14 @@ class GKDConfig:
     if self.num_samples_per_input < 1:
       raise ValueError(
           f'GKDConfig.num_samples_per_input must be >= 1, got {self.num_samples_per_input}.'
+      )
+    chunk_length = self.divergence_chunk_length
+    if chunk_length is not None and (
+        not isinstance(chunk_length, int) or isinstance(chunk_length, bool) or chunk_length < 1
+    ):
+      raise ValueError(
+          'GKDConfig.divergence_chunk_length must be a positive int (positions per chunk) or '
+          f'None (unchunked), got {chunk_length!r}.'
       )
     if self.divergence == 'cross_entropy' and self.may_be_on_policy:
       raise ValueError(
@@ -454,10 +469,11 @@ def divergence_term(
 ) -> Tuple[Array, Dict[str, Array]]:
   """Stage 2, E_y[D(p_T || p_S)(y|x)]: the token-level divergence averaged over each sequence
   (Eq. 2), then over the batch's sequences; 'cross_entropy' is the student's negative
-  log-likelihood of the tokens instead, with no teacher.
+  log-likelihood of the tokens instead, with no teacher. With `config.divergence_chunk_length`
+  it is computed over chunks of the sequence (`_chunked_divergence_term`).
 
   Args:
-    config: the objective's settings (divergence, beta, temperatures).
+    config: the objective's settings (divergence, beta, temperatures, chunk length).
     sequences: [B, L] the step's sequences; a row without weight counts in nothing.
     student_logits: [B, L, V] the student's teacher-forced logits of the sequences.
     teacher_logits: [B, L, V] the teacher's, or None for 'cross_entropy'.
@@ -465,43 +481,82 @@ def divergence_term(
   Returns:
     (scalar divergence, {token_agreement, teacher_entropy, student_entropy} with a teacher).
   """
+  if config.divergence_chunk_length is not None:
+    return _chunked_divergence_term(config, sequences, student_logits, teacher_logits)
   tokens, weights = sequences
-  if config.divergence == 'cross_entropy':
-    per_position = divergences.token_cross_entropy(
-        tokens, student_logits, student_temperature=config.student_temperature
-    )
-    stats = {}
-  else:
-    divergence_fn = divergences.get_divergence(config.divergence, config.beta)
-    per_position = divergence_fn(
-        teacher_logits,
-        student_logits,
-        teacher_temperature=config.teacher_temperature,
-        student_temperature=config.student_temperature,
-    )
-    stats = _next_token_stats(config, weights, teacher_logits, student_logits)
+  per_position = _position_divergence(config, tokens, student_logits, teacher_logits)
+  stats = {}
+  if config.divergence != 'cross_entropy':
+    token_mean = lambda values: jnp.sum(values * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+    stats = {
+        name: token_mean(values)
+        for name, values in _next_token_values(config, teacher_logits, student_logits).items()
+    }
   per_sequence, valid = divergences.sequence_mean(per_position, weights)
   return divergences.batch_mean(per_sequence, valid), stats
 
 
-def _next_token_stats(
-    config: GKDConfig, weights: Array, teacher_logits: Array, student_logits: Array
+def _chunked_divergence_term(
+    config: GKDConfig, sequences: Sequences, student_logits: Array, teacher_logits: Optional[Array]
+) -> Tuple[Array, Dict[str, Array]]:
+  """`divergence_term` from weighted sums over chunks of `config.divergence_chunk_length`
+  positions: each row's sum_n w_n D_n [B] and the statistics' sum_{b,n} w_bn s_bn, divided as
+  the unchunked path divides them (by each row's weight, then by the batch's)."""
+  tokens, weights = sequences
+
+  def chunk_sums(arrays: Tuple[Array, Array, Optional[Array]], weights_BxC: Array):
+    tokens_BxC, student_BxCxV, teacher_BxCxV = arrays
+    per_position = _position_divergence(config, tokens_BxC, student_BxCxV, teacher_BxCxV)
+    sums = dict(divergence=divergences.weighted_sequence_sum(per_position, weights_BxC))
+    if config.divergence != 'cross_entropy':
+      values = _next_token_values(config, teacher_BxCxV, student_BxCxV)
+      sums.update({name: jnp.sum(value * weights_BxC) for name, value in values.items()})
+    return sums
+
+  sums = divergences.chunked_sequence_sum(
+      chunk_sums,
+      (tokens, student_logits, teacher_logits),
+      weights,
+      chunk_length=config.divergence_chunk_length,
+  )
+  divergence_sum_B = sums.pop('divergence')
+  total_weight_B = jnp.sum(weights.astype(divergence_sum_B.dtype), axis=-1)
+  per_sequence, valid = divergences.sequence_mean_of_sum(divergence_sum_B, total_weight_B)
+  stats = {name: value / jnp.maximum(jnp.sum(weights), 1.0) for name, value in sums.items()}
+  return divergences.batch_mean(per_sequence, valid), stats
+
+
+def _position_divergence(
+    config: GKDConfig, tokens: Array, student_logits: Array, teacher_logits: Optional[Array]
+) -> Array:
+  """[B, L] float32 D(p_T || p_S) at each position of tokens [B, L] from logits [B, L, V]
+  ('cross_entropy': -log p_S(token), no teacher)."""
+  if config.divergence == 'cross_entropy':
+    return divergences.token_cross_entropy(
+        tokens, student_logits, student_temperature=config.student_temperature
+    )
+  divergence_fn = divergences.get_divergence(config.divergence, config.beta)
+  return divergence_fn(
+      teacher_logits,
+      student_logits,
+      teacher_temperature=config.teacher_temperature,
+      student_temperature=config.student_temperature,
+  )
+
+
+def _next_token_values(
+    config: GKDConfig, teacher_logits: Array, student_logits: Array
 ) -> Dict[str, Array]:
-  """Means over the weighted tokens: how often the two models' likeliest next tokens agree,
-  and each model's next-token entropy (nats, at the loss's temperatures)."""
-  token_mean = lambda values: jnp.sum(values * weights) / jnp.maximum(jnp.sum(weights), 1.0)
-  agree = jnp.argmax(teacher_logits, -1) == jnp.argmax(student_logits, -1)
+  """Per position [B, L]: whether the two models' likeliest next tokens agree (bool), and each
+  model's next-token entropy (float32 nats, at the loss's temperatures); `divergence_term`
+  reports their means over the weighted tokens."""
   # How sure each model is of the next token on these sequences: a teacher that is unsure on
   # the student's own samples hands that uncertainty to an on-policy student.
   return dict(
-      token_agreement=token_mean(agree),
-      teacher_entropy=token_mean(
-          divergences.entropy(teacher_logits, temperature=config.teacher_temperature)
-      ),
-      student_entropy=token_mean(
-          divergences.entropy(
-              lax.stop_gradient(student_logits), temperature=config.student_temperature
-          )
+      token_agreement=jnp.argmax(teacher_logits, -1) == jnp.argmax(student_logits, -1),
+      teacher_entropy=divergences.entropy(teacher_logits, temperature=config.teacher_temperature),
+      student_entropy=divergences.entropy(
+          lax.stop_gradient(student_logits), temperature=config.student_temperature
       ),
   )
 

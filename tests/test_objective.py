@@ -137,6 +137,40 @@ def test_supervised_kd_is_forward_kl_on_targets(variables):
   assert 0.0 <= float(metrics['token_agreement'].compute()) <= 1.0
 
 
+def test_chunked_divergence_leaves_loss_fn_unchanged(variables):
+  """`GKDConfig.divergence_chunk_length` of 4 (of 6 target positions, so the last chunk
+  overlaps the one before) gives the same loss, metrics and parameter gradients."""
+  batch = make_batch()
+  batch['decoder_loss_weights'] = batch['decoder_loss_weights'].at[2].set(0.0)  # A padding row.
+
+  @jax.jit
+  def steps(params):
+    return [
+        jax.value_and_grad(
+            make_model(
+                lmbda=0.0, divergence='jsd', beta=0.9, divergence_chunk_length=chunk_length
+            ).loss_fn,
+            has_aux=True,
+        )(params, batch, jax.random.PRNGKey(0), teacher_of(variables))
+        for chunk_length in (None, 4)
+    ]
+
+  ((want, (want_metrics, _)), want_grads), ((loss, (metrics, _)), grads) = steps(
+      variables['params']
+  )
+  np.testing.assert_allclose(loss, want, rtol=1e-6)
+  assert metrics.keys() == want_metrics.keys()
+  for name, metric in metrics.items():
+    np.testing.assert_allclose(
+        metric.compute(), want_metrics[name].compute(), rtol=1e-6, err_msg=name
+    )
+  jax.tree_util.tree_map(
+      lambda grad, want_grad: np.testing.assert_allclose(grad, want_grad, rtol=1e-5, atol=1e-8),
+      grads,
+      want_grads,
+  )
+
+
 def on_policy_samples(variables, batch, key, temperature=1.0):
   """The student samples gkd_loss draws for step key `key` (its documented rng split)."""
   _, _, sample_rng = jax.random.split(key, 3)
