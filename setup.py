@@ -48,5 +48,7 @@ setuptools.setup(
         # install them with --no-deps from the commits the README names.
         't5x': ['fiddle==0.3.1', 'cached-property==2.0.1', 'grain==0.2.12',
                 'tensorstore==0.1.86'],
+        # benchmarks/compare_trl.py: our GKD step against TRL's GKDTrainer step (PyTorch on CPU).
+        'bench': ['torch==2.13.0', 'transformers==5.17.0', 'trl==1.13.0'],
     },
 )

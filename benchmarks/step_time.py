@@ -306,6 +306,27 @@ def make_model(bench: Bench, lmbda: float) -> models.GKDModelBase:
       gkd=gkd)
 
 
+def make_sampler(bench: Bench, model: models.GKDModelBase, params,
+                 inputs: jnp.ndarray) -> Callable[[jnp.ndarray], objective.Sequences]:
+  """The student's jitted sampler of L tokens (temperature 1, EOS stops a row), as a function
+  of the sampling key, for inputs [B, I] (`model.objective_batch`'s 'encoder_input_tokens').
+
+  Returns:
+    rng -> `objective.Sequences` of shape [B, L].
+  """
+  student = lambda p: model.policy(model.module, p)
+  # The sampler's input: the student's prompt state, computed outside the timed function.
+  prompt = jax.jit(lambda p: student(p).read_prompt(inputs))(params)
+
+  @jax.jit
+  def sample(p, rng):
+    return objective.sample_sequences(
+        student(p), prompt, rng=rng, batch_size=bench.batch_size, length=bench.target_length,
+        max_decode_length=bench.target_length, temperature=1.0, eos_id=EOS_ID)
+
+  return lambda rng: sample(params, rng)
+
+
 def xla_flops(compiled) -> float:
   analysis = compiled.cost_analysis()
   if isinstance(analysis, (list, tuple)):  # one entry per program in older jax versions
@@ -369,15 +390,7 @@ def run_bench(name: str, bench: Bench, steps: int, warmup: int) -> Dict[str, obj
   # The objective's features (a decoder-only model's split rows), made outside the timings.
   features = jax.jit(model.objective_batch)(batch)
   inputs, targets = features['encoder_input_tokens'], features['decoder_target_tokens']
-  student = lambda p: model.policy(model.module, p)
-  # The sampler's input: the student's prompt state, computed outside the timed function.
-  prompt = jax.jit(lambda p: student(p).read_prompt(inputs))(params)
-
-  @jax.jit
-  def sample(p, rng):
-    return objective.sample_sequences(
-        student(p), prompt, rng=rng, batch_size=bench.batch_size, length=bench.target_length,
-        max_decode_length=bench.target_length, temperature=1.0, eos_id=EOS_ID)
+  sample = make_sampler(bench, model, params, inputs)
 
   @jax.jit
   def teacher_forward(p):
@@ -385,8 +398,7 @@ def run_bench(name: str, bench: Bench, steps: int, warmup: int) -> Dict[str, obj
     return teacher.logits(teacher.read_prompt(inputs), objective.shift_right(targets), targets)
 
   log(f'[{name}] timing sampling alone and the teacher forward pass')
-  sample_s = statistics.median(
-      time_runs(lambda k: sample(params, step_keys[k]), steps, warmup))
+  sample_s = statistics.median(time_runs(lambda k: sample(step_keys[k]), steps, warmup))
   teacher_forward_s = statistics.median(
       time_runs(lambda _: teacher_forward(teacher_params), steps, warmup))
 
