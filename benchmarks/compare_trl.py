@@ -40,6 +40,11 @@ line with:
   trl_decode_steps                  runs (the target length L unless every row stopped early):
                                     the two timed the same number of tokens when these agree
   threads                           threads each library may use (--threads; default all CPUs)
+  load_average                      the machine's 1-minute load average before and after the
+                                    rounds: other processes on the cores stall PyTorch's OpenMP
+                                    threads, which wait for each other at every op, much more
+                                    than they slow XLA's few fused ops (on a busy machine, compare
+                                    --threads 1)
   versions, device                  jax, torch, transformers and trl; each library's device
   shapes, student, teacher          batch shapes and net sizes (`step_time.BENCHES`)
 
@@ -246,6 +251,7 @@ def run_config(name: str, steps: int, warmup: int) -> Dict[str, object]:
   keys = jax.random.split(jax.random.PRNGKey(1), warmup + steps)
   runs, results = make_runs(name, bench, keys)
   step_time.log(f'[{name}] {warmup} warm-up and {steps} timed rounds of {", ".join(runs)}')
+  load_before = os.getloadavg()[0]
   times = interleave(runs, steps, warmup)
   median = {run: statistics.median(seconds) for run, seconds in times.items()}
   timed = {run: values[warmup:] for run, values in results.items()}
@@ -273,6 +279,7 @@ def run_config(name: str, steps: int, warmup: int) -> Dict[str, object]:
       'ours_decode_steps': statistics.mean(ours_decode_steps),
       'trl_decode_steps': statistics.mean(trl_decode_steps),
       'threads': torch.get_num_threads(),
+      'load_average': [load_before, os.getloadavg()[0]],
       'versions': {'jax': jax.__version__, 'torch': torch.__version__,
                    'transformers': transformers.__version__, 'trl': trl.__version__},
       'device': {'jax': jax.devices()[0].device_kind,
