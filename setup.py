@@ -51,6 +51,8 @@ setuptools.setup(
             'pyink==26.5.1',
             'ruff==0.17.6',
         ],
+        # benchmarks/compare_trl.py: our GKD step against TRL's GKDTrainer step (PyTorch on CPU).
+        'bench': ['torch==2.13.0', 'transformers==5.17.0', 'trl==1.13.0'],
         # What t5x, airio and jestimator import beyond the pins above. They are not on PyPI:
         # install them with --no-deps from the commits the README names.
         't5x': ['fiddle==0.3.1', 'cached-property==2.0.1', 'grain==0.2.12', 'tensorstore==0.1.86'],

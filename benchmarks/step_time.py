@@ -668,24 +668,15 @@ def time_step(
   return seconds, sample_lengths
 
 
-def time_parts(
-    bench: Bench,
-    model: models.GKDModelBase,
-    variables: Dict[str, object],
-    batch: Dict[str, jnp.ndarray],
-    step_keys: jnp.ndarray,
-    steps: int,
-    warmup: int,
-) -> Tuple[float, float]:
-  """Median seconds of sampling the target length alone (the student's prompt state given) and
-  of one teacher forward pass."""
-  # The objective's features (a decoder-only model's split rows), made outside the timings.
-  features = jax.jit(model.objective_batch)(batch)
-  inputs, targets = features['encoder_input_tokens'], features['decoder_target_tokens']
+def make_sampler(
+    bench: Bench, model: models.GKDModelBase, params, inputs: jnp.ndarray
+) -> Callable[[jnp.ndarray], objective.Sequences]:
+  """The student's jitted sampler of L tokens (temperature 1, EOS ends a row) for the objective's
+  inputs [B, I], as a function of the sampling key: rng -> `objective.Sequences` [B, L]."""
   student = lambda p: model.policy(model.module, p)
   # The sampler's input: the student's prompt state, computed outside the timed function and
   # passed as an argument (a closed-over array would be compiled in as a constant).
-  prompt = jax.jit(lambda p, x: student(p).read_prompt(x))(variables['params'], inputs)
+  prompt = jax.jit(lambda p, x: student(p).read_prompt(x))(params, inputs)
 
   @jax.jit
   def sample(p, prompt, rng):
@@ -700,15 +691,32 @@ def time_parts(
         eos_id=EOS_ID,
     )
 
+  return lambda rng: sample(params, prompt, rng)
+
+
+def time_parts(
+    bench: Bench,
+    model: models.GKDModelBase,
+    variables: Dict[str, object],
+    batch: Dict[str, jnp.ndarray],
+    step_keys: jnp.ndarray,
+    steps: int,
+    warmup: int,
+) -> Tuple[float, float]:
+  """Median seconds of sampling the target length alone (the student's prompt state given) and
+  of one teacher forward pass."""
+  # The objective's features (a decoder-only model's split rows), made outside the timings.
+  features = jax.jit(model.objective_batch)(batch)
+  inputs, targets = features['encoder_input_tokens'], features['decoder_target_tokens']
+  sample = make_sampler(bench, model, variables['params'], inputs)
+
   @jax.jit
   def teacher_forward(p, inputs, targets):
     teacher = model.policy(model.teacher_module, p)
     return teacher.logits(teacher.read_prompt(inputs), objective.shift_right(targets), targets)
 
-  params, teacher_params = variables['params'], variables[models.TEACHER_COLLECTION]
-  sample_s = statistics.median(
-      time_runs(lambda k: sample(params, prompt, step_keys[k]), steps, warmup)
-  )
+  teacher_params = variables[models.TEACHER_COLLECTION]
+  sample_s = statistics.median(time_runs(lambda k: sample(step_keys[k]), steps, warmup))
   teacher_forward_s = statistics.median(
       time_runs(lambda _: teacher_forward(teacher_params, inputs, targets), steps, warmup)
   )

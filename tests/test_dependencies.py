@@ -61,13 +61,18 @@ def _imported_top_level_names(paths):
 
 
 def _required_distributions(extra=None):
-  """Normalized names of the project's requirements (of `extra`, or the install's)."""
-  required = set()
-  for requirement in importlib.metadata.requires('gkd_t5x') or []:
-    marker = re.search(r'extra\s*==\s*"([^"]+)"', requirement)
-    if (marker.group(1) if marker else None) == extra:
-      required.add(_normalize(re.match(r'[A-Za-z0-9_.\-]+', requirement).group(0)))
-  return required
+  """Normalized names of setup.py's requirements (of `extra`, or the install's), read from its
+  source: an installed gkd_t5x's metadata may be another checkout's or older than this one."""
+  requirements = {}
+  for node in ast.walk(ast.parse((ROOT / 'setup.py').read_text())):
+    if isinstance(node, ast.Assign) and getattr(node.targets[0], 'id', '') == 'INSTALL_REQUIRES':
+      requirements[None] = ast.literal_eval(node.value)
+    elif isinstance(node, ast.keyword) and node.arg == 'extras_require':
+      requirements.update(ast.literal_eval(node.value))
+  return {
+      _normalize(re.match(r'[A-Za-z0-9_.\-]+', requirement).group(0))
+      for requirement in requirements[extra]
+  }
 
 
 def _normalize(name):
@@ -77,12 +82,27 @@ def _normalize(name):
 @pytest.mark.parametrize(
     'layer,directories,extra',
     [
-        ('the project', ['gkd_t5x', 'tasks', 'launch', 'benchmarks'], None),
+        (
+            'the project',
+            [
+                'gkd_t5x',
+                'tasks',
+                'launch',
+                'benchmarks/step_time.py',
+                'benchmarks/divergence_memory.py',
+            ],
+            None,
+        ),
+        ('the benchmark against TRL', ['benchmarks/compare_trl.py'], 'bench'),
         ('the tests', ['tests'], 'test'),
     ],
 )
 def test_every_imported_distribution_is_named_in_setup_py(layer, directories, extra):
-  paths = [path for directory in directories for path in (ROOT / directory).rglob('*.py')]
+  paths = [
+      path
+      for entry in directories
+      for path in ((ROOT / entry).rglob('*.py') if (ROOT / entry).is_dir() else [ROOT / entry])
+  ]
   local = {path.stem for path in ROOT.rglob('*.py')} | {'gkd_t5x', 'tasks', 'launch'}
   third_party = (
       _imported_top_level_names(paths) - set(sys.stdlib_module_names) - local - NOT_ON_PYPI
