@@ -73,10 +73,10 @@ class DecoderOnlyConfig:
     object.__setattr__(self, 'dtype', dtype)
 
 
-def write_columns(buffer_BxLxHxD: Array, new_BxQxHxD: Array, columns_B: Array) -> Array:
+def write_columns(buffer_BxHxLxD: Array, new_BxHxQxD: Array, columns_B: Array) -> Array:
   """Writes row b's Q new keys or values into its cache row from column `columns_B[b]`."""
-  write = lambda row, new, column: lax.dynamic_update_slice_in_dim(row, new, column, axis=0)
-  return jax.vmap(write)(buffer_BxLxHxD, new_BxQxHxD.astype(buffer_BxLxHxD.dtype), columns_B)
+  write = lambda row, new, column: lax.dynamic_update_slice_in_dim(row, new, column, axis=1)
+  return jax.vmap(write)(buffer_BxHxLxD, new_BxHxQxD.astype(buffer_BxHxLxD.dtype), columns_B)
 
 
 class DecoderOnlyLayer(nn.Module):
@@ -113,7 +113,7 @@ class DecoderOnlyLayer(nn.Module):
       x: [B, Q, E] inputs (Q = L teacher-forced, P in prefill, 1 in a decoding step).
       bias: broadcastable to [B, H, Q, Q] without `cache`, [B, H, Q, L_max] with it.
       deterministic: disables dropout.
-      cache: {'key', 'value': [B, L_max, H, D]}, or None.
+      cache: {'key', 'value': [B, H, L_max, D]}, or None.
       columns: [B] int32, the cache column of row b's first input, with `cache`.
 
     Returns:
@@ -203,7 +203,7 @@ class Decoder(nn.Module):
   def prefill(self, tokens_BxP: Array, mask_bias: Array, cache: Cache) -> Tuple[Array, Cache]:
     """Prompt columns 0 .. P - 1 with [B, 1, P, L_max] mask bias -> ([B, V] logits of column
     P - 1, layer caches)."""
-    width, max_length = tokens_BxP.shape[1], cache['layers_0']['key'].shape[1]
+    width, max_length = tokens_BxP.shape[1], cache['layers_0']['key'].shape[2]
     bias = mask_bias + self.relpos_bias(jnp.arange(width), jnp.arange(max_length))
     columns_B = jnp.zeros(tokens_BxP.shape[:1], jnp.int32)
     y, new_cache = self._cached(tokens_BxP, bias, cache, columns_B)
@@ -214,7 +214,7 @@ class Decoder(nn.Module):
   ) -> Tuple[Array, Cache]:
     """One token per row at cache column `columns_B` with [B, 1, 1, L_max] mask bias ->
     ([B, V] logits, layer caches)."""
-    max_length = cache['layers_0']['key'].shape[1]
+    max_length = cache['layers_0']['key'].shape[2]
     # The batch stands in for the query axis, as each row's query sits at its own column.
     relpos_1xHxBxL = self.relpos_bias(columns_B, jnp.arange(max_length))
     bias = mask_bias + jnp.transpose(relpos_1xHxBxL, (2, 1, 0, 3))
@@ -250,7 +250,7 @@ class DecoderOnlyTransformer(nn.Module):
     init_cache / prefill / decode_step: KV-cached decoding after a left-padded prompt.
 
   The cache (every leaf batch-leading, so beam search can repeat and gather it):
-    'layers_i': {'key', 'value': [B, L_max, H, D]};
+    'layers_i': {'key', 'value': [B, H, L_max, D]};
     'first_column': [B] int32, the first non-padding prompt column (P - n_b);
     'last_prompt_column': [B] int32, the last prompt column (P - 1), position 0's column;
     'last_prompt_token': [B] int32, the token there.
@@ -313,7 +313,7 @@ class DecoderOnlyTransformer(nn.Module):
     decodes after the one-token prompt [0] (T5X's start token).
     """
     cfg = self.config
-    zeros = jnp.zeros((batch_size, max_length, cfg.num_heads, cfg.head_dim), cfg.dtype)
+    zeros = jnp.zeros((batch_size, cfg.num_heads, max_length, cfg.head_dim), cfg.dtype)
     cache = {
         name: jnp.zeros((batch_size,), jnp.int32)
         for name in ('first_column', 'last_prompt_column', 'last_prompt_token')
@@ -345,7 +345,7 @@ class DecoderOnlyTransformer(nn.Module):
       ([B, V] float32 logits of column P - 1, i.e. of the first continuation token, cache).
     """
     batch, width = prompt_tokens.shape
-    max_length = cache['layers_0']['key'].shape[1]
+    max_length = cache['layers_0']['key'].shape[2]
     if width > max_length:
       raise ValueError(
           f'prefill: the prompt width P = {width} exceeds the cache length '
@@ -386,7 +386,7 @@ class DecoderOnlyTransformer(nn.Module):
     position = jnp.asarray(position, jnp.int32)
     tokens_Bx1 = jnp.where(position == 0, cache['last_prompt_token'][:, None], tokens_Bx1)
     columns_B = cache['last_prompt_column'] + position
-    keys = jnp.arange(cache['layers_0']['key'].shape[1])
+    keys = jnp.arange(cache['layers_0']['key'].shape[2])
     allowed = (keys >= cache['first_column'][:, None]) & (keys <= columns_B[:, None])
     logits_BxV, layer_caches = self.decoder.step(
         tokens_Bx1,

@@ -243,20 +243,26 @@ class MultiHeadDotProductAttention(nn.Module):
     )
 
   def project_kv(self, inputs_kv: Array) -> Tuple[Array, Array]:
-    """[B, K, E] -> keys and values, each [B, K, H, D]."""
-    key = with_sharding_constraint(self.key(inputs_kv), ('batch', 'length', 'heads', 'kv'))
-    value = with_sharding_constraint(self.value(inputs_kv), ('batch', 'length', 'heads', 'kv'))
-    return key, value
+    """[B, K, E] -> keys and values, each [B, H, K, D].
+
+    Heads-major, the layout the attention dots read without a transpose (batch and heads are
+    their batch dimensions): decoding caches keep keys and values so, and a decoding step would
+    otherwise transpose the whole cache at every token.
+    """
+    heads_major = lambda x: with_sharding_constraint(
+        jnp.swapaxes(x, 1, 2), ('batch', 'heads', 'length', 'kv')
+    )
+    return heads_major(self.key(inputs_kv)), heads_major(self.value(inputs_kv))
 
   def attend(
       self, inputs_q: Array, key: Array, value: Array, bias: Optional[Array], deterministic: bool
   ) -> Array:
-    """Attention of `inputs_q` [B, Q, E] over projected `key`, `value` [B, K, H, D].
+    """Attention of `inputs_q` [B, Q, E] over projected `key`, `value` [B, H, K, D].
 
     Args:
       inputs_q: [B, Q, E] queries before projection.
-      key: [B, K, H, D].
-      value: [B, K, H, D].
+      key: [B, H, K, D], as `project_kv` makes them.
+      value: [B, H, K, D].
       bias: additive bias broadcastable to [B, H, Q, K] (masks and position biases), or None.
       deterministic: disables dropout.
 
@@ -266,7 +272,7 @@ class MultiHeadDotProductAttention(nn.Module):
     query = with_sharding_constraint(self.query(inputs_q), ('batch', 'length', 'heads', 'kv'))
     if self.float32_logits:
       query, key = query.astype(jnp.float32), key.astype(jnp.float32)
-    logits_BxHxQxK = jnp.einsum('bqhd,bkhd->bhqk', query, key)
+    logits_BxHxQxK = jnp.einsum('bqhd,bhkd->bhqk', query, key)
     if bias is not None:
       logits_BxHxQxK = logits_BxHxQxK + bias.astype(logits_BxHxQxK.dtype)
     weights = jax.nn.softmax(logits_BxHxQxK.astype(jnp.float32)).astype(self.dtype)
@@ -276,7 +282,7 @@ class MultiHeadDotProductAttention(nn.Module):
       dropout_shape = weights.shape[:-2] + (1,) + weights.shape[-1:]
       keep = jax.random.bernoulli(self.make_rng('dropout'), keep_prob, dropout_shape)
       weights = weights * (keep.astype(self.dtype) / jnp.asarray(keep_prob, self.dtype))
-    attended_BxQxHxD = jnp.einsum('bhqk,bkhd->bqhd', weights, value.astype(self.dtype))
+    attended_BxQxHxD = jnp.einsum('bhqk,bhkd->bqhd', weights, value.astype(self.dtype))
     return self.out(attended_BxQxHxD)
 
   def __call__(

@@ -127,7 +127,7 @@ class DecoderLayer(nn.Module):
     self.dropout = nn.Dropout(rate=cfg.dropout_rate, broadcast_dims=(-2,))
 
   def cross_kv(self, encoded: Array) -> Tuple[Array, Array]:
-    """[B, I, E] encodings -> cross-attention keys and values, each [B, I, H, D]."""
+    """[B, I, E] encodings -> cross-attention keys and values, each [B, H, I, D]."""
     return self.encoder_decoder_attention.project_kv(encoded)
 
   def __call__(
@@ -148,8 +148,8 @@ class DecoderLayer(nn.Module):
       cross_bias: broadcastable to [B, H, L, I].
       deterministic: disables dropout.
       encoded: [B, I, E] encoder output; needed unless `cache` holds the cross keys/values.
-      cache: {'self_key', 'self_value': [B, L_max, H, D], 'cross_key', 'cross_value':
-        [B, I, H, D]} when decoding one step.
+      cache: {'self_key', 'self_value': [B, H, L_max, D], 'cross_key', 'cross_value':
+        [B, H, I, D]} when decoding one step.
       position: int32 scalar, the position of the token in `x` when decoding.
 
     Returns:
@@ -178,10 +178,10 @@ class DecoderLayer(nn.Module):
     return layers.with_sharding_constraint(x, ('batch', 'length', 'embed')), cache
 
 
-def update_position(buffer_BxLxHxD: Array, step_Bx1xHxD: Array, position: Array) -> Array:
+def update_position(buffer_BxHxLxD: Array, step_BxHx1xD: Array, position: Array) -> Array:
   """Writes one step's keys or values into the cache at `position` along the length axis."""
   return lax.dynamic_update_slice_in_dim(
-      buffer_BxLxHxD, step_Bx1xHxD.astype(buffer_BxLxHxD.dtype), position, axis=1
+      buffer_BxHxLxD, step_BxHx1xD.astype(buffer_BxHxLxD.dtype), position, axis=2
   )
 
 
@@ -265,7 +265,7 @@ class Decoder(nn.Module):
 
   def step(self, tokens_Bx1: Array, cache: Cache, position: Array) -> Tuple[Array, Cache]:
     """One cached decoding step: [B, 1] tokens at `position` -> ([B, V] logits, cache)."""
-    max_length = cache['layers_0']['self_key'].shape[1]
+    max_length = cache['layers_0']['self_key'].shape[2]
     key_positions = jnp.arange(max_length)
     causal = layers.mask_to_bias(key_positions <= position, self.config.dtype)
     self_bias = causal[None, None, None, :] + self.relpos_bias(position[None], key_positions)
@@ -404,13 +404,13 @@ class Transformer(nn.Module):
 
     Returns:
       {'cross_mask_bias': [B, 1, 1, I], 'layers_i': {'self_key', 'self_value':
-       [B, L_max, H, D] zeros, 'cross_key', 'cross_value': [B, I, H, D]}}.
+       [B, H, L_max, D] zeros, 'cross_key', 'cross_value': [B, H, I, D]}}.
     """
     cfg = self.config
     batch = encoded.shape[0]
     cross_mask = (encoder_input_tokens > 0)[:, None, None, :]
     cache = {'cross_mask_bias': layers.mask_to_bias(cross_mask, cfg.dtype)}
-    zeros = jnp.zeros((batch, max_decode_length, cfg.num_heads, cfg.head_dim), cfg.dtype)
+    zeros = jnp.zeros((batch, cfg.num_heads, max_decode_length, cfg.head_dim), cfg.dtype)
     for index, (key, value) in enumerate(self.decoder.cross_kv(encoded)):
       cache[f'layers_{index}'] = {
           'self_key': zeros,
