@@ -45,8 +45,10 @@ line with:
                                     threads, which wait for each other at every op, much more
                                     than they slow XLA's few fused ops (on a busy machine, compare
                                     --threads 1)
-  versions, device                  jax, torch, transformers and trl; each library's device
-  shapes, student, teacher          batch shapes and net sizes (`step_time.BENCHES`)
+  versions, torch_device            jax, torch, transformers and trl; torch's device
+  shapes, student, teacher, ...     what ran and where, as `step_time.py` reports it
+                                    (`step_time.what_ran`: sizes, dtype, divergence, jax's
+                                    backend, device and version)
 
 A randomly initialised student rarely emits EOS, so both sample all L tokens; the HF net's
 initialisation makes its next-token distributions nearly one-hot (often a repeated token), ours
@@ -326,18 +328,9 @@ def run_config(name: str, steps: int, warmup: int) -> Dict[str, object]:
           'transformers': transformers.__version__,
           'trl': trl.__version__,
       },
-      'device': {
-          'jax': jax.devices()[0].device_kind,
-          'torch': str(timed['trl_generate'][0].device),
-      },
-      'shapes': {
-          'batch': bench.batch_size,
-          'input_length': bench.input_length,
-          'target_length': bench.target_length,
-          'vocab': bench.vocab_size,
-      },
-      'student': dataclasses.asdict(bench.student),
-      'teacher': dataclasses.asdict(bench.teacher),
+      'torch_device': str(timed['trl_generate'][0].device),
+      # Shapes, sizes, dtype, divergence; jax's backend, device and version.
+      **step_time.what_ran(bench),
       'steps': steps,
       'warmup': warmup,
   }

@@ -22,8 +22,6 @@ import os
 import sys
 from typing import Dict, List, Sequence
 
-import jax
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import step_time  # noqa: E402  (the benchmark's configurations and step, beside this script)
 
@@ -69,14 +67,7 @@ def main(argv=None) -> None:
     if args.dtype:
       bench = dataclasses.replace(bench, dtype=args.dtype)
     figures = step_memory(bench, name, args.chunk_lengths)
-    shapes = {
-        'batch': bench.batch_size,
-        'input_length': bench.input_length,
-        'target_length': bench.target_length,
-        'vocab': bench.vocab_size,
-    }
-    line = {'config': name, 'dtype': bench.dtype, 'shapes': shapes, **figures}
-    line['backend'] = jax.default_backend()
+    line = {'config': name, **figures, **step_time.what_ran(bench)}
     print(json.dumps(line), flush=True)
 
 
