@@ -163,8 +163,9 @@ class GKDConfig:
       of the other samples of the same input; needs num_samples_per_input > 1).
     num_samples_per_input: samples per input for on-policy steps with 'per_input_mean' (the
       inputs are repeated, so the step trains on batch x this many sequences).
-    divergence_chunk_length: None (the default) computes the divergence and its next-token
-      statistics over the whole sequence at once; a positive int computes them over chunks of
+    divergence_chunk_length: None (the default) computes the divergence, its next-token
+      statistics and the RL term's log-likelihood over the whole sequence at once; a positive
+      int computes them over chunks of
       that many positions (`divergences.chunked_sequence_sum`), the same values up to float
       summation order, holding float32 [B, chunk, V] rather than [B, L, V] intermediates in
       the forward and the backward pass, at the cost of recomputing each chunk's forward in
@@ -587,14 +588,28 @@ def rl_term(
       inputs, sequences.tokens, sequences.weights, targets.tokens, targets.weights
   )
   baseline = reward_baseline(config, reward)
-  token_log_probs = -divergences.token_cross_entropy(sequences.tokens, student_logits)
-  sequence_log_prob = jnp.sum(token_log_probs * sequences.weights, axis=-1)
+  sequence_log_prob = _sequence_log_prob(config, sequences, student_logits)
   advantage = lax.stop_gradient(reward - baseline)
   pg_loss = -jnp.mean(advantage * sequence_log_prob)
   return pg_loss, dict(
       reward=_real_mean(reward, real_B),
       reward_baseline=_real_mean(baseline, real_B),
       pg_loss=pg_loss,
+  )
+
+
+def _sequence_log_prob(config: GKDConfig, sequences: Sequences, student_logits: Array) -> Array:
+  """[B] log p_S(y_b | x_b) = sum_n w_bn log p_S(y_bn | y_b<n, x_b), over chunks of
+  `config.divergence_chunk_length` positions when it is set, as the divergence term."""
+  tokens, weights = sequences
+  if config.divergence_chunk_length is None:
+    token_log_probs = -divergences.token_cross_entropy(tokens, student_logits)
+    return jnp.sum(token_log_probs * weights, axis=-1)
+  chunk_sum = lambda arrays, weights_BxC: divergences.weighted_sequence_sum(
+      divergences.token_cross_entropy(*arrays), weights_BxC
+  )
+  return -divergences.chunked_sequence_sum(
+      chunk_sum, (tokens, student_logits), weights, chunk_length=config.divergence_chunk_length
   )
 
 

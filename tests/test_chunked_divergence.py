@@ -1,7 +1,7 @@
-"""`GKDConfig.divergence_chunk_length`: the divergence term computed over sequence chunks equals
-the unchunked one (loss, statistics and gradient), the setting is validated and reachable
-through gin, and the compiled step holds less memory (through `GKDModel.loss_fn`:
-test_objective.py)."""
+"""`GKDConfig.divergence_chunk_length`: the divergence term and the RL term's log-likelihood
+computed over sequence chunks equal the unchunked ones (loss, statistics and gradient), the
+setting is validated and reachable through gin, and the compiled step holds less memory
+(through `GKDModel.loss_fn`: test_objective.py)."""
 
 import re
 
@@ -12,6 +12,7 @@ import pytest
 
 import gin
 from gkd_t5x import objective
+from gkd_t5x import rewards
 
 B, L, V = 4, 10, 16
 # 2 divides L, 3 leaves a tail (the last chunk overlaps the one before), 16 > L is one chunk.
@@ -143,3 +144,29 @@ def test_chunks_shrink_the_compiled_steps_memory():
   assert unchunked >= 2 * logits_bytes, (unchunked, logits_bytes)
   assert chunked < unchunked / 4, (chunked, unchunked)
   assert chunked < logits_bytes, (chunked, logits_bytes)
+
+
+def test_chunked_rl_term_equals_the_unchunked_one():
+  """Eq. 5's REINFORCE term (alpha < 1) sums the samples' log-likelihoods over the same chunks:
+  pg_loss and its gradient w.r.t. the student's logits, every chunk length, to 1e-6."""
+  sequences, student_logits, _ = _sequences_and_logits()
+  targets = objective.Sequences(sequences.tokens.at[0, 0].add(1), sequences.weights)
+  inputs = jnp.zeros((B, 3), jnp.int32)
+  real_B = jnp.any(targets.weights > 0, axis=-1)
+
+  def pg_loss_and_grad(chunk_length):
+    config = objective.GKDConfig(
+        divergence='jsd',
+        alpha=0.5,
+        reward=rewards.ExactMatchReward(),
+        divergence_chunk_length=chunk_length,
+    )
+    term = lambda student: objective.rl_term(config, inputs, targets, sequences, student, real_B)
+    return jax.value_and_grad(term, has_aux=True)(student_logits)
+
+  (want, _), want_grad = pg_loss_and_grad(None)
+  assert float(jnp.max(jnp.abs(want_grad))) > 1e-3  # rewards differ, so a gradient flows
+  for chunk_length in CHUNK_LENGTHS:
+    (value, _), grad = pg_loss_and_grad(chunk_length)
+    np.testing.assert_allclose(value, want, rtol=1e-6, err_msg=f'chunk length {chunk_length}')
+    np.testing.assert_allclose(grad, want_grad, rtol=1e-6, atol=1e-7)
