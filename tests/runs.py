@@ -104,6 +104,18 @@ class Experiments:
     argv = self.argv(f't5x.{script}', run_file, experiment, *bindings)
     return run(argv, devices=devices, timeout=900)
 
+  def assert_distillation_starts_from(self, teacher_dir, sft_dir, model_dir, sft_step: int):
+    """One supervised-KD step at a negligible learning rate from INITIAL_CHECKPOINT_PATH =
+    `sft_dir` keeps the SFT checkpoint's params (to 1e-6); returns them by path."""
+    bindings = distillation_bindings(teacher_dir, sft_dir, 'TRAIN_STEPS=1', 'LEARNING_RATE=1e-30')
+    self.train(model_dir, 'supervised_kd', *bindings)
+    sft = tiny.flat(final_params(sft_dir, sft_step))
+    distilled = tiny.flat(final_params(model_dir, 1))
+    assert sft.keys() == distilled.keys()
+    for key in sft:
+      np.testing.assert_allclose(sft[key], distilled[key], atol=1e-6, err_msg=key)
+    return sft
+
   def trained(self, experiment: str):
     """A module-scoped fixture: the directory of a finished `experiment` run."""
 

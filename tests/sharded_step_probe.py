@@ -16,27 +16,11 @@ import numpy as np
 import seqio
 import tiny
 
-from gkd_t5x import decoder_only
 from gkd_t5x import models
 from gkd_t5x import objective
 from gkd_t5x import partitioning
 
 VOCAB, B, I, L = 32, 8, 6, 7
-
-
-def tiny_decoder_only(emb_dim, layers):
-  return decoder_only.DecoderOnlyTransformer(
-      decoder_only.DecoderOnlyConfig(
-          vocab_size=VOCAB,
-          emb_dim=emb_dim,
-          num_heads=2,
-          num_layers=layers,
-          head_dim=4,
-          mlp_dim=2 * emb_dim,
-          mlp_activations=('gelu', 'linear'),
-          dropout_rate=0.0,
-      )
-  )
 
 
 def encoder_decoder_case(gkd, vocabulary, rng):
@@ -53,8 +37,8 @@ def decoder_only_case(gkd, vocabulary, rng):
   """The decoder-only model and a prefix-LM batch (seqio's layout) of inputs of 1 .. I tokens
   and targets of 2 .. L tokens ending in EOS."""
   model = models.GKDDecoderOnlyModel(
-      tiny_decoder_only(8, 2),
-      tiny_decoder_only(16, 2),
+      tiny.decoder_only_transformer(VOCAB, 8, 2),
+      tiny.decoder_only_transformer(VOCAB, 16, 2),
       vocabulary,
       gkd=gkd,
       inputs_bidirectional_attention=True,

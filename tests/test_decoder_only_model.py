@@ -13,6 +13,7 @@ import pytest
 from scipy.special import log_softmax as scipy_log_softmax
 import seqio
 import tensorflow as tf
+import tiny
 
 import gin
 from gkd_t5x import decoder_only
@@ -29,22 +30,8 @@ LENGTHS = {'inputs': I, 'targets': L}
 VOCABULARY = seqio.PassThroughVocabulary(size=VOCAB, eos_id=1)
 
 
-def tiny(emb_dim, layers):
-  return decoder_only.DecoderOnlyTransformer(
-      decoder_only.DecoderOnlyConfig(
-          vocab_size=VOCAB,
-          emb_dim=emb_dim,
-          num_heads=2,
-          num_layers=layers,
-          head_dim=4,
-          mlp_dim=2 * emb_dim,
-          mlp_activations=('gelu', 'linear'),
-          dropout_rate=0.0,
-      )
-  )
-
-
-STUDENT, TEACHER = tiny(8, 1), tiny(16, 2)
+STUDENT = tiny.decoder_only_transformer(VOCAB, 8, 1)
+TEACHER = tiny.decoder_only_transformer(VOCAB, 16, 2)
 
 
 def make_model(teacher=TEACHER, bidirectional=True, lengths=LENGTHS, **gkd):

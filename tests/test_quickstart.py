@@ -13,7 +13,7 @@ def test_quickstart_runs_every_stage_and_prints_the_table(tmp_path):
   env = dict(
       os.environ, SFT_STEPS='4', DISTILL_STEPS='2', EVAL_EXAMPLES='16', TF_CPP_MIN_LOG_LEVEL='3'
   )
-  result = subprocess.run(
+  quickstart = lambda: subprocess.run(
       ['bash', 'launch/quickstart.sh', str(tmp_path)],
       cwd=ROOT,
       env=env,
@@ -22,6 +22,7 @@ def test_quickstart_runs_every_stage_and_prints_the_table(tmp_path):
       timeout=900,
       check=False,
   )
+  result = quickstart()
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
   rows = re.findall(r'^\| (\w+) \| ([\d.]+) \| ([\d.]+) \| (\S+) \|$', result.stdout, re.M)
   assert [row[0] for row in rows] == ['teacher', 'student_sft', 'supervised_kd', 'gkd']
@@ -31,15 +32,7 @@ def test_quickstart_runs_every_stage_and_prints_the_table(tmp_path):
   for name in ('student_sft', 'supervised_kd', 'gkd'):
     assert (tmp_path / name / 'train').is_dir()
   # A second call finds every run and evaluation done and prints the same table.
-  again = subprocess.run(
-      ['bash', 'launch/quickstart.sh', str(tmp_path)],
-      cwd=ROOT,
-      env=env,
-      capture_output=True,
-      text=True,
-      timeout=900,
-      check=False,
-  )
+  again = quickstart()
   assert again.returncode == 0 and again.stdout.count('done already') == 7
   assert re.findall(r'^\| .*\|$', again.stdout, re.M) == re.findall(
       r'^\| .*\|$', result.stdout, re.M

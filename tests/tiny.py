@@ -1,4 +1,5 @@
-"""Tiny T5 networks and encoder-decoder batches that the unit tests share, and pytrees by path.
+"""Tiny T5 networks (encoder-decoder and decoder-only) and encoder-decoder batches that the
+unit tests share, and pytrees by path.
 
 The networks trace and run in seconds on a CPU; the batch maker derives what the model
 features add to the token arrays (shifted decoder inputs, loss weights), as seqio's
@@ -11,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gkd_t5x import decoder_only
 from gkd_t5x import network
 from gkd_t5x import objective
 
@@ -37,6 +39,25 @@ def transformer(
 ) -> network.Transformer:
   """The `network.Transformer` of `t5_config`."""
   return network.Transformer(t5_config(vocab_size, emb_dim, layers, mlp_dim))
+
+
+def decoder_only_transformer(
+    vocab_size: int, emb_dim: int = 8, layers: int = 1
+) -> decoder_only.DecoderOnlyTransformer:
+  """A prefix-LM `decoder_only.DecoderOnlyTransformer` of the same shape as `t5_config`'s
+  layers (2 heads of 4, an MLP of 2 x `emb_dim`, no dropout), `layers` deep."""
+  return decoder_only.DecoderOnlyTransformer(
+      decoder_only.DecoderOnlyConfig(
+          vocab_size=vocab_size,
+          emb_dim=emb_dim,
+          num_heads=2,
+          num_layers=layers,
+          head_dim=4,
+          mlp_dim=2 * emb_dim,
+          mlp_activations=('gelu', 'linear'),
+          dropout_rate=0.0,
+      )
+  )
 
 
 def encdec_batch(inputs: np.ndarray, targets: np.ndarray) -> Dict[str, jnp.ndarray]:
