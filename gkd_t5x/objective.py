@@ -624,6 +624,33 @@ def sequence_stats(sequences: Sequences, real_B: Array, eos_id: int) -> Dict[str
   )
 
 
+def step_keys(rng: Array) -> Tuple[Array, Array, Array]:
+  """The step rng's three keys, (dropout_rng, coin_rng, sample_rng): a step's on-policy samples
+  are `sample_sequences` drawn with `sample_rng` (module docstring)."""
+  dropout_rng, coin_rng, sample_rng = jax.random.split(rng, 3)
+  return dropout_rng, coin_rng, sample_rng
+
+
+def score_sequences(
+    config: GKDConfig, student: Policy, teacher: Policy, inputs: Array, sequences: Sequences
+) -> Array:
+  """[B, L] float32 D(p_T || p_S) at each position of given sequences, teacher-forced, without
+  dropout: what a step would train on them, position by position (0 where the weight is 0).
+
+  Args:
+    config: the divergence and temperatures.
+    student, teacher: the two policies.
+    inputs: [B, I] the inputs x.
+    sequences: [B, L] the continuations y and their loss weights.
+  """
+  tokens, weights = sequences
+  continuation_inputs = shift_right(tokens)
+  student_logits = student.logits(student.read_prompt(inputs), continuation_inputs, tokens)
+  teacher_logits = teacher.logits(teacher.read_prompt(inputs), continuation_inputs, tokens)
+  values = _position_divergence(config, tokens, student_logits, teacher_logits)
+  return jnp.where(weights > 0, values, 0.0)
+
+
 def gkd_loss(
     config: GKDConfig,
     student: Policy,
@@ -660,7 +687,7 @@ def gkd_loss(
      weight (padding rows) count in none of them.
   """
   _check_step(config, teacher, batch)
-  dropout_rng, coin_rng, sample_rng = jax.random.split(rng, 3)
+  dropout_rng, coin_rng, sample_rng = step_keys(rng)
   if config.num_samples_per_input > 1:
     batch = _repeat_batch(batch, config.num_samples_per_input)
   inputs, input_segments = batch['encoder_input_tokens'], batch.get('encoder_segment_ids')

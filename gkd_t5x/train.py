@@ -25,7 +25,7 @@ What a run does, in order (every check before any compilation):
 import math
 import os
 import time
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from absl import flags
 from absl import logging
@@ -37,6 +37,7 @@ import gin
 from gkd_t5x import averages
 from gkd_t5x import checkpoints
 from gkd_t5x import data
+from gkd_t5x import diagnostics as diagnostics_lib
 from gkd_t5x import evaluation
 from gkd_t5x import gin_utils
 from gkd_t5x import models
@@ -116,6 +117,9 @@ def train(
     eval_num_examples: Optional[int] = None,
     log_period: int = 100,
     async_checkpointing: bool = True,
+    diagnostics_period: Optional[int] = 100,
+    first_error_fn: Optional[diagnostics_lib.FirstErrorFn] = None,
+    console_omitted_metrics: Sequence[str] = (),
 ) -> Dict[str, float]:
   """Trains `model` on `train_dataset_cfg` for `total_steps` steps, resumably.
 
@@ -141,6 +145,16 @@ def train(
     eval_num_examples: evaluate on the first N examples of the split; None: all.
     log_period: write metrics and print progress every N steps.
     async_checkpointing: write checkpoints in the background.
+    diagnostics_period: measure the training dynamics (`diagnostics.Diagnostics`: gradient
+      noise, the divergence on a fixed probe of the student's early samples, where the loss
+      weight falls relative to each sample's first error) before every N-th step, from step
+      0, into MODEL_DIR/train; None: never.
+    first_error_fn: the task's hook that finds a sample's first error
+      (`diagnostics.FirstErrorFn`, e.g. `gkd_t5x.tasks.arithmetic.first_error`); None: no
+      error shares.
+    console_omitted_metrics: evaluation metrics (names, or their last path component) left out
+      of the console's evaluation line, such as rates the task cannot produce; TensorBoard and
+      the JSON files keep them.
 
   Returns:
     The last evaluation's metrics (empty without an eval split).
@@ -152,6 +166,7 @@ def train(
       ('checkpoint_period', checkpoint_period),
       ('log_period', log_period),
       ('eval_period', eval_period or 1),
+      ('diagnostics_period', diagnostics_period or 1),
   ):
     if value < 1:
       raise ValueError(f'train.{name} must be >= 1, got {value}.')
@@ -220,6 +235,9 @@ def train(
         eval_num_examples=eval_num_examples,
         log_period=log_period,
         random_seed=random_seed,
+        diagnostics_period=diagnostics_period,
+        first_error_fn=first_error_fn,
+        console_omitted_metrics=tuple(console_omitted_metrics),
     )
   finally:
     manager.wait_until_finished()
@@ -245,11 +263,20 @@ def _train_loop(
     eval_num_examples: Optional[int],
     log_period: int,
     random_seed: int,
+    diagnostics_period: Optional[int],
+    first_error_fn: Optional[diagnostics_lib.FirstErrorFn],
+    console_omitted_metrics: Sequence[str],
 ) -> Dict[str, float]:
-  """Steps from the state's step to `total_steps`: logging, checkpoints and evaluation."""
+  """Steps from the state's step to `total_steps`: logging, diagnostics, checkpoints and
+  evaluation."""
   mesh, rules = layout.mesh, layout.rules
   converter = model.FEATURE_CONVERTER_CLS(pack=train_dataset_cfg.pack)
   train_step = trainer.make_train_step(model, optimizer, layout, step_rng)
+  diagnose = None
+  if diagnostics_period:
+    diagnose = _Diagnose(
+        diagnostics_lib.Diagnostics(model, layout, step_rng, first_error_fn), model_dir
+    )
   evaluator = None
   if eval_dataset_cfg is not None:
     evaluator = evaluation.Evaluator(
@@ -287,6 +314,8 @@ def _train_loop(
   with partitioning.activate(mesh, rules):
     while step < total_steps:
       batch = data.make_global_batch(next(batches), mesh)
+      if diagnose is not None and step % diagnostics_period == 0:
+        train_writer.write_scalars(step, diagnose(state['target'], frozen, batch, step))
       state, metrics = train_step(state, frozen, batch)
       batches_consumed += 1
       step += 1
@@ -313,12 +342,32 @@ def _train_loop(
       if evaluator is not None and (
           (eval_period and step % eval_period == 0) or step == total_steps
       ):
-        eval_metrics = _evaluate(evaluator, state['target'], frozen, step, eval_writer, model_dir)
+        eval_metrics = _evaluate(
+            evaluator, state['target'], frozen, step, eval_writer, model_dir, console_omitted_metrics
+        )
     if evaluator is not None and first_step == total_steps:
-      eval_metrics = _evaluate(evaluator, state['target'], frozen, step, eval_writer, model_dir)
+      eval_metrics = _evaluate(
+          evaluator, state['target'], frozen, step, eval_writer, model_dir, console_omitted_metrics
+      )
   train_writer.close()
   eval_writer.close()
   return eval_metrics
+
+
+class _Diagnose:
+  """The run's diagnostics with its probe, drawn at the first measurement (or read back)."""
+
+  def __init__(self, diagnostics: diagnostics_lib.Diagnostics, model_dir: str):
+    self._diagnostics = diagnostics
+    self._model_dir = model_dir
+    self._probe = None
+
+  def __call__(self, params: PyTree, frozen: PyTree, batch: Any, step: int) -> Dict[str, float]:
+    if self._probe is None:
+      self._probe = diagnostics_lib.load_or_make_probe(
+          self._diagnostics, self._model_dir, params, frozen, batch, step
+      )
+    return self._diagnostics(params, frozen, batch, step, self._probe)
 
 
 def _check_finite(loss: Any, step: int) -> None:
@@ -334,13 +383,19 @@ def _evaluate(
     step: int,
     writer: metric_writers.MetricWriter,
     model_dir: str,
+    omitted: Sequence[str],
 ) -> Dict[str, float]:
-  """Loss and inference metrics on the eval split: written to TensorBoard and JSON files."""
+  """Loss and inference metrics on the eval split: written to TensorBoard and JSON files; the
+  console line leaves out the `omitted` names (full, or their last path component)."""
   start = time.perf_counter()
   metrics, records = evaluator.evaluate(params, frozen)
   run_setup.write_results(model_dir, step, metrics, records, writer=writer)
   if jax.process_index() == 0:
-    shown = '  '.join(f'{name} {value:.4g}' for name, value in sorted(metrics.items()))
+    shown = '  '.join(
+        f'{name} {value:.4g}'
+        for name, value in sorted(metrics.items())
+        if name not in omitted and name.rsplit('/', 1)[-1] not in omitted
+    )
     print(f'eval at step {step} ({time.perf_counter() - start:.1f} s): {shown}', flush=True)
   return metrics
 

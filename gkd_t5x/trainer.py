@@ -166,7 +166,15 @@ def make_train_step(
     (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state['target'])
     updates, opt_state = optimizer.update(grads, state['opt_state'], state['target'])
     params = optax.apply_updates(state['target'], updates)
-    metrics = dict(metrics, grad_norm=models.average(optax.global_norm(grads)))
+    # How far the optimizer moves the params against how steep the loss is: Adam's normalized
+    # update stays about the learning rate per param however small (and noisy) the gradient.
+    grad_norm, update_norm = optax.global_norm(grads), optax.global_norm(updates)
+    metrics = dict(
+        metrics,
+        grad_norm=models.average(grad_norm),
+        update_norm=models.average(update_norm),
+        update_grad_ratio=models.average(update_norm / jnp.maximum(grad_norm, 1e-30)),
+    )
     return {'target': params, 'opt_state': opt_state, 'step': step + 1}, metrics
 
   batch_sharding = partitioning.batch_sharding(layout.mesh)

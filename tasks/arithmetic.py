@@ -55,6 +55,8 @@ writes a step in another order than the ground truth's and whether it finishes i
 """
 
 import functools
+import itertools
+import os
 import re
 from typing import Dict, Mapping, Optional, Sequence, Tuple
 
@@ -408,6 +410,40 @@ def step_order(
       'reordered_step_rate': _percent(reordered, total),
       'reordered_step_accuracy': _percent(reordered_right, reordered),
   }
+
+
+_PROBLEM_RE = re.compile(r'(?P<first>\d+)(?P<rest>(?:[-+*]\d+)*)=')
+
+
+def right_solutions(inputs: str) -> Sequence[str]:
+  """Every right worked solution of a problem ('85+63+51='): its target, with each commutative
+  step of non-negative operands also in the other order ('63+85=148;...', as
+  `steps.commute_steps_text` writes it)."""
+  match = _PROBLEM_RE.fullmatch(inputs.strip())
+  if match is None:
+    raise ValueError(f'not an arithmetic problem: {inputs!r}.')
+  acc = int(match['first'])
+  step_options, answer = [], acc
+  for op, b in re.findall(r'([-+*])(\d+)', match['rest']):
+    value = apply_operator(op, acc, int(b))
+    options = {f'{acc}{op}{b}={value};'}
+    if op in ('+', '*') and acc >= 0:
+      options.add(f'{b}{op}{acc}={value};')
+    step_options.append(sorted(options))
+    acc = answer = value
+  return [''.join(chosen) + f'#{answer}' for chosen in itertools.product(*step_options)]
+
+
+def first_error(inputs: str, sample: str) -> Optional[int]:
+  """The index of the first character where `sample` (a model's output, without EOS) leaves
+  every right solution of the problem `inputs` (`right_solutions`), or None where it is one:
+  the task hook of `diagnostics.FirstErrorFn`. A wrong digit, a step begun with a wrong operand
+  and a slip (even one corrected later) are errors where they are written; an output that stops
+  early errs at its end."""
+  solutions = right_solutions(inputs)
+  if sample in solutions:
+    return None
+  return max(len(os.path.commonprefix([sample, solution])) for solution in solutions)
 
 
 def _to_str(text, **unused_kwargs) -> str:

@@ -300,3 +300,34 @@ def test_unique_problems_are_distinct_and_extend_the_same_stream():
   # A shorter request is the start of the same stream, so splits never depend on `total`.
   assert arithmetic.unique_problems(3, 999, ('+',), 1000, 12345) == first[:1000]
   np.testing.assert_equal(len(arithmetic.generate_splits(**SUM3)['train']), 50000)
+
+
+def test_right_solutions_allow_either_order_of_commutative_steps():
+  assert sorted(arithmetic.right_solutions('85+63+51=')) == [
+      '63+85=148;148+51=199;#199',
+      '63+85=148;51+148=199;#199',
+      '85+63=148;148+51=199;#199',
+      '85+63=148;51+148=199;#199',
+  ]
+  # Subtraction keeps its order, and a negative running result stays first.
+  assert arithmetic.right_solutions('12-85+40=') == ['12-85=-73;-73+40=-33;#-33']
+  with pytest.raises(ValueError, match='not an arithmetic problem'):
+    arithmetic.right_solutions('hello')
+
+
+@pytest.mark.parametrize(
+    'sample, error',
+    [
+        ('85+63=148;148+51=199;#199', None),
+        ('63+85=148;51+148=199;#199', None),
+        ('85+63=138;138+51=189;#189', 7),  # a wrong digit of the first value
+        ('65+63=128;', 1),  # '6' begins the other order ('63+85='), '5' neither
+        ('35+63=', 0),
+        ('83+65=', 1),  # a step begun in the other order, then the first operand's digit
+        ('85+63=148;148+51=199;#19', 24),  # stops early
+        ('85+63=148;148+51=199;#1999', 25),  # goes on
+        ('85+63=14!148;', 8),  # a slip is an error where it is written, corrected or not
+    ],
+)
+def test_first_error_finds_where_a_sample_leaves_every_right_solution(sample, error):
+  assert arithmetic.first_error('85+63+51=', sample) == error
