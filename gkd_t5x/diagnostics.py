@@ -115,7 +115,9 @@ def error_shares(
   mass_BxL = share_BxL * values
   return {
       'samples_with_error': float(np.mean(first_error_B[has_tokens_B] < length)),
-      'weight_after_first_error': float((share_BxL * after_BxL).sum() / max(share_BxL.sum(), 1e-30)),
+      'weight_after_first_error': float(
+          (share_BxL * after_BxL).sum() / max(share_BxL.sum(), 1e-30)
+      ),
       'divergence_after_first_error': float(
           (mass_BxL * after_BxL).sum() / max(mass_BxL.sum(), 1e-30)
       ),
@@ -248,7 +250,10 @@ class Diagnostics:
     rng = jax.random.fold_in(self._seed_rng, step)
     probe_arrays = None
     if probe is not None and self._has_teacher:
-      probe_arrays = (jnp.asarray(probe.inputs), jax.tree_util.tree_map(jnp.asarray, probe.sequences))
+      probe_arrays = (
+          jnp.asarray(probe.inputs),
+          jax.tree_util.tree_map(jnp.asarray, probe.sequences),
+      )
     values = {
         name: float(value)
         for name, value in jax.device_get(
@@ -269,7 +274,12 @@ class Diagnostics:
 
 
 def load_or_make_probe(
-    diagnostics: Diagnostics, model_dir: str, params: PyTree, frozen: PyTree, batch: Batch, step: int
+    diagnostics: Diagnostics,
+    model_dir: str,
+    params: PyTree,
+    frozen: PyTree,
+    batch: Batch,
+    step: int,
 ) -> Probe:
   """The run's probe: read from MODEL_DIR (a resumed run), else drawn now and saved by host 0.
 

@@ -343,7 +343,13 @@ def _train_loop(
           (eval_period and step % eval_period == 0) or step == total_steps
       ):
         eval_metrics = _evaluate(
-            evaluator, state['target'], frozen, step, eval_writer, model_dir, console_omitted_metrics
+            evaluator,
+            state['target'],
+            frozen,
+            step,
+            eval_writer,
+            model_dir,
+            console_omitted_metrics,
         )
     if evaluator is not None and first_step == total_steps:
       eval_metrics = _evaluate(

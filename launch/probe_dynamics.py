@@ -83,7 +83,9 @@ def label_probe(
   after = real & (positions_BxL > first_error_B[:, None])
   right_at_error = []
   for row in np.flatnonzero(first_error_B < length):
-    prefix = tokens_BxL[row, : first_error_B[row]].tolist() + [int(argmax_BxL[row, first_error_B[row]])]
+    prefix = tokens_BxL[row, : first_error_B[row]].tolist() + [
+        int(argmax_BxL[row, first_error_B[row]])
+    ]
     inputs = [int(i) for i in inputs_BxI[row] if i > 0]
     text = diagnostics.text(vocabulary, prefix)
     error = first_error_fn(diagnostics.text(vocabulary, inputs), text)
@@ -170,7 +172,9 @@ def probe(
       'divergence': config.divergence,
       'num_samples': int(inputs.shape[0]),
       'descent': {
-          name: descent_check(jax.jit(functools.partial(divergence, *args)), params, rates, max_grad_norm)
+          name: descent_check(
+              jax.jit(functools.partial(divergence, *args)), params, rates, max_grad_norm
+          )
           for name, args in (
               ('on_policy_samples', (samples, config)),
               ('targets', (targets, config)),

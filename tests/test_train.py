@@ -26,18 +26,27 @@ sft_dir = EXPERIMENTS.trained('student_sft')
 
 def gkd_bindings(teacher_dir, sft_dir, *extra):
   return runs.distillation_bindings(
-      teacher_dir, sft_dir, 'LMBDA=0.5', 'DIVERGENCE="jsd"', 'BETA=0.5', *extra
+      teacher_dir,
+      sft_dir,
+      'LMBDA=0.5',
+      'DIVERGENCE="jsd"',
+      'BETA=0.5',
+      'train.train.diagnostics_period=4',
+      *extra,
   )
 
 
 @pytest.fixture(scope='module')
 def gkd_run(tmp_path_factory, teacher_dir, sft_dir):
-  """A 12-step mixed GKD run (lambda 0.5, JSD(0.5)), evaluated every 4 steps."""
+  """A 12-step mixed GKD run (lambda 0.5, JSD(0.5)), evaluated every 4 steps, its dynamics
+  measured every 4 steps (the other tests that reuse its bindings check them too: resumed,
+  on 8 devices, in two processes); its console output in stdout.txt."""
   model_dir = tmp_path_factory.mktemp('gkd')
   bindings = gkd_bindings(
       teacher_dir, sft_dir, 'TRAIN_STEPS=12', 'CHECKPOINT_PERIOD=4', 'EVAL_PERIOD=4'
   )
-  EXPERIMENTS.train(model_dir, 'gkd', *bindings)
+  result = EXPERIMENTS.train(model_dir, 'gkd', *bindings)
+  (model_dir / 'stdout.txt').write_text(result.stdout)
   return model_dir, bindings
 
 
@@ -67,6 +76,31 @@ def test_gkd_run_writes_metrics_checkpoints_and_predictions(gkd_run):
       'checkpoint_4',
       'checkpoint_8',
   ]
+
+
+def test_gkd_run_measures_its_training_dynamics(gkd_run):
+  """The diagnostics before steps 0, 4 and 8, the update's size at every step, the probe kept
+  in MODEL_DIR; the console's evaluation line without the rates clean targets cannot have."""
+  model_dir, _ = gkd_run
+  scalars = runs.train_scalars(model_dir)
+  for name in ('grad_noise_fraction', 'probe_divergence', 'weight_after_first_error'):
+    assert [step for step, _ in scalars[name]] == [0, 4, 8], name
+  assert all(value >= 0 for _, value in scalars['grad_noise_fraction'])
+  assert all(value > 0 for _, value in scalars['probe_divergence'])
+  for name in ('samples_with_error', 'weight_after_first_error', 'divergence_after_first_error'):
+    assert all(0 <= value <= 1 for _, value in scalars[name]), name
+  for name in ('update_norm', 'update_grad_ratio'):
+    assert [step for step, _ in scalars[name]] == list(range(1, 13))
+    assert all(value > 0 for _, value in scalars[name])
+  assert (model_dir / 'diagnostics_probe.npz').exists()
+  eval_lines = [
+      line for line in (model_dir / 'stdout.txt').read_text().splitlines() if 'eval at' in line
+  ]
+  assert len(eval_lines) == 3 and all('step_accuracy' in line for line in eval_lines)
+  assert not any('correction_rate' in line or 'reordered' in line for line in eval_lines)
+  # TensorBoard keeps them.
+  eval_scalars = event_files.read_scalars(os.path.join(model_dir, 'eval'))
+  assert 'inference/arithmetic_sum3_2digit/correction_rate' in eval_scalars
 
 
 def test_sft_params_start_the_distillation_run(sft_dir, teacher_dir, tmp_path):
