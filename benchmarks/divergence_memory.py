@@ -25,6 +25,8 @@ from typing import Dict, List, Sequence
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import step_time  # noqa: E402  (the benchmark's configurations and step, beside this script)
 
+from gkd_t5x import costs  # noqa: E402
+
 
 def chunk_lengths_flag(value: str) -> List[int]:
   lengths = [int(item) for item in value.split(',') if item.strip()]
@@ -38,7 +40,7 @@ def step_memory(bench: step_time.Bench, name: str, chunk_lengths: Sequence[int])
   memory = {}
   for length in chunk_lengths:
     chunked = dataclasses.replace(bench, divergence_chunk_length=length or None)
-    memory[length] = step_time.memory_bytes(step_time.compile_step(chunked, 1.0, name).compiled)
+    memory[length] = costs.memory_bytes(step_time.compile_step(chunked, 1.0, name).compiled)
   whole = memory.get(0)
   saved = {
       length: whole['temp'] - figures['temp']
