@@ -147,9 +147,11 @@ def step_hbm_bytes(
     input_length: int,
     target_length: int,
     activation_bytes: int,
+    replicas: int = 1,
 ) -> Dict[str, int]:
   """HBM bytes a lambda = 1 step must move at least, over all devices (a lower bound: weights
-  and the sampler's KV cache only, activations left out).
+  and the sampler's KV cache only, activations left out); each model replica reads its own
+  copy of the weights.
 
   Args:
     params: the student's params (arrays or abstract); the sampler reads all but the encoder's
@@ -158,6 +160,7 @@ def step_hbm_bytes(
     num_layers: the student's decoder layers; kv_width: its heads x head dimension.
     batch, input_length, target_length: B, I, L.
     activation_bytes: bytes of an activation element (2 in bfloat16).
+    replicas: model replicas (the mesh's data-parallel size).
 
   Returns:
     {'student': forward and backward reads plus the update's read and write of params and
@@ -169,9 +172,9 @@ def step_hbm_bytes(
   decoder = tree_bytes({name: value for name, value in params.items() if name != 'encoder'})
   cache = 2 * num_layers * batch * (target_length + input_length) * kv_width * activation_bytes
   parts = {
-      'student': 5 * student,
-      'sampler': target_length * (decoder + cache),
-      'teacher': tree_bytes(teacher),
+      'student': 5 * student * replicas,
+      'sampler': target_length * (decoder * replicas + cache),
+      'teacher': tree_bytes(teacher) * replicas,
   }
   return dict(parts, step_lambda1=sum(parts.values()))
 

@@ -33,10 +33,12 @@ and GSM8K's calculator (text forcing in decoding) is left out: the step's shapes
 
 import dataclasses
 import json
+import re
 import sys
 import time
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
+from absl import app
 from absl import flags
 import jax
 import optax
@@ -93,12 +95,13 @@ def run_spec(
 def load_run(gin_files: Sequence[str], gin_bindings: Sequence[str]) -> RunSpec:
   """The run of these gin files and bindings, after gin/runs/fit.gin (gin's config is reset)."""
   gin.clear_config(clear_constants=True)
-  gin_utils.parse_gin([FIT_GIN, *gin_files], gin_bindings, finalize=False)
+  # A gin file that names seqio imports TensorFlow, whose C++ logging is noise here.
+  with topologies.quiet_stderr():
+    gin_utils.parse_gin([FIT_GIN, *gin_files], gin_bindings, finalize=False)
   vocabulary = gin.query_parameter('VOCABULARY/macro.value')
   if getattr(vocabulary, 'configurable', None) and 'SentencePiece' in vocabulary.configurable.name:
     gin.bind_parameter('VOCABULARY/macro.value', vocabularies.TokenIdVocabulary(T5_VOCAB_SIZE))
     gin.bind_parameter('models.GKDModel.calculator', False)
-  gin.finalize()
   # fit.gin binds the module `gkd_t5x.fit`, which is not `__main__` under `python -m`.
   from gkd_t5x import fit as fit_lib  # noqa: PLW0406
 
@@ -136,13 +139,37 @@ def _analytic(spec: RunSpec, layout: trainer.StateLayout, batch_size: int) -> Di
       input_length=lengths['inputs'],
       target_length=lengths['targets'],
       activation_bytes=jax.numpy.dtype(config.dtype).itemsize,
+      replicas=layout.mesh.shape[partitioning.DATA_AXIS],
   )
   return {'flops': costs.step_flops(count(config, *shape), teacher_flops), 'hbm_bytes': hbm}
 
 
+_UNITS = {'K': 2**10, 'M': 2**20, 'G': 2**30, 'T': 2**40}
+# libtpu's refusal of a program that does not fit, e.g. "RESOURCE_EXHAUSTED: ... the total
+# memory required for HLO temporaries (43.14G) exceeds available HBM (15.75G)."
+_REFUSAL = re.compile(r'required for (.*?) \(([\d.]+)([KMGT])\) exceeds available HBM')
+
+
 def _compile(fn, args) -> Dict[str, Any]:
+  """Compiles `fn` for `args`: XLA's memory (`costs.memory_bytes`) and per-device FLOPs and
+  bytes accessed, and the compile time. A program libtpu refuses as too large for HBM gets its
+  message as 'refused' and the bytes it names as temp and total (the rest unknown: None)."""
   start = time.perf_counter()
-  compiled = fn.lower(*args).compile()
+  try:
+    compiled = fn.lower(*args).compile()
+  except jax.errors.JaxRuntimeError as e:
+    match = _REFUSAL.search(str(e))
+    if 'RESOURCE_EXHAUSTED' not in str(e) or not match:
+      raise
+    needed = int(float(match.group(2)) * _UNITS[match.group(3)])
+    memory = dict.fromkeys(('argument', 'output', 'alias'), None)
+    return {
+        'memory': dict(memory, temp=needed, peak=needed),
+        'refused': str(e).splitlines()[0],
+        'xla_flops': None,
+        'xla_bytes': None,
+        'compile_s': time.perf_counter() - start,
+    }
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   return {
@@ -160,8 +187,10 @@ def check(
     *,
     batch_size: int,
     num_partitions: int,
+    with_eval: bool = True,
 ) -> Dict[str, Any]:
-  """Compiles the run's train and evaluation steps on `devices`; returns the report's fields.
+  """Compiles the run's train step (and with `with_eval` its evaluation steps) on `devices`;
+  returns the report's fields.
 
   Raises:
     ValueError: the batch or a model dimension does not split over the mesh.
@@ -187,12 +216,13 @@ def check(
             trainer.abstract_step_args(layout),
         )
     }
-    _, frozen, batch, rng = trainer.abstract_step_args(eval_layout)
-    loss_step, predict_step = eval_steps.jit_eval_steps(
-        spec.model, mesh, layout.param_shardings, layout.frozen_shardings
-    )
-    for name, fn in (('eval_loss', loss_step), ('eval_predict', predict_step)):
-      steps[name] = _compile(fn, (layout.abstract_state['target'], frozen, batch, rng))
+    if with_eval:
+      _, frozen, batch, rng = trainer.abstract_step_args(eval_layout)
+      loss_step, predict_step = eval_steps.jit_eval_steps(
+          spec.model, mesh, layout.param_shardings, layout.frozen_shardings
+      )
+      for name, fn in (('eval_loss', loss_step), ('eval_predict', predict_step)):
+        steps[name] = _compile(fn, (layout.abstract_state['target'], frozen, batch, rng))
   return _report(spec, layout, chip, steps, batch_size=batch_size, devices=len(devices))
 
 
@@ -200,6 +230,7 @@ def _report(spec, layout, chip, steps, *, batch_size, devices) -> Dict[str, Any]
   """The JSON line's fields from the compiled steps' figures."""
   analytic = _analytic(spec, layout, batch_size)
   total = max(step['memory']['peak'] for step in steps.values())
+  refused = {name: step['refused'] for name, step in steps.items() if 'refused' in step}
   bound = costs.roofline(
       analytic['flops']['step_lambda1'],
       analytic['hbm_bytes']['step_lambda1'],
@@ -216,14 +247,15 @@ def _report(spec, layout, chip, steps, *, batch_size, devices) -> Dict[str, Any]
       'memory_bytes': {name: step['memory'] for name, step in steps.items()},
       'hbm_bytes_per_device': chip.hbm_bytes,
       'margin_bytes': chip.hbm_bytes - total,
-      'fits': total <= chip.hbm_bytes,
+      'fits': total <= chip.hbm_bytes and not refused,
+      'refused': refused,
       'teacher_bytes': {'total': costs.tree_bytes(teacher), 'per_device': _sharded_bytes(teacher)},
       'flops': {
-          'xla_train': steps['train']['xla_flops'] * devices,
+          'xla_train': _times(steps['train']['xla_flops'], devices),
           'analytic': analytic['flops'],
       },
       'hbm_bytes': {
-          'xla_train': steps['train']['xla_bytes'] * devices,
+          'xla_train': _times(steps['train']['xla_bytes'], devices),
           'analytic': analytic['hbm_bytes'],
       },
       'roofline': dict(
@@ -232,3 +264,236 @@ def _report(spec, layout, chip, steps, *, batch_size, devices) -> Dict[str, Any]
       ),
       'compile_s': {name: step['compile_s'] for name, step in steps.items()},
   }
+
+
+def largest_batch(fits: Callable[[int], bool], start: int, quantum: int) -> Optional[int]:
+  """The largest batch of the form quantum x 2^k that `fits`, searched from `start` (rounded
+  down to such a batch) by doubling while it fits, or halving while it does not; None when
+  not even `quantum` fits."""
+  batch = quantum * 2 ** max(0, (max(start, quantum) // quantum).bit_length() - 1)
+  if fits(batch):
+    while fits(2 * batch):
+      batch *= 2
+    return batch
+  while batch > quantum:
+    batch //= 2
+    if fits(batch):
+      return batch
+  return None
+
+
+def partition_choices(num_devices: int) -> List[int]:
+  """NUM_PARTITIONS worth trying on `num_devices` devices: the powers of two that divide it."""
+  return [2**k for k in range(num_devices.bit_length()) if num_devices % 2**k == 0]
+
+
+def search_partitions(spec: RunSpec, devices, chip, *, batch_size: int) -> Dict[str, Any]:
+  """The train step at each NUM_PARTITIONS of `partition_choices`: {'best': the one of highest
+  roofline throughput that fits (None if none does), 'tried': {n: total bytes, or why not}}."""
+  tried, best = {}, None
+  for parts in partition_choices(len(devices)):
+    try:
+      report = check(
+          spec, devices, chip, batch_size=batch_size, num_partitions=parts, with_eval=False
+      )
+    except ValueError as e:
+      tried[parts] = str(e).split(':')[0]
+      continue
+    tried[parts] = report['memory_bytes']['train']['peak']
+    speed = report['roofline']['target_tokens_per_s']
+    if report['fits'] and (best is None or speed > best['roofline']['target_tokens_per_s']):
+      best = report
+  return {'best': best and best['num_partitions'], 'tried': tried}
+
+
+def search_batch(spec: RunSpec, devices, chip, *, num_partitions: int) -> Dict[str, Any]:
+  """The largest batch (data-parallel size x 2^k) whose train step fits: {'best', 'tried':
+  {batch: total bytes}}."""
+  tried = {}
+
+  def fits(batch_size):
+    report = check(
+        spec, devices, chip, batch_size=batch_size, num_partitions=num_partitions, with_eval=False
+    )
+    tried[batch_size] = report['memory_bytes']['train']['peak']
+    return report['fits']
+
+  quantum = len(devices) // num_partitions
+  return {'best': largest_batch(fits, spec.batch_size, quantum), 'tried': tried}
+
+
+def suggest(
+    gin_files, gin_bindings, spec: RunSpec, devices, chip, *, batch_size, num_partitions
+) -> Dict[str, Any]:
+  """For a run that does not fit: what each change gives on its own ({setting: figures})."""
+  options = {}
+  if spec.model.gkd.divergence_chunk_length is None:
+    binding = f'objective.GKDConfig.divergence_chunk_length = {CHUNK_LENGTH}'
+    chunked = load_run(gin_files, [*gin_bindings, binding])
+    report = check(
+        chunked,
+        devices,
+        chip,
+        batch_size=batch_size,
+        num_partitions=num_partitions,
+        with_eval=False,
+    )
+    options[f'--gin.{binding.replace(" = ", "=")}'] = {
+        'fits': report['fits'],
+        'train_total_bytes': report['memory_bytes']['train']['peak'],
+    }
+    load_run(gin_files, gin_bindings)  # gin's config back to the run's own
+  partitions = search_partitions(spec, devices, chip, batch_size=batch_size)
+  options['--num_partitions=search'] = partitions
+  options['--batch_size=max'] = search_batch(spec, devices, chip, num_partitions=num_partitions)
+  return options
+
+
+def _times(count: Optional[float], devices: int) -> Optional[float]:
+  return None if count is None else count * devices
+
+
+def _gib(n: Optional[float]) -> str:
+  """Bytes in GiB, or MiB below 1 GiB."""
+  if n is None:
+    return '?'
+  return f'{n / topologies.GiB:.2f} GiB' if abs(n) >= topologies.GiB else f'{n / 2**20:.2f} MiB'
+
+
+def _e(n: Optional[float], unit: float) -> str:
+  return '?' if n is None else f'{n / unit:.1f}'
+
+
+def table(line: Mapping[str, Any]) -> str:
+  """The report as a few lines a person reads."""
+  rows = [
+      (
+          f"{line['topology']} x {line['num_slices']} slice(s): {line['devices']} devices "
+          f"({line['device_kind']}), mesh {line['mesh']}, batch {line['batch_size']}"
+      ),
+      (
+          f"{'step':<13}{'arguments':>12}{'outputs':>12}{'temp':>12}{'aliased':>12}{'total':>12}"
+          f"{'compile':>10}"
+      ),
+  ]
+  for name, memory in line['memory_bytes'].items():
+    rows.append(
+        f'{name:<13}'
+        + ''.join(f'{_gib(memory[part]):>12}' for part in ('argument', 'output', 'temp', 'alias'))
+        + f"{_gib(memory['peak']):>12}{line['compile_s'][name]:>9.1f}s"
+    )
+  roofline = line['roofline']
+  rows += [
+      (
+          f"HBM per device {_gib(line['hbm_bytes_per_device'])}, margin "
+          f"{_gib(line['margin_bytes'])}: {'FITS' if line['fits'] else 'DOES NOT FIT'}"
+      ),
+      (
+          f"teacher params {_gib(line['teacher_bytes']['total'])}, "
+          f"{_gib(line['teacher_bytes']['per_device'])} per device"
+      ),
+      (
+          f"on-policy step: {line['flops']['analytic']['step_lambda1'] / 1e12:.1f} TFLOP analytic "
+          f"({_e(line['flops']['xla_train'], 1e12)} by XLA), "
+          f"{line['hbm_bytes']['analytic']['step_lambda1'] / 1e9:.1f} GB HBM analytic "
+          f"({_e(line['hbm_bytes']['xla_train'], 1e9)} by XLA)"
+      ),
+      (
+          f"roofline: >= {roofline['step_s'] * 1e3:.1f} ms/step ({roofline['bound_by']}-bound), "
+          f"<= {roofline['target_tokens_per_s']:,.0f} target tokens/s"
+      ),
+  ]
+  for name, message in line['refused'].items():
+    rows.append(f'{name}: {message}')
+  for setting, figures in (line.get('suggestions') or {}).items():
+    rows.append(f'would change it: {setting}: {json.dumps(figures)}')
+  return '\n'.join(rows)
+
+
+def run(
+    gin_files: Sequence[str],
+    gin_bindings: Sequence[str],
+    *,
+    topology: str,
+    num_slices: int = 1,
+    batch_size: str = '',
+    num_partitions: str = '',
+) -> Dict[str, Any]:
+  """The JSON line of `python -m gkd_t5x.fit` (its flags as arguments; '' = the run's own)."""
+  _, chip, _ = topologies.parse(topology)
+  devices = topologies.devices(topology, num_slices)
+  spec = load_run(gin_files, gin_bindings)
+  for flag, value, allowed in (
+      ('--batch_size', batch_size, 'max'),
+      ('--num_partitions', num_partitions, 'search'),
+  ):
+    if value not in ('', allowed) and not (value.isdigit() and int(value) > 0):
+      raise ValueError(f"{flag} must be a positive int, '{allowed}' or unset; got {value!r}.")
+  parts = spec.num_partitions
+  searches = {}
+  if num_partitions == 'search':
+    searches['num_partitions'] = search_partitions(spec, devices, chip, batch_size=spec.batch_size)
+    parts = searches['num_partitions']['best'] or parts
+  elif num_partitions:
+    parts = int(num_partitions)
+  batch = int(batch_size) if batch_size.isdigit() else spec.batch_size
+  if batch_size == 'max':
+    searches['batch_size'] = search_batch(spec, devices, chip, num_partitions=parts)
+    batch = searches['batch_size']['best'] or batch
+  line = check(spec, devices, chip, batch_size=batch, num_partitions=parts)
+  if not line['fits']:
+    line['suggestions'] = suggest(
+        gin_files, gin_bindings, spec, devices, chip, batch_size=batch, num_partitions=parts
+    )
+  return {
+      'topology': topology,
+      'num_slices': num_slices,
+      'devices': len(devices),
+      'device_kind': devices[0].device_kind,
+      'chip': dataclasses.asdict(chip),
+      **line,
+      'searches': searches,
+      'gin_files': list(gin_files),
+      'gin_bindings': list(gin_bindings),
+      'versions': {'jax': jax.__version__, 'libtpu': _libtpu_version()},
+  }
+
+
+def _libtpu_version() -> str:
+  from importlib import metadata  # pylint: disable=g-import-not-at-top
+
+  return metadata.version('libtpu')
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  topologies.prepare_host()
+  try:
+    line = run(
+        FLAGS.gin_file,
+        FLAGS.gin_bindings,
+        topology=FLAGS.topology,
+        num_slices=FLAGS.num_slices,
+        batch_size=FLAGS.batch_size,
+        num_partitions=FLAGS.num_partitions,
+    )
+  except (ValueError, RuntimeError) as e:
+    print(f'gkd_t5x.fit: {e}', file=sys.stderr)
+    sys.exit(2)
+  print(json.dumps(line), flush=True)
+  print(table(line), flush=True)
+  sys.exit(0 if line['fits'] else 1)
+
+
+FLAGS = flags.FLAGS
+
+if __name__ == '__main__':
+  flags.DEFINE_string('topology', None, "A TPU slice, e.g. 'v5e:4x4' or 'v4:2x2x2'.")
+  flags.DEFINE_integer('num_slices', 1, 'Slices joined over the data-center network.')
+  flags.DEFINE_string('batch_size', '', "A global batch size, or 'max' (default: BATCH_SIZE).")
+  flags.DEFINE_string(
+      'num_partitions', '', "NUM_PARTITIONS, or 'search' (default: the run's NUM_PARTITIONS)."
+  )
+  flags.mark_flag_as_required('topology')
+  gin_utils.run(main)

@@ -14,6 +14,7 @@ HBM bandwidth.
 
 import contextlib
 import dataclasses
+import importlib.util
 import math
 import os
 import sys
@@ -96,8 +97,9 @@ def parse(topology: str) -> Tuple[str, Chip, int]:
 
 
 @contextlib.contextmanager
-def _quiet_stderr() -> Iterator[None]:
-  """Sends file descriptor 2 to /dev/null: libtpu's C++ logging writes there directly."""
+def quiet_stderr() -> Iterator[None]:
+  """Sends file descriptor 2 to /dev/null: libtpu's (and TensorFlow's) C++ logging writes there
+  directly."""
   sys.stderr.flush()
   saved = os.dup(2)
   with open(os.devnull, 'w') as devnull:
@@ -119,17 +121,15 @@ def devices(topology: str, num_slices: int = 1) -> List[Any]:
   _, chip, num_chips = parse(topology)
   if num_slices < 1:
     raise ValueError(f'--num_slices must be >= 1, got {num_slices}.')
-  try:
-    import libtpu  # noqa: F401  (the compiler; only its presence is checked here)
-  except ImportError as e:
+  if importlib.util.find_spec('libtpu') is None:
     raise RuntimeError(
         f'Compiling for a TPU topology needs libtpu, which is not installed: {INSTALL_COMMAND}'
-    ) from e
+    )
   import jax  # pylint: disable=g-import-not-at-top
   from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
 
   try:
-    with _quiet_stderr():
+    with quiet_stderr():
       description = topologies.get_topology_desc(
           platform='tpu',
           topology_name=topology,
