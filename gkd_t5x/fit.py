@@ -266,13 +266,15 @@ def _report(spec, layout, chip, steps, *, batch_size, devices) -> Dict[str, Any]
   }
 
 
-def largest_batch(fits: Callable[[int], bool], start: int, quantum: int) -> Optional[int]:
-  """The largest batch of the form quantum x 2^k that `fits`, searched from `start` (rounded
-  down to such a batch) by doubling while it fits, or halving while it does not; None when
-  not even `quantum` fits."""
+def largest_batch(
+    fits: Callable[[int], bool], start: int, quantum: int, limit: Optional[int] = None
+) -> Optional[int]:
+  """The largest batch of the form quantum x 2^k (at most `limit`) that `fits`, searched from
+  `start` (rounded down to such a batch) by doubling while it fits, or halving while it does
+  not; None when not even `quantum` fits."""
   batch = quantum * 2 ** max(0, (max(start, quantum) // quantum).bit_length() - 1)
   if fits(batch):
-    while fits(2 * batch):
+    while (limit is None or 2 * batch <= limit) and fits(2 * batch):
       batch *= 2
     return batch
   while batch > quantum:
@@ -306,12 +308,23 @@ def search_partitions(spec: RunSpec, devices, chip, *, batch_size: int) -> Dict[
   return {'best': best and best['num_partitions'], 'tried': tried}
 
 
-def search_batch(spec: RunSpec, devices, chip, *, num_partitions: int) -> Dict[str, Any]:
-  """The largest batch (data-parallel size x 2^k) whose train step fits: {'best', 'tried':
-  {batch: total bytes}}."""
+def search_batch(
+    spec: RunSpec,
+    devices,
+    chip,
+    *,
+    num_partitions: int,
+    known_fit: Optional[int] = None,
+    limit: Optional[int] = None,
+) -> Dict[str, Any]:
+  """The largest batch (data-parallel size x 2^k, at most `limit`) whose train step fits:
+  {'best', 'tried': {batch: total bytes}}; `known_fit`, a batch known to fit, is not compiled
+  again."""
   tried = {}
 
   def fits(batch_size):
+    if batch_size == known_fit:
+      return True
     report = check(
         spec, devices, chip, batch_size=batch_size, num_partitions=num_partitions, with_eval=False
     )
@@ -319,7 +332,7 @@ def search_batch(spec: RunSpec, devices, chip, *, num_partitions: int) -> Dict[s
     return report['fits']
 
   quantum = len(devices) // num_partitions
-  return {'best': largest_batch(fits, spec.batch_size, quantum), 'tried': tried}
+  return {'best': largest_batch(fits, spec.batch_size, quantum, limit), 'tried': tried}
 
 
 def suggest(

@@ -14,11 +14,12 @@ HBM bandwidth.
 
 import contextlib
 import dataclasses
+import functools
 import importlib.util
 import math
 import os
 import sys
-from typing import Any, Iterator, List, Sequence, Tuple
+from typing import Any, Iterator, Sequence, Tuple
 
 GiB = 2**30
 # The pip requirement that installs the compiler (setup.py's `tpu_compile` extra; jax 0.10.2's
@@ -111,7 +112,8 @@ def quiet_stderr() -> Iterator[None]:
     os.close(saved)
 
 
-def devices(topology: str, num_slices: int = 1) -> List[Any]:
+@functools.lru_cache(maxsize=None)
+def devices(topology: str, num_slices: int = 1) -> Tuple[Any, ...]:
   """The compile-only devices of `num_slices` slices of `topology`, slice after slice.
 
   Raises:
@@ -145,7 +147,7 @@ def devices(topology: str, num_slices: int = 1) -> List[Any]:
         f'libtpu does not know topology {topology!r} ({str(e).splitlines()[0]}); '
         f'known: {", ".join(KNOWN_TOPOLOGIES)}.'
     ) from e
-  return list(description.devices)
+  return tuple(description.devices)
 
 
 def slices_of(generation: str) -> Sequence[str]:
