@@ -7,10 +7,10 @@ For every paper distillation run (gin/experiments/{xsum,wmt,gsm8k,flan}/gkd.gin 
 base or large student and the XL teacher, and xsum/rlef.gin: RL + GKD with the XXL entailment
 classifier), at the paper's batch and lengths, it compiles the run's train step
 (`gkd_t5x.fit.check`, libtpu, nothing allocated) on each generation's slices, smallest first
-(`topologies.CHIPS`, up to 64 chips), with NUM_PARTITIONS 1, 2, 4, ... up to the first that
-fits, and stops at the first slice where one does. There it compiles the evaluation steps too
-and the train step at twice the batch, doubling while it fits (`fit.largest_batch`), and writes
-one JSON line per (run, generation): slice, NUM_PARTITIONS, per-device memory, largest batch,
+(`topologies.CHIPS`, up to 64 chips) at the largest NUM_PARTITIONS that divides the model, and
+stops at the first slice where it fits. There it compiles the train step at twice the batch,
+doubling while it fits, up to MAX_BATCH_FACTOR times the paper's (`fit.largest_batch`), and
+writes one JSON line per (run, generation): slice, NUM_PARTITIONS, per-device memory, largest batch,
 FLOPs per step and the roofline ceiling. Lines already in --out are kept and not recompiled, so
 an interrupted run resumes; `--markdown` prints the table of the file.
 """
@@ -20,7 +20,7 @@ import json
 import os
 import sys
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 from gkd_t5x import topologies
 
@@ -30,7 +30,7 @@ from gkd_t5x import fit  # noqa: E402  (after prepare_host: jax on the CPU, libt
 
 STUDENTS = ('small', 'base', 'large')
 # The largest batch is searched up to this multiple of the paper's (each doubling compiles).
-MAX_BATCH_FACTOR = 8
+MAX_BATCH_FACTOR = 4
 ROWS = {
     **{
         f'{task}_{student}': (
@@ -49,25 +49,30 @@ def log(message: str) -> None:
   print(f'[{time.strftime("%H:%M:%S")}] {message}', file=sys.stderr, flush=True)
 
 
-def smallest_fit(spec: fit.RunSpec, generation: str) -> Optional[Dict[str, Any]]:
-  """The first (slice, NUM_PARTITIONS) of `generation` whose train step fits, with its report,
-  or None if no slice up to 64 chips does."""
-  chip = topologies.CHIPS[generation]
+def smallest_fit(spec: fit.RunSpec, generation: str) -> Dict[str, Any]:
+  """The first slice of `generation` whose train step fits, at the largest NUM_PARTITIONS that
+  divides the model (the least memory per device; a slice where that does not fit is taken
+  not to fit at any); {'found': {topology, devices, num_partitions, report} or None, 'tried':
+  {topology: [NUM_PARTITIONS, total bytes per device, fits] or the reason}}."""
+  chip, tried = topologies.CHIPS[generation], {}
   for topology in topologies.slices_of(generation):
     devices = topologies.devices(topology)
-    for parts in fit.partition_choices(len(devices)):
+    for parts in reversed(fit.partition_choices(len(devices))):
       try:
         report = fit.check(
             spec, devices, chip, batch_size=spec.batch_size, num_partitions=parts, with_eval=False
         )
       except ValueError as e:  # the batch or a model dimension does not split
-        log(f'  {topology} NUM_PARTITIONS={parts}: {str(e)[:100]}')
+        tried[topology] = str(e).split(':')[0]
         continue
       peak = report['memory_bytes']['train']['peak']
+      tried[topology] = [parts, peak, report['fits']]
       log(f"  {topology} NUM_PARTITIONS={parts}: {peak / 2**30:.1f} GiB, fits {report['fits']}")
       if report['fits']:
-        return {'topology': topology, 'devices': devices, 'num_partitions': parts}
-  return None
+        found = {'topology': topology, 'devices': devices, 'num_partitions': parts}
+        return {'found': dict(found, report=report), 'tried': tried}
+      break
+  return {'found': None, 'tried': tried}
 
 
 def row(name: str, generation: str) -> Dict[str, Any]:
@@ -75,12 +80,14 @@ def row(name: str, generation: str) -> Dict[str, Any]:
   files, bindings = ROWS[name]
   spec = fit.load_run(files, bindings)
   start = time.perf_counter()
-  found = smallest_fit(spec, generation)
+  search = smallest_fit(spec, generation)
   line = {'run': name, 'generation': generation, 'gin_files': files, 'gin_bindings': bindings}
+  line['tried'] = search['tried']
+  found = search['found']
   if found is None:
     return dict(line, topology=None, seconds=time.perf_counter() - start)
   chip, devices, parts = topologies.CHIPS[generation], found['devices'], found['num_partitions']
-  report = fit.check(spec, devices, chip, batch_size=spec.batch_size, num_partitions=parts)
+  report = found['report']
   largest = fit.search_batch(
       spec,
       devices,
@@ -96,7 +103,6 @@ def row(name: str, generation: str) -> Dict[str, Any]:
       batch_size=spec.batch_size,
       largest_batch=largest['best'],
       largest_batch_tried=largest['tried'],
-      fits_with_eval=report['fits'],
       memory_bytes=report['memory_bytes'],
       hbm_bytes_per_device=report['hbm_bytes_per_device'],
       teacher_bytes=report['teacher_bytes'],
@@ -144,8 +150,8 @@ def main(argv=None) -> None:
     print(markdown(done))
     return
   finished = {(line['run'], line['generation']) for line in done}
-  for name in args.rows.split(','):
-    for generation in args.generations.split(','):
+  for generation in args.generations.split(','):
+    for name in args.rows.split(','):
       if (name, generation) in finished:
         continue
       log(f'{name} on {generation}')

@@ -33,6 +33,7 @@ and GSM8K's calculator (text forcing in decoding) is left out: the step's shapes
 
 import dataclasses
 import json
+import math
 import re
 import sys
 import time
@@ -112,8 +113,7 @@ def _sharded_bytes(tree: Any) -> int:
   """Bytes of one device's shards of a tree of sharded `jax.ShapeDtypeStruct`s (the largest
   shard of each leaf)."""
   return sum(
-      int(jax.numpy.prod(jax.numpy.array(leaf.sharding.shard_shape(leaf.shape))))
-      * leaf.dtype.itemsize
+      math.prod(leaf.sharding.shard_shape(leaf.shape)) * leaf.dtype.itemsize
       for leaf in jax.tree_util.tree_leaves(tree)
   )
 
@@ -150,10 +150,22 @@ _UNITS = {'K': 2**10, 'M': 2**20, 'G': 2**30, 'T': 2**40}
 _REFUSAL = re.compile(r'required for (.*?) \(([\d.]+)([KMGT])\) exceeds available HBM')
 
 
-def _compile(fn, args) -> Dict[str, Any]:
+def _unfit(needed: int, what: str, available: int, compile_s: float = 0.0) -> Dict[str, Any]:
+  """A step's figures when it does not fit: `needed` bytes of `what` as its temp and total."""
+  memory = dict.fromkeys(('argument', 'output', 'alias'), None)
+  return {
+      'memory': dict(memory, temp=needed, peak=needed),
+      'refused': f'{what} need {_gib(needed)} per device, of {_gib(available)}',
+      'xla_flops': None,
+      'xla_bytes': None,
+      'compile_s': compile_s,
+  }
+
+
+def _compile(fn, args, available: int) -> Dict[str, Any]:
   """Compiles `fn` for `args`: XLA's memory (`costs.memory_bytes`) and per-device FLOPs and
-  bytes accessed, and the compile time. A program libtpu refuses as too large for HBM gets its
-  message as 'refused' and the bytes it names as temp and total (the rest unknown: None)."""
+  bytes accessed, and the compile time. A program libtpu refuses as too large for HBM gets the
+  bytes it names as temp and total (`_unfit`; the rest unknown: None), against `available`."""
   start = time.perf_counter()
   try:
     compiled = fn.lower(*args).compile()
@@ -162,14 +174,7 @@ def _compile(fn, args) -> Dict[str, Any]:
     if 'RESOURCE_EXHAUSTED' not in str(e) or not match:
       raise
     needed = int(float(match.group(2)) * _UNITS[match.group(3)])
-    memory = dict.fromkeys(('argument', 'output', 'alias'), None)
-    return {
-        'memory': dict(memory, temp=needed, peak=needed),
-        'refused': str(e).splitlines()[0],
-        'xla_flops': None,
-        'xla_bytes': None,
-        'compile_s': time.perf_counter() - start,
-    }
+    return _unfit(needed, f'libtpu: {match.group(1)}', available, time.perf_counter() - start)
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   return {
@@ -209,11 +214,16 @@ def check(
   shapes = lambda size: {name: (size, length) for name, length in lengths.items()}
   layout = trainer.make_layout(spec.model, spec.optimizer, mesh, rules, shapes(batch_size))
   eval_layout = dataclasses.replace(layout, batch_shapes=shapes(spec.eval_batch_size))
+  resident = _sharded_bytes((layout.abstract_state, layout.abstract_frozen))
+  if resident > chip.hbm_bytes:  # nothing to compile: the arguments alone do not fit
+    steps = {'train': _unfit(resident, 'train state and frozen networks', chip.hbm_bytes)}
+    return _report(spec, layout, chip, steps, batch_size=batch_size, devices=len(devices))
   with partitioning.activate(mesh, rules):
     steps = {
         'train': _compile(
             trainer.jit_train_step(spec.model, spec.optimizer, layout),
             trainer.abstract_step_args(layout),
+            chip.hbm_bytes,
         )
     }
     if with_eval:
@@ -222,7 +232,8 @@ def check(
           spec.model, mesh, layout.param_shardings, layout.frozen_shardings
       )
       for name, fn in (('eval_loss', loss_step), ('eval_predict', predict_step)):
-        steps[name] = _compile(fn, (layout.abstract_state['target'], frozen, batch, rng))
+        args = (layout.abstract_state['target'], frozen, batch, rng)
+        steps[name] = _compile(fn, args, chip.hbm_bytes)
   return _report(spec, layout, chip, steps, batch_size=batch_size, devices=len(devices))
 
 
