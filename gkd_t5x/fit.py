@@ -37,7 +37,7 @@ import math
 import re
 import sys
 import time
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from absl import app
 from absl import flags
@@ -185,6 +185,28 @@ def _compile(fn, args, available: int) -> Dict[str, Any]:
   }
 
 
+def _feature_lengths(spec: RunSpec) -> Dict[str, int]:
+  """{model feature: length} of the run's unpacked batches (the model's feature converter)."""
+  converter = spec.model.FEATURE_CONVERTER_CLS(pack=False)
+  return converter.get_model_feature_lengths(spec.task_feature_lengths)
+
+
+# Layouts by (model, optimizer, devices, NUM_PARTITIONS): deriving the optimizer state's
+# shardings compiles its init for the devices, and a search asks for the same layout often.
+_LAYOUTS: Dict[Any, trainer.StateLayout] = {}
+
+
+def _layout(spec: RunSpec, devices: Tuple[Any, ...], num_partitions: int) -> trainer.StateLayout:
+  """The run's layout on a mesh of `devices` (its batch shapes: one row of each feature)."""
+  key = (spec.model, spec.optimizer, devices, num_partitions)
+  if key not in _LAYOUTS:
+    mesh = partitioning.make_mesh(num_partitions, devices)
+    rules = partitioning.standard_logical_axis_rules()
+    shapes = {name: (1, length) for name, length in _feature_lengths(spec).items()}
+    _LAYOUTS[key] = trainer.make_layout(spec.model, spec.optimizer, mesh, rules, shapes)
+  return _LAYOUTS[key]
+
+
 def check(
     spec: RunSpec,
     devices: Sequence[Any],
@@ -200,7 +222,8 @@ def check(
   Raises:
     ValueError: the batch or a model dimension does not split over the mesh.
   """
-  mesh = partitioning.make_mesh(num_partitions, devices)
+  layout = _layout(spec, tuple(devices), num_partitions)
+  mesh = layout.mesh
   data_parallel = mesh.shape[partitioning.DATA_AXIS]
   for name, size in (('BATCH_SIZE', batch_size), ('EVAL_BATCH_SIZE', spec.eval_batch_size)):
     if size % data_parallel:
@@ -208,11 +231,9 @@ def check(
           f'{name} = {size} does not split over the {data_parallel} data-parallel replicas of '
           f'{len(devices)} devices with NUM_PARTITIONS = {num_partitions}.'
       )
-  rules = partitioning.standard_logical_axis_rules()
-  converter = spec.model.FEATURE_CONVERTER_CLS(pack=False)
-  lengths = converter.get_model_feature_lengths(spec.task_feature_lengths)
-  shapes = lambda size: {name: (size, length) for name, length in lengths.items()}
-  layout = trainer.make_layout(spec.model, spec.optimizer, mesh, rules, shapes(batch_size))
+  rules = layout.rules
+  shapes = lambda size: {name: (size, length) for name, length in _feature_lengths(spec).items()}
+  layout = dataclasses.replace(layout, batch_shapes=shapes(batch_size))
   eval_layout = dataclasses.replace(layout, batch_shapes=shapes(spec.eval_batch_size))
   resident = _sharded_bytes((layout.abstract_state, layout.abstract_frozen))
   if resident > chip.hbm_bytes:  # nothing to compile: the arguments alone do not fit
