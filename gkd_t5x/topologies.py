@@ -112,7 +112,6 @@ def quiet_stderr() -> Iterator[None]:
     os.close(saved)
 
 
-@functools.lru_cache(maxsize=None)
 def devices(topology: str, num_slices: int = 1) -> Tuple[Any, ...]:
   """The compile-only devices of `num_slices` slices of `topology`, slice after slice.
 
@@ -120,13 +119,20 @@ def devices(topology: str, num_slices: int = 1) -> Tuple[Any, ...]:
     ValueError: an unknown topology, or one libtpu does not know.
     RuntimeError: libtpu is not installed (the message gives the install command).
   """
-  _, chip, num_chips = parse(topology)
+  parse(topology)
   if num_slices < 1:
     raise ValueError(f'--num_slices must be >= 1, got {num_slices}.')
   if importlib.util.find_spec('libtpu') is None:
     raise RuntimeError(
         f'Compiling for a TPU topology needs libtpu, which is not installed: {INSTALL_COMMAND}'
     )
+  return _devices(topology, num_slices)
+
+
+@functools.lru_cache(maxsize=None)
+def _devices(topology: str, num_slices: int) -> Tuple[Any, ...]:
+  """`devices`, once per topology (libtpu answers the same every time)."""
+  _, chip, num_chips = parse(topology)
   import jax  # pylint: disable=g-import-not-at-top
   from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
 
