@@ -7,23 +7,32 @@ At GSM8K's 320-token targets and T5's 32k vocabulary, the teacher's and the stud
 [B, L, V] and the divergence's float32 intermediates (log-softmaxes, JSD's mixture, their
 residuals for the backward pass) are a step's largest buffers; `GKDConfig.divergence_chunk_length`
 computes the divergence term over chunks of that many positions under `lax.scan` with
-rematerialization (`divergences.chunked_sequence_sum`). This script compiles the lambda = 1 train
-step of `step_time.py` for each chunk length (0 = whole) from abstract params, so nothing is
-allocated and it runs on any machine, and prints one JSON line per configuration with XLA's
-static memory estimate of each compiled step (bytes: argument, output, temp, alias, peak =
-argument + output + temp - alias) and each chunked step's temp saving against the whole one.
+rematerialization (`divergences.chunked_sequence_sum`). This script compiles the trainer's
+lambda = 1 train step (`trainer.jit_train_step`, the program `gkd_t5x.train` runs, without
+optimizer state) on the models of `step_time.py` for each chunk length (0 = whole) from
+abstract params, so nothing is allocated and it runs on any machine, and prints one JSON line
+per configuration with XLA's static memory estimate of each compiled step (bytes: argument,
+output, temp, alias, peak = argument + output + temp - alias) and each chunked step's temp
+saving against the whole one.
 The figures are the compiler's, for the backend it runs on; an accelerator's may differ.
 """
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import sys
 from typing import Dict, List, Sequence
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import jax  # noqa: E402
+import optax  # noqa: E402
 import step_time  # noqa: E402  (the benchmark's configurations and step, beside this script)
+
+from gkd_t5x import costs  # noqa: E402
+from gkd_t5x import partitioning  # noqa: E402
+from gkd_t5x import trainer  # noqa: E402
 
 
 def chunk_lengths_flag(value: str) -> List[int]:
@@ -33,12 +42,30 @@ def chunk_lengths_flag(value: str) -> List[int]:
   return lengths
 
 
+def compile_train_step(bench: step_time.Bench, name: str):
+  """The trainer's step (`trainer.jit_train_step`) of the bench's lambda = 1 model, compiled on
+  one device from abstract arguments; no optimizer state (`optax.identity`), so that the
+  figures are the step's own."""
+  model = step_time.make_model(bench, 1.0)
+  batch = jax.eval_shape(functools.partial(step_time.make_batch, bench))
+  shapes = {feature: value.shape for feature, value in batch.items()}
+  mesh = partitioning.make_mesh(1, jax.devices()[:1])
+  rules = partitioning.standard_logical_axis_rules()
+  layout = trainer.make_layout(model, optax.identity(), mesh, rules, shapes)
+  step_time.log(
+      f'[{name}] compiling the lambda=1 train step, chunks {bench.divergence_chunk_length}'
+  )
+  with partitioning.activate(mesh, rules):
+    step = trainer.jit_train_step(model, optax.identity(), layout)
+    return step.lower(*trainer.abstract_step_args(layout)).compile()
+
+
 def step_memory(bench: step_time.Bench, name: str, chunk_lengths: Sequence[int]) -> Dict:
   """{chunk length: the lambda = 1 step's memory estimate} and the temp saved by each chunking."""
   memory = {}
   for length in chunk_lengths:
     chunked = dataclasses.replace(bench, divergence_chunk_length=length or None)
-    memory[length] = step_time.memory_bytes(step_time.compile_step(chunked, 1.0, name).compiled)
+    memory[length] = costs.memory_bytes(compile_train_step(chunked, name))
   whole = memory.get(0)
   saved = {
       length: whole['temp'] - figures['temp']

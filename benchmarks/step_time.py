@@ -117,6 +117,7 @@ from jax.extend import core as jax_core
 import jax.numpy as jnp
 import numpy as np
 
+from gkd_t5x import costs
 from gkd_t5x import decoder_only
 from gkd_t5x import models
 from gkd_t5x import network
@@ -263,103 +264,6 @@ def log(message: str) -> None:
   print(message, file=sys.stderr, flush=True)
 
 
-def matmul_flops(
-    config: network.T5Config, batch: int, input_length: int, target_length: int
-) -> Dict[str, int]:
-  """Matmul FLOPs (2 per multiply-add) of one forward pass of each part of a T5 1.1 net.
-
-  Embedding lookups are gathers and norms, softmaxes and divergences elementwise: none is a
-  matmul. Attention over the decoding cache spans all L positions at every step (the masked
-  ones too), as `network.Decoder.step` computes it.
-
-  Returns:
-    {'encode': encoder on [B, I]; 'decode': teacher-forced decoder on [B, L] with its
-     cross-attention keys/values and logits; 'sample': `init_cache` plus L cached decoding
-     steps of one token each}.
-  """
-  b, i, l = batch, input_length, target_length
-  e, f, v = config.emb_dim, config.mlp_dim, config.vocab_size
-  hd = config.num_heads * config.head_dim
-  mlp_per_token = 2 * (len(config.mlp_activations) + 1) * e * f  # wi_0, wi_1 and wo.
-  encoder_layer = (
-      2 * 4 * b * i * e * hd  # q, k, v and output projections
-      + 2 * 2 * b * i * i * hd  # q.k logits and the weighted sum of values
-      + b * i * mlp_per_token
-  )
-  cross_kv = 2 * 2 * b * i * e * hd
-  decoder_layer = (
-      2 * 4 * b * l * e * hd
-      + 2 * 2 * b * l * l * hd  # self-attention
-      + 2 * 2 * b * l * e * hd
-      + cross_kv  # cross q, out; k, v
-      + 2 * 2 * b * l * i * hd  # cross logits, values
-      + b * l * mlp_per_token
-  )
-  step_layer = (
-      2 * 4 * b * e * hd
-      + 2 * 2 * b * l * hd  # one query over the L-long cache
-      + 2 * 2 * b * e * hd
-      + 2 * 2 * b * i * hd
-      + b * mlp_per_token
-  )
-  logits_per_token = 2 * e * v
-  return {
-      'encode': config.num_encoder_layers * encoder_layer,
-      'decode': config.num_decoder_layers * decoder_layer + b * l * logits_per_token,
-      'sample': config.num_decoder_layers * cross_kv
-      + l * (config.num_decoder_layers * step_layer + b * logits_per_token),
-  }
-
-
-def decoder_only_matmul_flops(
-    config: decoder_only.DecoderOnlyConfig, batch: int, input_length: int, target_length: int
-) -> Dict[str, int]:
-  """Matmul FLOPs of one forward pass of each part of a decoder-only net (as `matmul_flops`).
-
-  The policy runs the prompt (start token + I inputs, P = I + 1 columns) and the continuation
-  (L - 1 more) as one row of T = I + L columns, with logits at every column; sampling prefills
-  the P prompt columns into a T-column cache (every query against all T keys, the masked ones
-  too) and runs L one-token steps over it, position 0 recomputing the last prompt column.
-
-  Returns:
-    {'encode': 0 (no encoder); 'decode': the teacher-forced row [B, T] with its logits;
-     'sample': prefill (logits of its last column only) plus L cached steps}.
-  """
-  b, l = batch, target_length
-  p, t = input_length + 1, input_length + target_length
-  e, f, v = config.emb_dim, config.mlp_dim, config.vocab_size
-  hd = config.num_heads * config.head_dim
-  mlp_per_token = 2 * (len(config.mlp_activations) + 1) * e * f
-  layer = lambda queries, keys: (
-      2 * 4 * b * queries * e * hd + 2 * 2 * b * queries * keys * hd + b * queries * mlp_per_token
-  )
-  logits_per_token = 2 * e * v
-  return {
-      'encode': 0,
-      'decode': config.num_layers * layer(t, t) + b * t * logits_per_token,
-      'sample': config.num_layers * layer(p, t)
-      + b * logits_per_token
-      + l * (config.num_layers * layer(1, t) + b * logits_per_token),
-  }
-
-
-def step_flops(student: Dict[str, int], teacher: Dict[str, int]) -> Dict[str, int]:
-  """Analytic matmul FLOPs of a lambda = 1 and a lambda = 0 step, and of their parts.
-
-  The student's encode + decode runs forward and backward (backward = 2x forward: gradients
-  of both operands of every matmul); the teacher runs forward only; on-policy steps add the
-  student's sampler (forward only, under stop_gradient; it reuses the student's encoder output
-  since dropout is off).
-  """
-  supervised = 3 * (student['encode'] + student['decode']) + teacher['encode'] + teacher['decode']
-  return {
-      'step_lambda1': supervised + student['sample'],
-      'step_lambda0': supervised,
-      'sample': student['sample'],
-      'teacher_forward': teacher['encode'] + teacher['decode'],
-  }
-
-
 def program_stats(closed_jaxpr, while_trips: int) -> Tuple[int, int]:
   """(matmul FLOPs, number of `while` loops) of a traced program, read off its jaxpr.
 
@@ -492,25 +396,6 @@ def variables_fn(model: models.GKDModelBase, bench: Bench) -> Callable[[], Dict[
   return lambda: model.get_initial_variables(jax.random.PRNGKey(0), shapes)
 
 
-def xla_flops(compiled) -> float:
-  analysis = compiled.cost_analysis()
-  if isinstance(analysis, (list, tuple)):  # one entry per program in older jax versions
-    analysis = analysis[0]
-  return float(analysis.get('flops', float('nan')))
-
-
-def memory_bytes(compiled) -> Dict[str, int]:
-  """XLA's static estimate of a compiled program's memory: the bytes of its arguments, outputs,
-  temporaries and of the outputs that alias arguments, and `peak` = argument + output + temp -
-  alias."""
-  analysis = compiled.memory_analysis()
-  parts = {
-      part: int(getattr(analysis, f'{part}_size_in_bytes'))
-      for part in ('argument', 'output', 'temp', 'alias')
-  }
-  return {**parts, 'peak': parts['argument'] + parts['output'] + parts['temp'] - parts['alias']}
-
-
 def device_memory_bytes() -> Optional[int]:
   """The default device's memory limit in bytes, or None where it reports none (CPU)."""
   stats = jax.devices()[0].memory_stats()
@@ -625,7 +510,7 @@ def choose_batch(
     compiled[batch_size] = compile_step(
         dataclasses.replace(bench, batch_size=batch_size), 1.0, name
     )
-    return memory_bytes(compiled[batch_size].compiled)['peak']
+    return costs.memory_bytes(compiled[batch_size].compiled)['peak']
 
   batch_size, tried = largest_fitting_batch(step_bytes, limit, max_batch_size)
   log(f'[{name}] batch {batch_size}: peak memory by batch {tried}, limit {limit}')
@@ -733,7 +618,7 @@ def device_figures(
   """The JSON line's fields that depend on the device: the MFU of each part (analytic FLOPs /
   measured seconds / the device's peak for `dtype`) and each compiled step's memory."""
   peak, mfu_note = peak_flops(jax.devices()[0].device_kind, dtype, peak_tflops)
-  memory = {tag: memory_bytes(step.compiled) for tag, step in compiled.items()}
+  memory = {tag: costs.memory_bytes(step.compiled) for tag, step in compiled.items()}
   return {
       'peak_tflops': None if peak is None else peak / 1e12,
       'mfu': None
@@ -798,8 +683,8 @@ def run_bench(
   log(f'[{name}] measuring matmul throughput ({MATMUL_SIZE}^3 {bench.dtype})')
   throughput = matmul_throughput(bench.dtype)
   lengths = (bench.batch_size, bench.input_length, bench.target_length)
-  count = decoder_only_matmul_flops if bench.decoder_only else matmul_flops
-  flops = step_flops(
+  count = costs.decoder_only_matmul_flops if bench.decoder_only else costs.matmul_flops
+  flops = costs.step_flops(
       count(model.module.config, *lengths), count(model.teacher_module.config, *lengths)
   )
   measured = {
@@ -824,7 +709,7 @@ def run_bench(
       'matmul_gflops': throughput / 1e9,
       'flops_analytic': flops,
       'flops_jaxpr': {tag: stats[0] for tag, stats in traced.items()},
-      'flops_xla': {tag: xla_flops(step.compiled) for tag, step in compiled.items()},
+      'flops_xla': {tag: costs.xla_flops(step.compiled) for tag, step in compiled.items()},
       'flop_bound_s': bound,
       'fraction_of_bound': {part: bound[part] / measured[part] for part in flops},
       **device_figures(bench.dtype, flops, measured, compiled, peak_tflops),

@@ -45,6 +45,7 @@ from gkd_t5x import divergences
 from gkd_t5x import models
 from gkd_t5x import objective
 from gkd_t5x import partitioning
+from gkd_t5x import trainer
 
 PyTree = Any
 Batch = Mapping[str, jax.Array]
@@ -157,7 +158,7 @@ class Diagnostics:
 
   Args:
     model: the GKD model.
-    layout: the run's shardings (`trainer.StateLayout`).
+    layout: the run's shardings.
     seed_rng: the run's key: at step s the step key is fold_in(seed_rng, s), the train step's.
     first_error_fn: the task's hook, or None (no error shares).
   """
@@ -165,7 +166,7 @@ class Diagnostics:
   def __init__(
       self,
       model: models.GKDModelBase,
-      layout: Any,
+      layout: trainer.StateLayout,
       seed_rng: jax.Array,
       first_error_fn: Optional[FirstErrorFn] = None,
   ):
@@ -174,9 +175,12 @@ class Diagnostics:
     self._seed_rng = seed_rng
     self._has_teacher = model.teacher_module is not None and model.gkd.needs_teacher
     replicated = partitioning.replicated(layout.mesh)
-    batch_sharding = partitioning.batch_sharding(layout.mesh)
-    batch_shardings = {name: batch_sharding for name in layout.batch_shapes}
-    shardings = (layout.param_shardings, layout.frozen_shardings, batch_shardings, replicated)
+    shardings = (
+        layout.param_shardings,
+        layout.frozen_shardings,
+        trainer.batch_shardings(layout),
+        replicated,
+    )
     self._measure = jax.jit(
         self._measure_fn,
         in_shardings=(*shardings, replicated, replicated),

@@ -15,14 +15,13 @@ replicated, so every host holds all predictions and host 0 computes the metrics.
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import seqio
 import tensorflow as tf
 
 from gkd_t5x import averages
 from gkd_t5x import data
-from gkd_t5x import models
+from gkd_t5x import eval_steps
 from gkd_t5x import partitioning
 
 PyTree = Any
@@ -83,40 +82,10 @@ class Evaluator:
         use_cached=config.use_cached,
         async_compute_metrics=False,
     )
-    batch_sharding = partitioning.batch_sharding(mesh)
-    replicated = partitioning.replicated(mesh)
-
-    def loss_fn(params, teacher, batch, rng):
-      metrics = model.eval_fn(params, batch, teacher)[1]
-      if model.has_on_policy_divergence:
-        metrics.update(model.on_policy_eval_fn(params, batch, rng, teacher))
-      return metrics
-
-    # The objective's reward of each prediction (RL + GKD's evaluation), where it can be had.
-    scores_reward = model.gkd.reward is not None and (
-        model.reward_module is None or models.REWARD_MODEL_COLLECTION in frozen_shardings
-    )
-    self._scores_reward = scores_reward
-
-    def predict_fn(params, frozen, batch, rng):
-      tokens, _ = model.predict_batch_with_aux(params, batch, rng)
-      reward = (
-          model.sequence_reward(batch, tokens, frozen)
-          if scores_reward
-          else jnp.zeros(tokens.shape[:1])
-      )
-      return tokens, reward
-
+    self._scores_reward = eval_steps.scores_reward(model, frozen_shardings)
     with partitioning.activate(self._mesh, self._rules):
-      self._loss_step = jax.jit(
-          loss_fn,
-          in_shardings=(param_shardings, frozen_shardings, batch_sharding, replicated),
-          out_shardings=replicated,
-      )
-      self._predict_step = jax.jit(
-          predict_fn,
-          in_shardings=(param_shardings, frozen_shardings, batch_sharding, replicated),
-          out_shardings=replicated,
+      self._loss_step, self._predict_step = eval_steps.jit_eval_steps(
+          model, mesh, param_shardings, frozen_shardings
       )
 
   def _batches(self, dataset: tf.data.Dataset):

@@ -12,8 +12,10 @@ Adafactor moments where XLA's propagation puts them). The teacher's params (`tea
 live outside the state: inputs of the step, never
 donated, never updated, never saved with the student.
 
-`make_train_step` builds one `jax.jit` with explicit in/out shardings that donates the state:
-    state, frozen, batch -> new state, metrics (`averages.Average`s, replicated)
+`jit_train_step` builds one `jax.jit` with explicit in/out shardings that donates the state:
+    state, frozen, batch, run key -> new state, metrics (`averages.Average`s, replicated)
+and `make_train_step` closes it over the run's key. `abstract_step_args` gives its arguments
+as abstract arrays, so that `gkd_t5x.fit` compiles the very step the trainer runs.
 The step key is `fold_in(seed key, step)`, so a resumed run draws the same coins, samples and
 dropout masks as an uninterrupted one.
 
@@ -134,23 +136,22 @@ def init_state(
     return jax.jit(init, out_shardings=layout.state_shardings, donate_argnums=1)(rng, params)
 
 
-def make_train_step(
+def jit_train_step(
     model: models.GKDModelBase,
     optimizer: optax.GradientTransformation,
     layout: StateLayout,
-    seed_rng: jax.Array,
-) -> Callable[..., Any]:
-  """The jitted step: (state, frozen, batch) -> (new state, metrics).
+) -> Any:
+  """The jitted, sharded step that donates the state: the program the trainer runs and
+  `gkd_t5x.fit` compiles for a TPU topology.
 
   Args:
     model: the GKD model; its `loss_fn` gets the step so that lambda schedules work.
     optimizer: the optax transformation (clipping, accumulation included).
     layout: shardings of state, frozen networks and batch.
-    seed_rng: the run's key; step s uses `fold_in(seed_rng, s)`.
 
   Returns:
-    A function of (state, frozen {'teacher': params, ...} or {}, batch {feature: [B, len]})
-    returning (state, {name: `averages.Average`}); the state's buffers are donated.
+    A `jax.jit` of (state, frozen {'teacher': params, ...} or {}, batch {feature: [B, len]},
+    run key) returning (state, {name: `averages.Average`}); step s uses `fold_in(key, s)`.
   """
 
   # The key is an argument, not a constant of the program, so that runs differing only in
@@ -177,15 +178,57 @@ def make_train_step(
     )
     return {'target': params, 'opt_state': opt_state, 'step': step + 1}, metrics
 
-  batch_sharding = partitioning.batch_sharding(layout.mesh)
-  batch_shardings = {name: batch_sharding for name in layout.batch_shapes}
   replicated = partitioning.replicated(layout.mesh)
-  jitted = jax.jit(
+  return jax.jit(
       train_step,
-      in_shardings=(layout.state_shardings, layout.frozen_shardings, batch_shardings, replicated),
+      in_shardings=(
+          layout.state_shardings,
+          layout.frozen_shardings,
+          batch_shardings(layout),
+          replicated,
+      ),
       out_shardings=(layout.state_shardings, replicated),
       donate_argnums=0,
   )
+
+
+def batch_shardings(layout: StateLayout) -> Mapping[str, jax.sharding.NamedSharding]:
+  """{feature: its sharding}: every [B, length] feature split over `data`."""
+  batch_sharding = partitioning.batch_sharding(layout.mesh)
+  return {name: batch_sharding for name in layout.batch_shapes}
+
+
+def abstract_step_args(layout: StateLayout) -> Tuple[PyTree, ...]:
+  """`jit_train_step`'s arguments as sharded `jax.ShapeDtypeStruct`s: (state, frozen, batch
+  {feature: [B, length] int32}, run key), for compiling without allocating anything."""
+  shardings = batch_shardings(layout)
+  batch = {
+      name: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=shardings[name])
+      for name, shape in layout.batch_shapes.items()
+  }
+  key = jax.eval_shape(lambda: jax.random.PRNGKey(0))
+  rng = jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=partitioning.replicated(layout.mesh))
+  return layout.abstract_state, layout.abstract_frozen, batch, rng
+
+
+def make_train_step(
+    model: models.GKDModelBase,
+    optimizer: optax.GradientTransformation,
+    layout: StateLayout,
+    seed_rng: jax.Array,
+) -> Callable[..., Any]:
+  """`jit_train_step` with the run's key: (state, frozen, batch) -> (new state, metrics).
+
+  Args:
+    model, optimizer, layout: as `jit_train_step`'s.
+    seed_rng: the run's key; step s uses `fold_in(seed_rng, s)`.
+
+  Returns:
+    A function of (state, frozen, batch) returning (state, metrics); the state's buffers are
+    donated.
+  """
+  jitted = jit_train_step(model, optimizer, layout)
+  replicated = partitioning.replicated(layout.mesh)
   host_rng = np.asarray(jax.device_get(seed_rng))
   run_rng = jax.make_array_from_callback(host_rng.shape, replicated, lambda index: host_rng[index])
   return lambda state, frozen, batch: jitted(state, frozen, batch, run_rng)

@@ -90,6 +90,7 @@ def _normalize(name):
                 'launch',
                 'benchmarks/step_time.py',
                 'benchmarks/divergence_memory.py',
+                'benchmarks/fit_table.py',
             ],
             (),
         ),
@@ -132,7 +133,8 @@ sys.meta_path.insert(0, Absent())
 sys.argv = ['benchmarks/step_time.py', '--config', 'tiny', '--steps', '1', '--warmup', '0']
 import runpy
 runpy.run_path('benchmarks/step_time.py', run_name='__main__')
-import gkd_t5x.objective, gkd_t5x.models, gkd_t5x.trainer, gkd_t5x.calculator, gkd_t5x.diagnostics
+import gkd_t5x.objective, gkd_t5x.models, gkd_t5x.trainer, gkd_t5x.calculator
+import gkd_t5x.diagnostics, gkd_t5x.fit
 print('LOADED', sorted({{m.split('.')[0] for m in sys.modules}} & set({blocked!r})))
 """
 

@@ -13,6 +13,8 @@ import re
 import jax
 import pytest
 
+from gkd_t5x import costs
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 _SPEC = importlib.util.spec_from_file_location('step_time', ROOT / 'benchmarks' / 'step_time.py')
 step_time = importlib.util.module_from_spec(_SPEC)
@@ -83,9 +85,9 @@ def test_accelerator_configs_have_the_t5_1_1_sizes_and_their_flops():
     assert (bench.input_length, bench.target_length) == PAPER_LENGTHS[task], name
     assert bench.dtype == 'bfloat16' and bench.batch_size is None
     lengths = (32, bench.input_length, bench.target_length)
-    flops = step_time.step_flops(
-        step_time.matmul_flops(model.module.config, *lengths),
-        step_time.matmul_flops(model.teacher_module.config, *lengths),
+    flops = costs.step_flops(
+        costs.matmul_flops(model.module.config, *lengths),
+        costs.matmul_flops(model.teacher_module.config, *lengths),
     )
     assert flops['step_lambda1'] == flops['step_lambda0'] + flops['sample'] > 0
 
