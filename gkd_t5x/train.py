@@ -16,16 +16,21 @@ What a run does, in order (every check before any compilation):
      random), the teacher from TEACHER_CHECKPOINT_PATH (and a model reward's classifier from
      REWARD_CHECKPOINT_PATH), straight into their shardings;
   4. trains: one jitted, donated step per batch; the next step is dispatched before the last
-     one's metrics are read; a NaN or infinite loss stops the run with its step;
+     one's metrics are read; a step with a non-finite loss, gradient or update leaves the state
+     as it was, and the host, reading the step's flag at logging and checkpoint steps, stops or
+     skips and counts it as `nonfinite` (a `faults.NonFinitePolicy`) says; a non-finite state
+     is never saved;
   5. every `log_period` steps writes train metrics to MODEL_DIR/train (TensorBoard) and prints
      step, loss, steps/s and ETA; every `eval_period` steps evaluates (MODEL_DIR/eval);
-     checkpoints every `checkpoint_period` steps and at the end, keeping `keep_checkpoints`.
+     checkpoints every `checkpoint_period` steps and at the end, keeping `keep_checkpoints`;
+  6. on SIGTERM (preemption), saves at the step all hosts agree on (`preemption.Watch`), prints
+     one line and exits with `preemption.EXIT_CODE` (75); rerunning the command resumes.
 """
 
-import math
 import os
+import sys
 import time
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from absl import flags
 from absl import logging
@@ -38,9 +43,11 @@ from gkd_t5x import averages
 from gkd_t5x import checkpoints
 from gkd_t5x import data
 from gkd_t5x import evaluation
+from gkd_t5x import faults
 from gkd_t5x import gin_utils
 from gkd_t5x import models
 from gkd_t5x import partitioning
+from gkd_t5x import preemption
 from gkd_t5x import run_setup
 from gkd_t5x import trainer
 
@@ -116,6 +123,7 @@ def train(
     eval_num_examples: Optional[int] = None,
     log_period: int = 100,
     async_checkpointing: bool = True,
+    nonfinite: Optional[faults.NonFinitePolicy] = None,
 ) -> Dict[str, float]:
   """Trains `model` on `train_dataset_cfg` for `total_steps` steps, resumably.
 
@@ -141,9 +149,15 @@ def train(
     eval_num_examples: evaluate on the first N examples of the split; None: all.
     log_period: write metrics and print progress every N steps.
     async_checkpointing: write checkpoints in the background.
+    nonfinite: what a step with a non-finite loss, gradient or update does (stop, or skip
+      and count); None: `faults.NonFinitePolicy()`, stop.
 
   Returns:
     The last evaluation's metrics (empty without an eval split).
+
+  Raises:
+    preemption.PreemptionError: after SIGTERM, once the agreed step is saved.
+    faults.NonFiniteError: a non-finite step that `nonfinite` does not let the run go on with.
   """
   rules = tuple(logical_axis_rules) or partitioning.standard_logical_axis_rules()
   if total_steps < 0:
@@ -188,42 +202,56 @@ def train(
       model_dir, keep=keep_checkpoints, async_save=async_checkpointing
   )
   try:
-    resumed = checkpoints.restore_latest(manager, layout.abstract_state)
-    if resumed is not None:
-      state, batches_consumed = resumed
-      logging.info('Resumed from %s at step %d.', model_dir, int(state['step']))
-    else:
-      initial_params = None
-      if initial_checkpoint_path:
-        initial_params = checkpoints.restore_params(
-            initial_checkpoint_path,
-            layout.abstract_state['target'],
-            setting='INITIAL_CHECKPOINT_PATH',
-        )
-      state = trainer.init_state(model, optimizer, layout, init_rng, initial_params)
-      batches_consumed = 0
-    return _train_loop(
-        model,
-        optimizer,
-        layout,
-        state,
-        frozen,
-        batches_consumed,
-        step_rng,
-        manager=manager,
-        model_dir=model_dir,
-        total_steps=total_steps,
-        train_dataset_cfg=train_dataset_cfg,
-        eval_dataset_cfg=eval_dataset_cfg,
-        checkpoint_period=checkpoint_period,
-        eval_period=eval_period,
-        eval_num_examples=eval_num_examples,
-        log_period=log_period,
-        random_seed=random_seed,
+    state, batches_consumed = _start(
+        model, optimizer, layout, manager, init_rng, initial_checkpoint_path
     )
+    with preemption.Watch() as watch:
+      return _train_loop(
+          model,
+          optimizer,
+          layout,
+          state,
+          frozen,
+          batches_consumed,
+          step_rng,
+          manager=manager,
+          watch=watch,
+          nonfinite=nonfinite or faults.NonFinitePolicy(),
+          model_dir=model_dir,
+          total_steps=total_steps,
+          train_dataset_cfg=train_dataset_cfg,
+          eval_dataset_cfg=eval_dataset_cfg,
+          checkpoint_period=checkpoint_period,
+          eval_period=eval_period,
+          eval_num_examples=eval_num_examples,
+          log_period=log_period,
+          random_seed=random_seed,
+      )
   finally:
     manager.wait_until_finished()
     manager.close()
+
+
+def _start(
+    model: models.GKDModelBase,
+    optimizer: optax.GradientTransformation,
+    layout: trainer.StateLayout,
+    manager,
+    init_rng: jax.Array,
+    initial_checkpoint_path: Optional[str],
+) -> Tuple[trainer.TrainState, int]:
+  """(state, batches consumed): the latest checkpoint of the run, else a step-0 state whose
+  student comes from `initial_checkpoint_path` (or is random)."""
+  resumed = checkpoints.restore_latest(manager, layout.abstract_state)
+  if resumed is not None:
+    logging.info('Resumed from %s at step %d.', manager.directory, int(resumed[0]['step']))
+    return resumed
+  initial_params = None
+  if initial_checkpoint_path:
+    initial_params = checkpoints.restore_params(
+        initial_checkpoint_path, layout.abstract_state['target'], setting='INITIAL_CHECKPOINT_PATH'
+    )
+  return trainer.init_state(model, optimizer, layout, init_rng, initial_params), 0
 
 
 def _train_loop(
@@ -236,6 +264,8 @@ def _train_loop(
     step_rng: jax.Array,
     *,
     manager,
+    watch: preemption.Watch,
+    nonfinite: faults.NonFinitePolicy,
     model_dir: str,
     total_steps: int,
     train_dataset_cfg: data.DatasetConfig,
@@ -246,7 +276,8 @@ def _train_loop(
     log_period: int,
     random_seed: int,
 ) -> Dict[str, float]:
-  """Steps from the state's step to `total_steps`: logging, checkpoints and evaluation."""
+  """Steps from the state's step to `total_steps`: logging, checkpoints and evaluation; the
+  step flags of non-finite steps are read only at logging and checkpoint steps."""
   mesh, rules = layout.mesh, layout.rules
   converter = model.FEATURE_CONVERTER_CLS(pack=train_dataset_cfg.pack)
   train_step = trainer.make_train_step(model, optimizer, layout, step_rng)
@@ -278,7 +309,7 @@ def _train_loop(
   first_step = step
   progress = Progress(step, total_steps)
   pending: List[Mapping[str, Any]] = []
-  previous_loss = None
+  nonfinite_steps = faults.NonFiniteSteps(nonfinite)
   eval_metrics: Dict[str, float] = {}
   if is_chief:
     print(
@@ -290,15 +321,13 @@ def _train_loop(
       state, metrics = train_step(state, frozen, batch)
       batches_consumed += 1
       step += 1
-      # Reading the previous step's loss lets this step run while the host waits.
-      if previous_loss is not None:
-        _check_finite(previous_loss, step - 1)
-      previous_loss = metrics['loss']
+      nonfinite_steps.add(step, metrics['nonfinite'].total)
       pending.append(metrics)
+      preempted = watch.reached_sync_point(step)
       if step % log_period == 0 or step == total_steps:
         values = averages.compute_merged(pending)
         pending = []
-        _check_finite(previous_loss, step)
+        values['nonfinite_steps_total'] = nonfinite_steps.check(manager.latest_step())
         values.update(progress.update(step))
         train_writer.write_scalars(step, values)
         if is_chief:
@@ -308,8 +337,13 @@ def _train_loop(
               f'ETA {_format_eta(values["eta_seconds"])}',
               flush=True,
           )
-      if step % checkpoint_period == 0 or step == total_steps:
+      if preempted or step % checkpoint_period == 0 or step == total_steps:
+        nonfinite_steps.check(manager.latest_step())
+        faults.check_state_finite(state, step)
         checkpoints.save(manager, step, state, batches_consumed)
+      if preempted:
+        manager.wait_until_finished()
+        raise preemption.PreemptionError(step, model_dir)
       if evaluator is not None and (
           (eval_period and step % eval_period == 0) or step == total_steps
       ):
@@ -319,12 +353,6 @@ def _train_loop(
   train_writer.close()
   eval_writer.close()
   return eval_metrics
-
-
-def _check_finite(loss: Any, step: int) -> None:
-  value = float(jax.device_get(loss.compute()))
-  if not math.isfinite(value):
-    raise FloatingPointError(f'The training loss is {value} at step {step}; stopping.')
 
 
 def _evaluate(
@@ -360,7 +388,14 @@ def main(argv):
   # The configurables gin binds live in the importable module, not in `__main__`.
   from gkd_t5x import train as train_lib  # noqa: PLW0406
 
-  train_lib.train()
+  try:
+    train_lib.train()
+  except preemption.PreemptionError as preempted:
+    print(preempted, flush=True)
+    sys.exit(preemption.EXIT_CODE)
+  except (checkpoints.CheckpointError, faults.NonFiniteError) as error:
+    # One line, without the traceback of orbax's internals (gin appends its call site).
+    sys.exit(f'{type(error).__name__}: {str(error).splitlines()[0]}')
 
 
 if __name__ == '__main__':

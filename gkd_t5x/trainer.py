@@ -30,6 +30,7 @@ import numpy as np
 import optax
 
 from gkd_t5x import checkpoints
+from gkd_t5x import faults
 from gkd_t5x import models
 from gkd_t5x import partitioning
 
@@ -150,7 +151,9 @@ def make_train_step(
 
   Returns:
     A function of (state, frozen {'teacher': params, ...} or {}, batch {feature: [B, len]})
-    returning (state, {name: `averages.Average`}); the state's buffers are donated.
+    returning (state, {name: `averages.Average`}); the state's buffers are donated. A step
+    whose loss, gradients or new params are not finite keeps the old params and optimizer
+    state and reports `nonfinite` 1 (`faults`).
   """
 
   # The key is an argument, not a constant of the program, so that runs differing only in
@@ -163,10 +166,19 @@ def make_train_step(
       loss, (metrics, _) = model.loss_fn(params, batch, rng, frozen, step=step)
       return loss, metrics
 
-    (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state['target'])
+    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state['target'])
     updates, opt_state = optimizer.update(grads, state['opt_state'], state['target'])
     params = optax.apply_updates(state['target'], updates)
-    metrics = dict(metrics, grad_norm=models.average(optax.global_norm(grads)))
+    # A non-finite step leaves the state as it was; the host reads the flag when it syncs.
+    finite = faults.all_finite((loss, grads, params))
+    params, opt_state = faults.keep_if_finite(
+        finite, (params, opt_state), (state['target'], state['opt_state'])
+    )
+    metrics = dict(
+        metrics,
+        grad_norm=models.average(optax.global_norm(grads)),
+        nonfinite=models.average(1.0 - finite),
+    )
     return {'target': params, 'opt_state': opt_state, 'step': step + 1}, metrics
 
   batch_sharding = partitioning.batch_sharding(layout.mesh)
