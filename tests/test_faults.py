@@ -7,8 +7,11 @@ temporary directory on disk. An uninterrupted run of the same command is the ref
 """
 
 import re
+import shutil
 import signal
 import subprocess
+import tempfile
+import time
 
 import jax
 import numpy as np
@@ -33,16 +36,29 @@ TMP_SUFFIX = '.orbax-checkpoint-tmp'
 BINDINGS = (f'TRAIN_STEPS={STEPS}', 'CHECKPOINT_PERIOD=100', 'train.train.eval_dataset_cfg=None')
 
 
-def start(model_dir, *bindings):
-  """The SFT run of BINDINGS (+ `bindings`) as a running subprocess, stdout piped."""
-  return subprocess.Popen(
-      EXPERIMENTS.train_argv(model_dir, 'student_sft', *BINDINGS, *bindings),
+def start(model_dir, *bindings, extra_flags=()):
+  """The SFT run of BINDINGS (+ `bindings`) as a running subprocess: stdout piped, stderr to a
+  file (a pipe nobody reads would fill and block the run)."""
+  stderr = tempfile.TemporaryFile('w+')
+  process = subprocess.Popen(
+      EXPERIMENTS.train_argv(
+          model_dir, 'student_sft', *BINDINGS, *bindings, extra_flags=extra_flags
+      ),
       cwd=runs.ROOT,
       env=runs.environment(),
       stdout=subprocess.PIPE,
-      stderr=subprocess.PIPE,
+      stderr=stderr,
       text=True,
   )
+  process.stderr_file = stderr
+  return process
+
+
+def finish(process, timeout=300):
+  """Waits for the process; returns (its stdout's rest, its stderr)."""
+  stdout, _ = process.communicate(timeout=timeout)
+  process.stderr_file.seek(0)
+  return stdout, process.stderr_file.read()
 
 
 def wait_for_line(process, pattern):
@@ -50,9 +66,7 @@ def wait_for_line(process, pattern):
   for line in process.stdout:
     if match := re.search(pattern, line):
       return match
-  raise AssertionError(
-      f'the run ended without printing {pattern!r}: {process.stderr.read()[-3000:]}'
-  )
+  raise AssertionError(f'the run ended without printing {pattern!r}: {finish(process)[1][-3000:]}')
 
 
 def step_dirs(model_dir):
@@ -81,7 +95,7 @@ def test_sigterm_saves_the_next_step_exits_75_and_resumes_bit_identical(referenc
   process = start(tmp_path)
   wait_for_line(process, rf'^step 2/{STEPS}')
   process.send_signal(signal.SIGTERM)
-  stdout, stderr = process.communicate(timeout=300)
+  stdout, stderr = finish(process)
   assert process.returncode == preemption.EXIT_CODE, stderr[-3000:]
   lines = [line for line in stdout.splitlines() if line.startswith('Preempted')]
   assert len(lines) == 1, stdout
@@ -184,7 +198,7 @@ def test_nan_params_stop_the_run_without_saving(reference, tmp_path, bindings, m
   stops (with one line: no traceback), and nothing is saved."""
   start_dir = write_nan_start(reference, STEPS, tmp_path / 'start')
   process = start(tmp_path / 'run', f'INITIAL_CHECKPOINT_PATH="{start_dir}"', *bindings)
-  _, stderr = process.communicate(timeout=300)
+  _, stderr = finish(process)
   assert process.returncode == 1
   assert re.search(message, stderr.strip().splitlines()[-1]), stderr[-3000:]
   assert 'Traceback' not in stderr
@@ -194,15 +208,17 @@ def test_nan_params_stop_the_run_without_saving(reference, tmp_path, bindings, m
 
 
 def kill_during_a_checkpoint_write(model_dir, attempts=5):
-  """SIGKILLs the run (checkpointing every step) the moment orbax has a step's temporary
-  directory on disk and the step is not yet final; returns that step, left partial."""
+  """SIGKILLs the run (checkpointing every step), once it has a complete step, the moment
+  orbax has a later step's temporary directory on disk; returns that step, left partial."""
   for _ in range(attempts):
     process = start(model_dir, 'CHECKPOINT_PERIOD=1')
     partial = None
     while partial is None and process.poll() is None:
-      partial = next((p.name for p in model_dir.glob(f'checkpoint_*{TMP_SUFFIX}*')), None)
+      names = step_dirs(model_dir)
+      if any(TMP_SUFFIX not in name for name in names):  # a complete step to go back to
+        partial = next((name for name in names if TMP_SUFFIX in name), None)
     process.kill()
-    process.communicate()
+    finish(process)
     if partial is not None and (model_dir / partial).exists():
       return int(re.match(r'checkpoint_(\d+)', partial).group(1))
   raise AssertionError(f'no kill landed during a checkpoint write in {attempts} attempts')
@@ -214,10 +230,94 @@ def test_sigkill_during_a_checkpoint_write_resumes_from_the_last_complete_step(r
   assert complete and max(complete) < partial_step
   process = start(tmp_path, 'CHECKPOINT_PERIOD=1')
   resumed_at = int(wait_for_line(process, r'steps (\d+) ->').group(1))
-  _, stderr = process.communicate(timeout=300)
+  _, stderr = finish(process)
   assert process.returncode == 0, stderr[-3000:]
   assert resumed_at == max(complete)
   # The partial step was written again, in full, and the partial directory is gone.
   assert not [name for name in step_dirs(tmp_path) if TMP_SUFFIX in name]
   assert (tmp_path / f'checkpoint_{STEPS}' / 'state').is_dir()
   assert_resumed_run_equals(tmp_path, reference, resumed_at)
+
+
+def test_sigterm_to_one_of_two_processes_saves_the_same_step_on_both(tmp_path):
+  """Two processes joined by jax.distributed; only process 1 gets SIGTERM. JAX's preemption
+  sync manager spreads the notice: both save one agreed step and exit 75."""
+  port = runs.free_port()
+  processes = [
+      start(tmp_path, extra_flags=runs.distributed_flags(port, index)) for index in range(2)
+  ]
+  wait_for_line(processes[0], rf'^step 2/{STEPS}')
+  processes[1].send_signal(signal.SIGTERM)
+  saved = set()
+  for process in processes:
+    stdout, stderr = finish(process)
+    assert process.returncode == preemption.EXIT_CODE, stderr[-3000:]
+    saved.update(int(step) for step in re.findall(r'^Preempted.* of step (\d+)', stdout, re.M))
+  assert len(saved) == 1, saved
+  assert step_dirs(tmp_path) == [f'checkpoint_{saved.pop()}']
+
+
+def test_when_one_of_two_processes_dies_the_other_exits_in_bounded_time(tmp_path):
+  port = runs.free_port()
+  processes = [
+      start(tmp_path, extra_flags=runs.distributed_flags(port, index)) for index in range(2)
+  ]
+  wait_for_line(processes[0], rf'^step 2/{STEPS}')
+  processes[1].kill()
+  killed = time.monotonic()
+  _, stderr = finish(processes[0], timeout=600)
+  elapsed = time.monotonic() - killed
+  finish(processes[1])
+  print(f'survivor exited {processes[0].returncode} after {elapsed:.1f} s:', stderr[-2000:])
+  assert processes[0].returncode != 0
+  assert elapsed < 60
+
+
+def truncate_data_files(step_dir):
+  """Cuts every array data file of an orbax step to half its length."""
+  for path in step_dir.glob('state/ocdbt.process_0/d/*'):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+  return step_dir
+
+
+@pytest.mark.parametrize(
+    'experiments, bindings, damage, message',
+    [
+        (
+            EXPERIMENTS,
+            ('arithmetic_student/network.T5Config.emb_dim=16',),
+            None,
+            r"param \['decoder'\]\S* has shape \(8,?\S*\), the model expects \(16",
+        ),
+        (
+            runs.DECODER_ONLY,
+            (),
+            None,
+            r'param \[\S+ (is not in the checkpoint|has shape)',
+        ),
+        (EXPERIMENTS, (), truncate_data_files, r'could not restore params from .*checkpoint_30'),
+    ],
+    ids=['other_sizes', 'other_architecture', 'truncated'],
+)
+def test_a_checkpoint_that_does_not_fit_is_a_one_line_error(
+    reference, tmp_path, experiments, bindings, damage, message
+):
+  start_dir = reference / f'checkpoint_{STEPS}'
+  if damage is not None:
+    start_dir = damage(shutil.copytree(start_dir, tmp_path / start_dir.name))
+  result = subprocess.run(
+      experiments.train_argv(
+          tmp_path / 'run', 'student_sft', f'INITIAL_CHECKPOINT_PATH="{start_dir}"', *bindings
+      ),
+      cwd=runs.ROOT,
+      env=runs.environment(),
+      capture_output=True,
+      text=True,
+      timeout=300,
+      check=False,
+  )
+  assert result.returncode == 1
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith(f"CheckpointError: INITIAL_CHECKPOINT_PATH = '{start_dir}': "), last
+  assert re.search(message, last), last
+  assert 'Traceback' not in result.stderr
