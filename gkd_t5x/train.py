@@ -59,16 +59,27 @@ def initialize_distributed(
     num_processes: Optional[int] = None,
     process_id: Optional[int] = None,
     auto: bool = False,
+    heartbeat_timeout_seconds: int = 100,
 ) -> None:
-  """Joins a multi-process job (several hosts, or several local processes on CPU)."""
+  """Joins a multi-process job (several hosts, or several local processes on CPU).
+
+  When a process dies, JAX's coordination service notices within `heartbeat_timeout_seconds`
+  and ends the others ("Terminating process because the JAX distributed service detected fatal
+  errors"), so that no host hangs in a collective.
+  """
+  if heartbeat_timeout_seconds < 1:
+    raise ValueError(f'--heartbeat_timeout_seconds must be >= 1, got {heartbeat_timeout_seconds}.')
   if coordinator_address is not None:
     if num_processes is None or process_id is None:
       raise ValueError('--coordinator_address needs --num_processes and --process_id.')
     jax.distributed.initialize(
-        coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id
+        coordinator_address=coordinator_address,
+        num_processes=num_processes,
+        process_id=process_id,
+        heartbeat_timeout_seconds=heartbeat_timeout_seconds,
     )
   elif auto:
-    jax.distributed.initialize()
+    jax.distributed.initialize(heartbeat_timeout_seconds=heartbeat_timeout_seconds)
 
 
 class Progress:
@@ -381,6 +392,7 @@ def main(argv):
       flags.FLAGS.num_processes,
       flags.FLAGS.process_id,
       flags.FLAGS.multiprocess,
+      flags.FLAGS.heartbeat_timeout_seconds,
   )
   gin_utils.parse_gin_flags()
   # The gin files import this module as gkd_t5x.train, whose `train` carries the bindings
@@ -409,5 +421,10 @@ if __name__ == '__main__':
   flags.DEFINE_integer('process_id', None, "Multi-host: this process's index.")
   flags.DEFINE_bool(
       'multiprocess', False, 'Call jax.distributed.initialize() with its auto-detection (TPU pods).'
+  )
+  flags.DEFINE_integer(
+      'heartbeat_timeout_seconds',
+      100,
+      'Multi-host: a process silent this long counts as dead, and the others exit.',
   )
   gin_utils.run(main)
