@@ -6,6 +6,7 @@ sizes, no evaluation); signals are sent at the moment a run prints a step or orb
 temporary directory on disk. An uninterrupted run of the same command is the reference.
 """
 
+import contextlib
 import re
 import shutil
 import signal
@@ -326,3 +327,43 @@ def test_a_checkpoint_that_does_not_fit_is_a_one_line_error(
   assert last.startswith(f"CheckpointError: INITIAL_CHECKPOINT_PATH = '{start_dir}': "), last
   assert re.search(message, last), last
   assert 'Traceback' not in result.stderr
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+  """A 16 MiB tmpfs at tmp_path/disk (skips where mounting is not allowed)."""
+  disk = tmp_path / 'disk'
+  disk.mkdir()
+  mounted = subprocess.run(
+      ['mount', '-t', 'tmpfs', '-o', 'size=16m', 'tmpfs', str(disk)],
+      capture_output=True,
+      check=False,
+  )
+  if mounted.returncode != 0:
+    pytest.skip(f'cannot mount a tmpfs: {mounted.stderr.decode().strip()}')
+  yield disk
+  subprocess.run(['umount', '-l', str(disk)], check=False)
+
+
+def fill(disk):
+  """Writes zeros to `disk` until it is full."""
+  with open(disk / 'filler', 'wb') as f:
+    with contextlib.suppress(OSError):
+      while True:
+        f.write(b'\0' * (1 << 16))
+        f.flush()
+
+
+def test_a_full_disk_stops_the_run_and_keeps_the_last_checkpoint(small_disk):
+  """The disk fills after the step-5 checkpoint: a later write fails."""
+  model_dir = small_disk / 'run'
+  process = start(model_dir, 'CHECKPOINT_PERIOD=5', 'TRAIN_STEPS=500')
+  wait_for_line(process, r'^step 6/500')
+  fill(small_disk)
+  complete = [name for name in step_dirs(model_dir) if TMP_SUFFIX not in name]
+  _, stderr = finish(process)
+  print(process.returncode, stderr[-3000:])
+  assert process.returncode not in (0, preemption.EXIT_CODE)
+  last = max(int(name.split('_')[1]) for name in complete)
+  assert f'checkpoint_{last}' in step_dirs(model_dir)
+  assert tiny.flat(runs.final_params(model_dir, last))
