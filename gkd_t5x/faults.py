@@ -11,9 +11,15 @@ What a non-finite step does is a gin setting (`NonFinitePolicy`):
     written before it, is kept;
   - 'skip': the step's update is dropped and counted (`nonfinite_steps_total` among the train
     metrics); the run stops once more than `max_skipped_steps` steps were skipped.
+
+A full disk (ENOSPC) surfaces from orbax's writer threads or TensorBoard's as one of many
+exception types; `is_disk_full` finds it in an exception's chain, so that the run can stop with
+one line (orbax's temporary directories keep the checkpoints completed before intact).
 """
 
 import dataclasses
+import errno
+import os
 from typing import Any, List, Optional, Tuple
 
 import jax
@@ -23,6 +29,15 @@ import gin
 
 PyTree = Any
 MODES = ('stop', 'skip')
+
+
+def is_disk_full(error: BaseException) -> bool:
+  """Whether `error`, or an exception it was raised from, says the disk is full (ENOSPC)."""
+  while error is not None:
+    if getattr(error, 'errno', None) == errno.ENOSPC or os.strerror(errno.ENOSPC) in str(error):
+      return True
+    error = error.__cause__ or error.__context__
+  return False
 
 
 class NonFiniteError(FloatingPointError):

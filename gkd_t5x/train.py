@@ -408,6 +408,14 @@ def main(argv):
   except (checkpoints.CheckpointError, faults.NonFiniteError) as error:
     # One line, without the traceback of orbax's internals (gin appends its call site).
     sys.exit(f'{type(error).__name__}: {str(error).splitlines()[0]}')
+  except Exception as error:  # orbax's and TensorBoard's writers raise ENOSPC as many types.
+    if not faults.is_disk_full(error):
+      raise
+    sys.exit(
+        f'No space left on device: a checkpoint or event file could not be written '
+        f'({type(error).__name__}); stopping. The checkpoints completed before are kept: free '
+        'space and rerun to resume.'
+    )
 
 
 if __name__ == '__main__':
