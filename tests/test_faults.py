@@ -364,10 +364,12 @@ def test_a_full_disk_stops_the_run_and_keeps_the_last_checkpoint(small_disk):
   complete = [name for name in step_dirs(model_dir) if TMP_SUFFIX not in name]
   _, stderr = finish(process)
   assert process.returncode == 1
-  assert re.fullmatch(
-      r'No space left on device: a checkpoint or event file could not be written \(\w+\); '
-      r'stopping. The checkpoints completed before are kept: free space and rerun to resume.',
-      stderr.strip().splitlines()[-1],
+  # The trainer's line; orbax's writer threads may log their own errors after it.
+  assert re.search(
+      r'^No space left on device: a checkpoint or event file could not be written \(\w+\); '
+      r'stopping. The checkpoints completed before are kept: free space and rerun to resume.$',
+      stderr,
+      re.M,
   ), stderr[-3000:]
   assert [name for name in step_dirs(model_dir) if TMP_SUFFIX not in name] == complete
   last = max(int(name.split('_')[1]) for name in complete)
