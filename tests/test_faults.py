@@ -280,8 +280,9 @@ def test_when_one_of_two_processes_dies_the_other_exits_in_bounded_time(tmp_path
 
 
 def truncate_data_files(step_dir):
-  """Cuts every array data file of an orbax step to half its length."""
-  for path in step_dir.glob('state/ocdbt.process_0/d/*'):
+  """Cuts every array data file of an orbax step (its OCDBT databases' `d/` files, the
+  process's and the merged one) to half its length."""
+  for path in step_dir.glob('state/**/d/*'):
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
   return step_dir
 
