@@ -162,9 +162,11 @@ def restore_params(path: str, abstract_params: PyTree, *, setting: str) -> PyTre
   except CheckpointError:
     raise
   except Exception as error:  # orbax and tensorstore raise many types for unreadable files.
+    # Their messages run over many lines (specs, stacks); the first says what failed.
+    cause = (str(error).strip().splitlines() or [''])[0]
     raise CheckpointError(
         f'{setting} = {path!r}: could not restore params from '
-        f'{os.fspath(step_dir)}: {type(error).__name__}: {error}'
+        f'{os.fspath(step_dir)} (damaged or truncated?): {type(error).__name__}: {cause}'
     ) from error
 
 
@@ -276,10 +278,10 @@ def _check_shapes(stored: PyTree, abstract_params: PyTree, path: str, setting: s
   for key, spec in expected:
     value = actual.get(key)
     if value is None or value.shape != spec.shape:
+      found = 'is not in the checkpoint' if value is None else f'has shape {value.shape}'
       raise CheckpointError(
-          f'{setting} = {path!r}: param {jax.tree_util.keystr(key)} has shape '
-          f'{None if value is None else value.shape} in the checkpoint, the model expects '
-          f'{spec.shape}. Does the model config match the checkpoint?'
+          f'{setting} = {path!r}: param {jax.tree_util.keystr(key)} {found}, the model expects '
+          f'{spec.shape}. Does the model config (architecture, sizes) match the checkpoint?'
       )
 
 

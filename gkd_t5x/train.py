@@ -16,16 +16,21 @@ What a run does, in order (every check before any compilation):
      random), the teacher from TEACHER_CHECKPOINT_PATH (and a model reward's classifier from
      REWARD_CHECKPOINT_PATH), straight into their shardings;
   4. trains: one jitted, donated step per batch; the next step is dispatched before the last
-     one's metrics are read; a NaN or infinite loss stops the run with its step;
+     one's metrics are read; a step with a non-finite loss, gradient or update leaves the state
+     as it was, and the host, reading the step's flag at logging and checkpoint steps, stops or
+     skips and counts it as `nonfinite` (a `faults.NonFinitePolicy`) says; a non-finite state
+     is never saved;
   5. every `log_period` steps writes train metrics to MODEL_DIR/train (TensorBoard) and prints
      step, loss, steps/s and ETA; every `eval_period` steps evaluates (MODEL_DIR/eval);
-     checkpoints every `checkpoint_period` steps and at the end, keeping `keep_checkpoints`.
+     checkpoints every `checkpoint_period` steps and at the end, keeping `keep_checkpoints`;
+  6. on SIGTERM (preemption), saves at the step all hosts agree on (`preemption.Watch`), prints
+     one line and exits with `preemption.EXIT_CODE` (75); rerunning the command resumes.
 """
 
-import math
 import os
+import sys
 import time
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from absl import flags
 from absl import logging
@@ -39,9 +44,11 @@ from gkd_t5x import checkpoints
 from gkd_t5x import data
 from gkd_t5x import diagnostics as diagnostics_lib
 from gkd_t5x import evaluation
+from gkd_t5x import faults
 from gkd_t5x import gin_utils
 from gkd_t5x import models
 from gkd_t5x import partitioning
+from gkd_t5x import preemption
 from gkd_t5x import run_setup
 from gkd_t5x import trainer
 
@@ -53,16 +60,27 @@ def initialize_distributed(
     num_processes: Optional[int] = None,
     process_id: Optional[int] = None,
     auto: bool = False,
+    heartbeat_timeout_seconds: int = 100,
 ) -> None:
-  """Joins a multi-process job (several hosts, or several local processes on CPU)."""
+  """Joins a multi-process job (several hosts, or several local processes on CPU).
+
+  When a process dies, JAX's coordination service notices within `heartbeat_timeout_seconds`
+  and ends the others ("Terminating process because the JAX distributed service detected fatal
+  errors"), so that no host hangs in a collective.
+  """
+  if heartbeat_timeout_seconds < 1:
+    raise ValueError(f'--heartbeat_timeout_seconds must be >= 1, got {heartbeat_timeout_seconds}.')
   if coordinator_address is not None:
     if num_processes is None or process_id is None:
       raise ValueError('--coordinator_address needs --num_processes and --process_id.')
     jax.distributed.initialize(
-        coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id
+        coordinator_address=coordinator_address,
+        num_processes=num_processes,
+        process_id=process_id,
+        heartbeat_timeout_seconds=heartbeat_timeout_seconds,
     )
   elif auto:
-    jax.distributed.initialize()
+    jax.distributed.initialize(heartbeat_timeout_seconds=heartbeat_timeout_seconds)
 
 
 class Progress:
@@ -120,6 +138,7 @@ def train(
     diagnostics_period: Optional[int] = 100,
     first_error_fn: Optional[diagnostics_lib.FirstErrorFn] = None,
     console_omitted_metrics: Sequence[str] = (),
+    nonfinite: Optional[faults.NonFinitePolicy] = None,
 ) -> Dict[str, float]:
   """Trains `model` on `train_dataset_cfg` for `total_steps` steps, resumably.
 
@@ -155,9 +174,15 @@ def train(
     console_omitted_metrics: evaluation metrics (names, or their last path component) left out
       of the console's evaluation line, such as rates the task cannot produce; TensorBoard and
       the JSON files keep them.
+    nonfinite: what a step with a non-finite loss, gradient or update does (stop, or skip
+      and count); None: `faults.NonFinitePolicy()`, stop.
 
   Returns:
     The last evaluation's metrics (empty without an eval split).
+
+  Raises:
+    preemption.PreemptionError: after SIGTERM, once the agreed step is saved.
+    faults.NonFiniteError: a non-finite step that `nonfinite` does not let the run go on with.
   """
   rules = tuple(logical_axis_rules) or partitioning.standard_logical_axis_rules()
   if total_steps < 0:
@@ -203,45 +228,59 @@ def train(
       model_dir, keep=keep_checkpoints, async_save=async_checkpointing
   )
   try:
-    resumed = checkpoints.restore_latest(manager, layout.abstract_state)
-    if resumed is not None:
-      state, batches_consumed = resumed
-      logging.info('Resumed from %s at step %d.', model_dir, int(state['step']))
-    else:
-      initial_params = None
-      if initial_checkpoint_path:
-        initial_params = checkpoints.restore_params(
-            initial_checkpoint_path,
-            layout.abstract_state['target'],
-            setting='INITIAL_CHECKPOINT_PATH',
-        )
-      state = trainer.init_state(model, optimizer, layout, init_rng, initial_params)
-      batches_consumed = 0
-    return _train_loop(
-        model,
-        optimizer,
-        layout,
-        state,
-        frozen,
-        batches_consumed,
-        step_rng,
-        manager=manager,
-        model_dir=model_dir,
-        total_steps=total_steps,
-        train_dataset_cfg=train_dataset_cfg,
-        eval_dataset_cfg=eval_dataset_cfg,
-        checkpoint_period=checkpoint_period,
-        eval_period=eval_period,
-        eval_num_examples=eval_num_examples,
-        log_period=log_period,
-        random_seed=random_seed,
-        diagnostics_period=diagnostics_period,
-        first_error_fn=first_error_fn,
-        console_omitted_metrics=tuple(console_omitted_metrics),
+    state, batches_consumed = _start(
+        model, optimizer, layout, manager, init_rng, initial_checkpoint_path
     )
+    with preemption.Watch() as watch:
+      return _train_loop(
+          model,
+          optimizer,
+          layout,
+          state,
+          frozen,
+          batches_consumed,
+          step_rng,
+          manager=manager,
+          watch=watch,
+          nonfinite=nonfinite or faults.NonFinitePolicy(),
+          model_dir=model_dir,
+          total_steps=total_steps,
+          train_dataset_cfg=train_dataset_cfg,
+          eval_dataset_cfg=eval_dataset_cfg,
+          checkpoint_period=checkpoint_period,
+          eval_period=eval_period,
+          eval_num_examples=eval_num_examples,
+          log_period=log_period,
+          random_seed=random_seed,
+          diagnostics_period=diagnostics_period,
+          first_error_fn=first_error_fn,
+          console_omitted_metrics=tuple(console_omitted_metrics),
+      )
   finally:
     manager.wait_until_finished()
     manager.close()
+
+
+def _start(
+    model: models.GKDModelBase,
+    optimizer: optax.GradientTransformation,
+    layout: trainer.StateLayout,
+    manager,
+    init_rng: jax.Array,
+    initial_checkpoint_path: Optional[str],
+) -> Tuple[trainer.TrainState, int]:
+  """(state, batches consumed): the latest checkpoint of the run, else a step-0 state whose
+  student comes from `initial_checkpoint_path` (or is random)."""
+  resumed = checkpoints.restore_latest(manager, layout.abstract_state)
+  if resumed is not None:
+    logging.info('Resumed from %s at step %d.', manager.directory, int(resumed[0]['step']))
+    return resumed
+  initial_params = None
+  if initial_checkpoint_path:
+    initial_params = checkpoints.restore_params(
+        initial_checkpoint_path, layout.abstract_state['target'], setting='INITIAL_CHECKPOINT_PATH'
+    )
+  return trainer.init_state(model, optimizer, layout, init_rng, initial_params), 0
 
 
 def _train_loop(
@@ -254,6 +293,8 @@ def _train_loop(
     step_rng: jax.Array,
     *,
     manager,
+    watch: preemption.Watch,
+    nonfinite: faults.NonFinitePolicy,
     model_dir: str,
     total_steps: int,
     train_dataset_cfg: data.DatasetConfig,
@@ -268,7 +309,8 @@ def _train_loop(
     console_omitted_metrics: Sequence[str],
 ) -> Dict[str, float]:
   """Steps from the state's step to `total_steps`: logging, diagnostics, checkpoints and
-  evaluation."""
+  evaluation; the step flags of non-finite steps are read only at logging and checkpoint
+  steps."""
   mesh, rules = layout.mesh, layout.rules
   converter = model.FEATURE_CONVERTER_CLS(pack=train_dataset_cfg.pack)
   train_step = trainer.make_train_step(model, optimizer, layout, step_rng)
@@ -305,7 +347,7 @@ def _train_loop(
   first_step = step
   progress = Progress(step, total_steps)
   pending: List[Mapping[str, Any]] = []
-  previous_loss = None
+  nonfinite_steps = faults.NonFiniteSteps(nonfinite)
   eval_metrics: Dict[str, float] = {}
   if is_chief:
     print(
@@ -319,15 +361,13 @@ def _train_loop(
       state, metrics = train_step(state, frozen, batch)
       batches_consumed += 1
       step += 1
-      # Reading the previous step's loss lets this step run while the host waits.
-      if previous_loss is not None:
-        _check_finite(previous_loss, step - 1)
-      previous_loss = metrics['loss']
+      nonfinite_steps.add(step, metrics['nonfinite'].total)
       pending.append(metrics)
+      preempted = watch.reached_sync_point(step)
       if step % log_period == 0 or step == total_steps:
         values = averages.compute_merged(pending)
         pending = []
-        _check_finite(previous_loss, step)
+        values['nonfinite_steps_total'] = nonfinite_steps.check(manager.latest_step())
         values.update(progress.update(step))
         train_writer.write_scalars(step, values)
         if is_chief:
@@ -337,8 +377,13 @@ def _train_loop(
               f'ETA {_format_eta(values["eta_seconds"])}',
               flush=True,
           )
-      if step % checkpoint_period == 0 or step == total_steps:
+      if preempted or step % checkpoint_period == 0 or step == total_steps:
+        nonfinite_steps.check(manager.latest_step())
+        faults.check_state_finite(state, step)
         checkpoints.save(manager, step, state, batches_consumed)
+      if preempted:
+        manager.wait_until_finished()
+        raise preemption.PreemptionError(step, model_dir)
       if evaluator is not None and (
           (eval_period and step % eval_period == 0) or step == total_steps
       ):
@@ -376,12 +421,6 @@ class _Diagnose:
     return self._diagnostics(params, frozen, batch, step, self._probe)
 
 
-def _check_finite(loss: Any, step: int) -> None:
-  value = float(jax.device_get(loss.compute()))
-  if not math.isfinite(value):
-    raise FloatingPointError(f'The training loss is {value} at step {step}; stopping.')
-
-
 def _evaluate(
     evaluator: evaluation.Evaluator,
     params: PyTree,
@@ -414,6 +453,7 @@ def main(argv):
       flags.FLAGS.num_processes,
       flags.FLAGS.process_id,
       flags.FLAGS.multiprocess,
+      flags.FLAGS.heartbeat_timeout_seconds,
   )
   gin_utils.parse_gin_flags()
   # The gin files import this module as gkd_t5x.train, whose `train` carries the bindings
@@ -421,7 +461,22 @@ def main(argv):
   # The configurables gin binds live in the importable module, not in `__main__`.
   from gkd_t5x import train as train_lib  # noqa: PLW0406
 
-  train_lib.train()
+  try:
+    train_lib.train()
+  except preemption.PreemptionError as preempted:
+    print(preempted, flush=True)
+    sys.exit(preemption.EXIT_CODE)
+  except (checkpoints.CheckpointError, faults.NonFiniteError) as error:
+    # One line, without the traceback of orbax's internals (gin appends its call site).
+    sys.exit(f'{type(error).__name__}: {str(error).splitlines()[0]}')
+  except Exception as error:  # orbax's and TensorBoard's writers raise ENOSPC as many types.
+    if not faults.is_disk_full(error):
+      raise
+    sys.exit(
+        f'No space left on device: a checkpoint or event file could not be written '
+        f'({type(error).__name__}); stopping. The checkpoints completed before are kept: free '
+        'space and rerun to resume.'
+    )
 
 
 if __name__ == '__main__':
@@ -435,5 +490,10 @@ if __name__ == '__main__':
   flags.DEFINE_integer('process_id', None, "Multi-host: this process's index.")
   flags.DEFINE_bool(
       'multiprocess', False, 'Call jax.distributed.initialize() with its auto-detection (TPU pods).'
+  )
+  flags.DEFINE_integer(
+      'heartbeat_timeout_seconds',
+      100,
+      'Multi-host: a process silent this long counts as dead, and the others exit.',
   )
   gin_utils.run(main)

@@ -32,6 +32,7 @@ import numpy as np
 import optax
 
 from gkd_t5x import checkpoints
+from gkd_t5x import faults
 from gkd_t5x import models
 from gkd_t5x import partitioning
 
@@ -151,7 +152,9 @@ def jit_train_step(
 
   Returns:
     A `jax.jit` of (state, frozen {'teacher': params, ...} or {}, batch {feature: [B, len]},
-    run key) returning (state, {name: `averages.Average`}); step s uses `fold_in(key, s)`.
+    run key) returning (state, {name: `averages.Average`}); step s uses `fold_in(key, s)`. A step
+    whose loss, gradients or new params are not finite keeps the old params and optimizer
+    state and reports `nonfinite` 1 (`faults`).
   """
 
   # The key is an argument, not a constant of the program, so that runs differing only in
@@ -164,9 +167,14 @@ def jit_train_step(
       loss, (metrics, _) = model.loss_fn(params, batch, rng, frozen, step=step)
       return loss, metrics
 
-    (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state['target'])
+    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state['target'])
     updates, opt_state = optimizer.update(grads, state['opt_state'], state['target'])
     params = optax.apply_updates(state['target'], updates)
+    # A non-finite step leaves the state as it was; the host reads the flag when it syncs.
+    finite = faults.all_finite((loss, grads, params))
+    params, opt_state = faults.keep_if_finite(
+        finite, (params, opt_state), (state['target'], state['opt_state'])
+    )
     # How far the optimizer moves the params against how steep the loss is: Adam's normalized
     # update stays about the learning rate per param however small (and noisy) the gradient.
     grad_norm, update_norm = optax.global_norm(grads), optax.global_norm(updates)
@@ -175,6 +183,7 @@ def jit_train_step(
         grad_norm=models.average(grad_norm),
         update_norm=models.average(update_norm),
         update_grad_ratio=models.average(update_norm / jnp.maximum(grad_norm, 1e-30)),
+        nonfinite=models.average(1.0 - finite),
     )
     return {'target': params, 'opt_state': opt_state, 'step': step + 1}, metrics
 

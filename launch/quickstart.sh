@@ -11,8 +11,10 @@
 # 4. every model evaluated on the test split (greedy decoding, exact match of the final answer),
 #    and a table of the results with the run directories.
 # Completed runs and evaluations are skipped when the script runs again; logs go to
-# WORK_DIR/logs. Environment variables: SFT_STEPS, DISTILL_STEPS (step counts), EVAL_EXAMPLES
-# (evaluate on the first N validation / test problems; default all 1000).
+# WORK_DIR/logs; a failing stage prints its command, its log's path and the log's last lines.
+# Environment variables: SFT_STEPS, DISTILL_STEPS (step counts), EVAL_EXAMPLES (evaluate on the
+# first N validation / test problems; default all 1000), PYTHON (the interpreter of every
+# stage; default python3, which must be the environment's).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK_DIR=${1:-/tmp/gkd_quickstart}
@@ -20,6 +22,7 @@ SFT_STEPS=${SFT_STEPS:-1000}
 DISTILL_STEPS=${DISTILL_STEPS:-500}
 EVAL_EXAMPLES=${EVAL_EXAMPLES:-None}
 EXPERIMENTS=gin/experiments/arithmetic
+export PYTHON=${PYTHON:-python3}
 LOGS=$WORK_DIR/logs
 mkdir -p "$LOGS"
 start=$(date +%s)
@@ -30,6 +33,18 @@ if [[ "${TRAIN_TEACHER:-0}" == 1 ]]; then
   [[ -d $TEACHER ]] || bash launch/train_arithmetic_teacher.sh "$WORK_DIR/teacher_run" "$TEACHER"
 fi
 
+# stage LOG COMMAND...: runs COMMAND with its stderr in LOG; if it fails, says what failed.
+stage() {
+  local log=$1
+  shift
+  if ! "$@" 2> "$log"; then
+    echo "FAILED: $*" >&2
+    echo "log: $log; its last lines:" >&2
+    tail -n 20 "$log" >&2
+    exit 1
+  fi
+}
+
 # train NAME EXPERIMENT STEPS [gin bindings...]
 train() {
   local name=$1 experiment=$2 steps=$3
@@ -39,9 +54,9 @@ train() {
     return
   fi
   echo "== $name ($experiment, $steps steps)"
-  python3 -m gkd_t5x.train --gin_file=gin/runs/train.gin --gin_file="$EXPERIMENTS/$experiment.gin" \
-    --gin.MODEL_DIR="'$WORK_DIR/$name'" --gin.TRAIN_STEPS="$steps" \
-    --gin.EVAL_NUM_EXAMPLES="$EVAL_EXAMPLES" "$@" 2> "$LOGS/$name.log"
+  stage "$LOGS/$name.log" "$PYTHON" -m gkd_t5x.train --gin_file=gin/runs/train.gin \
+    --gin_file="$EXPERIMENTS/$experiment.gin" --gin.MODEL_DIR="'$WORK_DIR/$name'" \
+    --gin.TRAIN_STEPS="$steps" --gin.EVAL_NUM_EXAMPLES="$EVAL_EXAMPLES" "$@"
 }
 
 # evaluate NAME EXPERIMENT CHECKPOINT
@@ -52,9 +67,10 @@ evaluate() {
     return
   fi
   echo "== test split: $name"
-  python3 -m gkd_t5x.eval --gin_file=gin/runs/eval.gin --gin_file="$EXPERIMENTS/$experiment.gin" \
-    --gin.CHECKPOINT_PATH="'$checkpoint'" --gin.EVAL_OUTPUT_DIR="'$WORK_DIR/test_eval/$name'" \
-    --gin.EVAL_SPLIT="'test'" --gin.EVAL_NUM_EXAMPLES="$EVAL_EXAMPLES" 2> "$LOGS/eval_$name.log" > /dev/null
+  stage "$LOGS/eval_$name.log" "$PYTHON" -m gkd_t5x.eval --gin_file=gin/runs/eval.gin \
+    --gin_file="$EXPERIMENTS/$experiment.gin" --gin.CHECKPOINT_PATH="'$checkpoint'" \
+    --gin.EVAL_OUTPUT_DIR="'$WORK_DIR/test_eval/$name'" --gin.EVAL_SPLIT="'test'" \
+    --gin.EVAL_NUM_EXAMPLES="$EVAL_EXAMPLES" > /dev/null
 }
 
 train student_sft student_sft "$SFT_STEPS"
@@ -68,5 +84,5 @@ evaluate student_sft student_sft "$WORK_DIR/student_sft"
 evaluate supervised_kd supervised_kd "$WORK_DIR/supervised_kd"
 evaluate gkd gkd "$WORK_DIR/gkd"
 
-python3 launch/results_table.py "$WORK_DIR/test_eval" teacher student_sft supervised_kd gkd
+"$PYTHON" launch/results_table.py "$WORK_DIR/test_eval" teacher student_sft supervised_kd gkd
 echo "Quickstart wall time: $(( $(date +%s) - start )) s. Runs and logs: $WORK_DIR"

@@ -14,6 +14,10 @@ r"""Runs commands: one after another here or on a TPU pod slice, or as jobs on l
              cores) and JAX's persistent compilation cache, so runs that differ only in seed
              or settings that are values compile once.
 
+A SIGTERM to the driver (run_local, run_jobs) is passed on to the runs in progress; a training
+saves its checkpoint and exits (`gkd_t5x.preemption`), and the driver reports those runs as
+interrupted, marks none of them done, and exits with the trainer's preemption code (75).
+
 What is done is skipped (`finished`): a training whose MODEL_DIR has the marker DONE, an
 evaluation whose output directory has its metrics. An interrupted training resumes from its own
 checkpoint. One progress line per run or job (`Progress`): [i/N] name, its time, the time
@@ -25,13 +29,15 @@ import contextlib
 import importlib
 import multiprocessing
 import os
+import signal
 import subprocess
 import sys
 import threading
 import time
 import traceback
-from typing import Dict, List, Mapping, Optional, Sequence, Set, Tuple
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
 
+from gkd_t5x import preemption
 from launch import REPO_ROOT
 from launch import results
 from launch import tpu_pod
@@ -43,6 +49,8 @@ from launch.plan import Run
 # In a MODEL_DIR: its training finished. run_jobs writes it after the training, run_local once
 # the whole run (training and evaluations) succeeded.
 DONE = 'DONE'
+# What became of a job on a worker, beside DONE.
+FAILED, INTERRUPTED = 'FAILED', 'INTERRUPTED'
 # What launch/reproduce.py wrote instead of DONE before run_jobs and run_local shared one
 # marker: the reproduction's run directories of that time are trained, not to be run again.
 _TRAINED_BEFORE = 'TRAINED'
@@ -109,6 +117,11 @@ class Progress:
         flush=True,
     )
 
+  def interrupted(self, name: Optional[str] = None) -> None:
+    """Ends a begun line, or with `name` is a line of its own: a run stopped by SIGTERM."""
+    head = 'INTERRUPTED' if name is None else f'{self._next(name)}: INTERRUPTED'
+    print(f'{head} (SIGTERM; rerun to resume it)', flush=True)
+
   def failed(self, name: Optional[str] = None, seconds: float = 0.0, log: str = '') -> None:
     """Ends a begun line, or with `name` is a line of its own with the job's time and log."""
     if name is None:
@@ -125,11 +138,46 @@ class Progress:
     return sum(values) / len(values) if values else 0.0
 
 
+@contextlib.contextmanager
+def _sigterm_passed_on(children: Callable[[], Iterable[int]]):
+  """While inside, a SIGTERM to this process is sent on to the processes `children()` names
+  (pids) instead of ending it; yields the `threading.Event` that says one came."""
+  received = threading.Event()
+
+  def pass_on(signum, frame):
+    del frame
+    received.set()
+    for pid in children():
+      with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signum)
+
+  previous = signal.signal(signal.SIGTERM, pass_on)
+  try:
+    yield received
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+
+
 # ------------------------------------------------------------------------------- one by one
 
 
 def run_local(runs: Sequence[Run], python: str, cwd: str = REPO_ROOT, tail_lines: int = 40) -> int:
-  """Runs the commands that are not finished, in order; returns the exit status."""
+  """Runs the commands that are not finished, in order; returns the exit status
+  (`preemption.EXIT_CODE` after a SIGTERM, which the running command gets too)."""
+  running: List[subprocess.Popen] = []
+  with _sigterm_passed_on(lambda: [process.pid for process in running]) as interrupted:
+    return _run_in_order(runs, python, cwd, tail_lines, running, interrupted)
+
+
+def _run_in_order(
+    runs: Sequence[Run],
+    python: str,
+    cwd: str,
+    tail_lines: int,
+    running: List[subprocess.Popen],
+    interrupted: threading.Event,
+) -> int:
+  """run_local's loop; `running` holds the command in progress for the SIGTERM handler."""
   progress = Progress(len(runs))
   for index, run in enumerate(runs, 1):
     pending = [command for command in run.commands if not finished(command)]
@@ -144,7 +192,12 @@ def run_local(runs: Sequence[Run], python: str, cwd: str = REPO_ROOT, tail_lines
       argv = command.argv(python)
       out, err = (os.path.join(logs, f'{command.log_name}.{ext}') for ext in ('out', 'err'))
       with open(out, 'w') as stdout, open(err, 'w') as stderr:
-        status = subprocess.run(argv, cwd=cwd, stdout=stdout, stderr=stderr, check=False).returncode
+        running.append(subprocess.Popen(argv, cwd=cwd, stdout=stdout, stderr=stderr))
+        status = running[0].wait()
+        running.clear()
+      if interrupted.is_set() or status == preemption.EXIT_CODE:
+        progress.interrupted()
+        return preemption.EXIT_CODE
       if status != 0:
         progress.failed()
         with open(err) as f:
@@ -209,9 +262,19 @@ def _exit_with_parent(parent: int) -> None:
   os._exit(1)
 
 
+class _InterruptedError(Exception):
+  """SIGTERM reached a worker outside a training's loop (which saves and raises its own)."""
+
+
+def _raise_interrupted(signum, frame) -> None:
+  del signum, frame
+  raise _InterruptedError('SIGTERM')
+
+
 def _init_worker(cache_dir: str) -> None:
   """Runs once per worker process, before JAX or TensorFlow is imported."""
   threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
+  signal.signal(signal.SIGTERM, _raise_interrupted)
   os.environ['XLA_FLAGS'] = (
       os.environ.get('XLA_FLAGS', '') + ' --xla_cpu_multi_thread_eigen=false'
       ' intra_op_parallelism_threads=1'
@@ -248,8 +311,9 @@ def _output_to(path: str):
       os.close(saved[1])
 
 
-def _execute(job: Job) -> Tuple[bool, float]:
-  """Runs one job in this worker; (succeeded, seconds). Its output goes to job.log."""
+def _execute(job: Job) -> Tuple[str, float]:
+  """Runs one job in this worker; (DONE, FAILED or INTERRUPTED, seconds). Its output goes to
+  job.log."""
   import gin
   from gkd_t5x import gin_utils
 
@@ -266,10 +330,13 @@ def _execute(job: Job) -> Tuple[bool, float]:
       getattr(importlib.import_module(module_name), function)()
       if job.kind == 'train':
         _mark_done(job.output_dir)
-      return True, time.monotonic() - started
+      return DONE, time.monotonic() - started
+    except (preemption.PreemptionError, _InterruptedError) as error:
+      print(f'Interrupted: {error}', flush=True)
+      return INTERRUPTED, time.monotonic() - started
     except Exception:  # reported, then the scheduler stops
       traceback.print_exc()
-      return False, time.monotonic() - started
+      return FAILED, time.monotonic() - started
 
 
 def link_merged_runs(links: Mapping[str, str]) -> None:
@@ -301,8 +368,8 @@ def link_merged_runs(links: Mapping[str, str]) -> None:
 
 
 def run_jobs(plan: Plan, workers: int, cache_dir: str) -> int:
-  """Runs the jobs that are not finished on `workers` processes; returns 0, or 1 after a
-  failed job."""
+  """Runs the jobs that are not finished on `workers` processes; returns 0, 1 after a failed
+  job, or `preemption.EXIT_CODE` after a SIGTERM (passed on to the workers)."""
   link_merged_runs(plan.links)
   pending = [job for job in plan.jobs if not finished(job.command)]
   done = {job.output_dir for job in plan.jobs if finished(job.command)}
@@ -314,14 +381,18 @@ def run_jobs(plan: Plan, workers: int, cache_dir: str) -> int:
   )
   progress = Progress(total, workers, done=skipped)
   context = multiprocessing.get_context('spawn')
+  workers_alive = lambda: [process.pid for process in multiprocessing.active_children()]
   try:
-    with concurrent.futures.ProcessPoolExecutor(
-        workers, mp_context=context, initializer=_init_worker, initargs=(cache_dir,)
-    ) as pool:
-      failed = _schedule(pool, workers, pending, done, progress)
+    with _sigterm_passed_on(workers_alive) as interrupted:
+      with concurrent.futures.ProcessPoolExecutor(
+          workers, mp_context=context, initializer=_init_worker, initargs=(cache_dir,)
+      ) as pool:
+        failed = _schedule(pool, workers, pending, done, progress, interrupted)
   except RuntimeError as e:
     print(f'error: {e}', file=sys.stderr)
     return 1
+  if interrupted.is_set():
+    return preemption.EXIT_CODE
   if failed is None:
     return 0
   with open(failed.log) as f:
@@ -336,31 +407,42 @@ def _schedule(
     pending: List[Job],
     done: Set[str],
     progress: Progress,
+    interrupted: threading.Event,
 ) -> Optional[Job]:
-  """Runs the `pending` jobs, each once the trainings it needs are `done`; returns the first
-  that failed, or None.
+  """Runs the `pending` jobs, each once the trainings it needs are `done`, until one fails or
+  `interrupted` is set; returns the first that failed, or None. A job whose worker died (a
+  killed process breaks the pool) is reported by name and counts as failed.
 
   Raises:
     RuntimeError: jobs wait for trainings that no job makes.
   """
   running: Dict[concurrent.futures.Future, Job] = {}
   failed = None
-  while (pending and failed is None) or running:
-    while failed is None and len(running) < workers:
+  while (pending and failed is None and not interrupted.is_set()) or running:
+    while failed is None and not interrupted.is_set() and len(running) < workers:
       ready = next((job for job in pending if all(n in done for n in job.needs)), None)
       if ready is None:
         break
       pending.remove(ready)
       running[pool.submit(_execute, ready)] = ready
     if not running:
+      if interrupted.is_set():
+        break
       missing = sorted({n for job in pending for n in job.needs} - done)
       raise RuntimeError(f'{len(pending)} jobs wait for trainings that no job makes: {missing}')
     completed, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
     for future in completed:
       job = running.pop(future)
-      ok, seconds = future.result()
-      if not ok:
-        failed = job
+      try:
+        outcome, seconds = future.result()
+      except concurrent.futures.process.BrokenProcessPool:
+        print(f'{job.name}: its worker process died (killed?); a rerun retries it.', flush=True)
+        outcome, seconds = FAILED, 0.0
+      if outcome == INTERRUPTED:
+        progress.interrupted(job.name)
+        continue
+      if outcome == FAILED:
+        failed = failed or job
         progress.failed(job.name, seconds, job.log)
         continue
       done.add(job.output_dir)

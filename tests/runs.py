@@ -10,6 +10,7 @@ tests share one scaffolding.
 import dataclasses
 import os
 import pathlib
+import socket
 import subprocess
 import sys
 from typing import Dict, List, Sequence
@@ -32,6 +33,22 @@ def environment(devices: int = 1) -> Dict[str, str]:
       os.environ,
       TF_CPP_MIN_LOG_LEVEL='3',
       XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
+  )
+
+
+def free_port() -> int:
+  """A TCP port free on localhost now (for a jax.distributed coordinator)."""
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    return s.getsockname()[1]
+
+
+def distributed_flags(port: int, process_id: int, processes: int = 2) -> tuple:
+  """The trainer's flags of process `process_id` of a local jax.distributed job."""
+  return (
+      f'--coordinator_address=localhost:{port}',
+      f'--num_processes={processes}',
+      f'--process_id={process_id}',
   )
 
 

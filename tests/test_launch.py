@@ -21,8 +21,10 @@ import os
 import pathlib
 import re
 import shlex
+import signal
 import subprocess
 import sys
+import time
 import types
 
 import gin_probe
@@ -539,6 +541,14 @@ with open(os.environ['FAKE_LOG'], 'a') as f:
 if os.environ.get('FAKE_FAIL') and os.environ['FAKE_FAIL'] in ' '.join(flags):
   sys.stderr.write('something broke\\n')
   sys.exit(3)
+if os.environ.get('FAKE_HANG') and os.environ['FAKE_HANG'] in ' '.join(flags):
+  import signal, time
+  def preempted(signum, frame):  # as the trainer: save, then exit 75
+    open(os.environ['FAKE_LOG'] + '.sigterm', 'w').close()
+    sys.exit(75)
+  signal.signal(signal.SIGTERM, preempted)
+  open(os.environ['FAKE_LOG'] + '.running', 'w').close()
+  time.sleep(300)
 if module == 'gkd_t5x.train':
   os.makedirs(os.path.join(bindings['MODEL_DIR'], 'checkpoint_1'), exist_ok=True)
 else:
@@ -640,6 +650,50 @@ def test_local_mode_runs_in_order_skips_done_and_stops_at_a_failure(
   assert f'--gin.EVAL_OUTPUT_DIR="\'{other}/synthetic/lam_0/seed_1/eval_greedy\'"' in captured.err
   assert 'something broke' in captured.err
   assert not (other / 'synthetic' / 'lam_0' / 'seed_1' / 'DONE').exists()
+
+
+def test_sigterm_to_the_local_sweep_reaches_its_run_which_is_reported_interrupted(
+    tmp_path, fake_python, monkeypatch
+):
+  python, calls = fake_python
+  spec = synthetic_spec(seeds=[0])
+  spec['axes'] = spec['axes'][:1]
+  spec['plot'] = {'kind': 'bars', 'metric': 'accuracy', 'x': 'lam'}
+  spec_path = tmp_path / 'spec.json'
+  spec_path.write_text(json.dumps(spec))
+  root = tmp_path / 'root'
+  argv = [str(spec_path), '--root', str(root), '--mode', 'local', '--python', python]
+  monkeypatch.setenv('FAKE_HANG', 'lam_1/seed_0')
+  driver = subprocess.Popen(
+      [sys.executable, 'launch/sweep.py', *argv],
+      cwd=ROOT,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+  )
+  running = pathlib.Path(os.environ['FAKE_LOG'] + '.running')
+  deadline = time.monotonic() + 120
+  while not running.exists():
+    assert driver.poll() is None and time.monotonic() < deadline, driver.communicate()
+    time.sleep(0.05)
+  driver.send_signal(signal.SIGTERM)
+  out, err = driver.communicate(timeout=60)
+  assert driver.returncode == 75, err
+  assert '[4/4] synthetic/lam_1/seed_0 ... INTERRUPTED (SIGTERM; rerun to resume it)' in out
+  assert pathlib.Path(os.environ['FAKE_LOG'] + '.sigterm').exists()  # the run got it
+  base = root / 'synthetic'
+  assert [
+      (base / d / 'DONE').exists() for d in ('ref_student', 'lam_0/seed_0', 'lam_1/seed_0')
+  ] == [
+      True,
+      True,
+      False,
+  ]
+  # A rerun runs only the interrupted run.
+  monkeypatch.delenv('FAKE_HANG')
+  calls()
+  assert sweep.main(argv) == 0
+  assert [dir for _, dir in calls()][0] == str(base / 'lam_1' / 'seed_0')
 
 
 def test_a_training_is_finished_by_its_marker_or_by_the_one_reproduce_wrote_before(tmp_path):

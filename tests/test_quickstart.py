@@ -5,16 +5,16 @@ import os
 import pathlib
 import re
 import subprocess
+import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def test_quickstart_runs_every_stage_and_prints_the_table(tmp_path):
-  env = dict(
-      os.environ, SFT_STEPS='4', DISTILL_STEPS='2', EVAL_EXAMPLES='16', TF_CPP_MIN_LOG_LEVEL='3'
-  )
-  quickstart = lambda: subprocess.run(
-      ['bash', 'launch/quickstart.sh', str(tmp_path)],
+def quickstart(work_dir, **settings):
+  """Runs launch/quickstart.sh into `work_dir` with this interpreter as PYTHON."""
+  env = dict(os.environ, PYTHON=sys.executable, TF_CPP_MIN_LOG_LEVEL='3', **settings)
+  return subprocess.run(
+      ['bash', 'launch/quickstart.sh', str(work_dir)],
       cwd=ROOT,
       env=env,
       capture_output=True,
@@ -22,7 +22,11 @@ def test_quickstart_runs_every_stage_and_prints_the_table(tmp_path):
       timeout=900,
       check=False,
   )
-  result = quickstart()
+
+
+def test_quickstart_runs_every_stage_and_prints_the_table(tmp_path):
+  settings = dict(SFT_STEPS='4', DISTILL_STEPS='2', EVAL_EXAMPLES='16')
+  result = quickstart(tmp_path, **settings)
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
   rows = re.findall(r'^\| (\w+) \| ([\d.]+) \| ([\d.]+) \| (\S+) \|$', result.stdout, re.M)
   assert [row[0] for row in rows] == ['teacher', 'student_sft', 'supervised_kd', 'gkd']
@@ -32,8 +36,17 @@ def test_quickstart_runs_every_stage_and_prints_the_table(tmp_path):
   for name in ('student_sft', 'supervised_kd', 'gkd'):
     assert (tmp_path / name / 'train').is_dir()
   # A second call finds every run and evaluation done and prints the same table.
-  again = quickstart()
+  again = quickstart(tmp_path, **settings)
   assert again.returncode == 0 and again.stdout.count('done already') == 7
   assert re.findall(r'^\| .*\|$', again.stdout, re.M) == re.findall(
       r'^\| .*\|$', result.stdout, re.M
   )
+
+
+def test_a_failing_stage_prints_its_command_log_and_last_lines(tmp_path):
+  result = quickstart(tmp_path, SFT_STEPS='-1')
+  assert result.returncode == 1
+  log = tmp_path / 'logs' / 'student_sft.log'
+  assert f'FAILED: {sys.executable} -m gkd_t5x.train' in result.stderr
+  assert f'log: {log}; its last lines:' in result.stderr
+  assert 'ValueError: TRAIN_STEPS must be >= 0, got -1.' in result.stderr

@@ -16,9 +16,12 @@ import json
 import math
 import os
 import pathlib
+import re
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 from spec_labels import REPRODUCTION_METHODS
@@ -391,3 +394,67 @@ def test_claim_verdicts_follow_the_effect_size_rule(tmp_path):
     assert {claim.first, claim.second} <= points, claim
     evaluations = [e.label for e in specs[claim.spec].evaluations]
     assert claim.evaluation in evaluations, claim
+
+
+def worker_pids(driver_pid):
+  """The pids of a driver's worker processes (multiprocessing's spawned children)."""
+  children = pathlib.Path(f'/proc/{driver_pid}/task/{driver_pid}/children').read_text().split()
+  return [
+      int(pid)
+      for pid in children
+      if b'spawn_main' in pathlib.Path(f'/proc/{pid}/cmdline').read_bytes()
+  ]
+
+
+def start_driver(args):
+  return subprocess.Popen(
+      [sys.executable, 'launch/reproduce.py', *args],
+      cwd=ROOT,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.DEVNULL,
+      text=True,
+  )
+
+
+def wait_for_log_line(log, line, driver, count=1, timeout=600):
+  """Waits until `log` holds `line` `count` times, while the driver runs."""
+  deadline = time.monotonic() + timeout
+  while not (log.exists() and log.read_text().count(line) >= count):
+    assert driver.poll() is None and time.monotonic() < deadline, driver.communicate()[0]
+    time.sleep(0.1)
+
+
+def test_sigterm_reaches_the_workers_and_a_killed_worker_is_named(tmp_path):
+  """The teacher's training (long) is running on the only worker. SIGTERM to the driver: the
+  training saves, the job is reported interrupted, the driver exits 75. Rerun, then the worker
+  SIGKILLed: the driver names the job whose worker died and exits 1; nothing is marked done."""
+  spec = tiny_spec('tiny_a', ['1.0'])
+  spec['references']['teacher']['bindings']['TRAIN_STEPS'] = '100000'
+  specs_dir = tmp_path / 'specs'
+  specs_dir.mkdir()
+  (specs_dir / 'tiny_a.json').write_text(json.dumps(spec))
+  root = tmp_path / 'runs'
+  args = ['--specs', str(specs_dir), '--root', str(root), '--out', str(tmp_path / 'out')]
+  args += ['--workers', '1', '--only', 'ref_teacher']
+  teacher = root / 'tiny_a' / 'ref_teacher'
+  driver = start_driver(args)
+  wait_for_log_line(teacher / 'logs' / 'train.log', 'step 2/100000', driver)
+  driver.send_signal(signal.SIGTERM)
+  out = driver.communicate(timeout=300)[0]
+  assert driver.returncode == 75, out
+  assert re.search(r'^\[1/\d\] tiny_a/ref_teacher: train: INTERRUPTED \(SIGTERM', out, re.M), out
+  assert (
+      'Interrupted: Preempted (SIGTERM): saved the checkpoint of step'
+      in (teacher / 'logs' / 'train.log').read_text()
+  )
+  assert list(teacher.glob('checkpoint_*')) and not (teacher / runners.DONE).exists()
+
+  driver = start_driver(args)
+  # The second "Training <dir>: steps <first> -> 100000" line: the training has resumed.
+  wait_for_log_line(teacher / 'logs' / 'train.log', ' -> 100000', driver, count=2)
+  (worker,) = worker_pids(driver.pid)
+  os.kill(worker, signal.SIGKILL)
+  out = driver.communicate(timeout=300)[0]
+  assert driver.returncode == 1, out
+  assert 'tiny_a/ref_teacher: train: its worker process died (killed?)' in out, out
+  assert not (teacher / runners.DONE).exists()

@@ -9,7 +9,6 @@ TensorBoard event files, the eval JSON lines and the orbax checkpoints.
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 
@@ -171,16 +170,10 @@ def test_vocabulary_that_model_parallelism_cannot_split(tmp_path):
   assert "is split 2 ways over mesh axes ('model',), which does not divide 259" in result.stderr
 
 
-def free_port():
-  with socket.socket() as s:
-    s.bind(('localhost', 0))
-    return s.getsockname()[1]
-
-
 def test_two_processes_give_the_loss_of_one(gkd_run, tmp_path):
   """Two local processes joined by jax.distributed (one CPU device each)."""
   model_dir, bindings = gkd_run
-  port = free_port()
+  port = runs.free_port()
   processes = [
       subprocess.Popen(
           EXPERIMENTS.train_argv(
@@ -188,11 +181,7 @@ def test_two_processes_give_the_loss_of_one(gkd_run, tmp_path):
               'gkd',
               *bindings,
               'EVAL_PERIOD=None',
-              extra_flags=(
-                  f'--coordinator_address=localhost:{port}',
-                  '--num_processes=2',
-                  f'--process_id={index}',
-              ),
+              extra_flags=runs.distributed_flags(port, index),
           ),
           cwd=runs.ROOT,
           env=runs.environment(),
