@@ -264,6 +264,10 @@ def split_prefix_lm_batch(batch: Batch, inputs_length: int, targets_length: int)
     features['decoder_loss_weights'] = _gather_columns(
         batch['decoder_loss_weights'], target_columns
     ).astype(jnp.float32)
+  # An offline teacher's features are aligned with the targets already (not the row).
+  features.update(
+      {name: batch[name] for name in objective.OFFLINE_TEACHER_FEATURES if name in batch}
+  )
   return features
 
 
