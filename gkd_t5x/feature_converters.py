@@ -21,15 +21,14 @@ TARGETS_LOSS_WEIGHTS = 'targets_loss_weights'
 class _PassOfflineTeacher:
   """Passes an offline teacher's features (`objective.OFFLINE_TEACHER_FEATURES`, aligned with
   'targets') through seqio's conversion, padded to the targets' length, where the task has
-  them (`gkd_t5x.tasks.offline_teacher`); seqio's passthrough features, decided per dataset."""
+  them (`gkd_t5x.tasks.offline_teacher`): seqio's passthrough features, set anew for each
+  dataset (the models construct their converters with `pack` only)."""
 
   def __call__(
       self, ds: tf.data.Dataset, task_feature_lengths: Mapping[str, int]
   ) -> tf.data.Dataset:
     present = [name for name in objective.OFFLINE_TEACHER_FEATURES if name in ds.element_spec]
-    if not present:
-      return super().__call__(ds, task_feature_lengths)
-    if self.pack:
+    if present and self.pack:
       raise ValueError('A task with an offline teacher cannot be packed: set pack=False.')
     self._passthrough_features = {
         name: seqio.FeatureConverter.FeatureSpec(
@@ -37,9 +36,8 @@ class _PassOfflineTeacher:
         )
         for name in present
     }
-    lengths = dict(
-        task_feature_lengths, **{name: task_feature_lengths['targets'] for name in present}
-    )
+    lengths = dict(task_feature_lengths)
+    lengths.update({name: task_feature_lengths['targets'] for name in present})
     return super().__call__(ds, lengths)
 
 
