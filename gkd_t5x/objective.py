@@ -166,10 +166,11 @@ class GKDConfig:
       (`divergences.sampled_reverse_kl_advantages`). Its expected gradient is that of the
       token-level reverse KL at the sampled prefixes (discount 0) or of the sequence-level
       reverse KL / L_y (discount 1, for sequences of one length L_y); its value (the reported
-      divergence) is the per-token estimate mean_t (log p_S(y_t) - log p_T(y_t)), as its
-      gradient only has meaning on the student's own samples it needs lmbda = 1 and sampling
+      divergence) is the per-token estimate mean_t (log p_S(y_t) - log p_T(y_t)). As its
+      gradient only has meaning on the student's own samples, it needs lmbda = 1 and sampling
       from the loss's student distribution (sampling_temperature = student_temperature, no
-      top-k / top-p). It needs the teacher's log-prob of each sampled token only.
+      top-k / top-p); p_S is that distribution as sampled, without the padding id 0
+      (`without_padding`). It needs the teacher's log-prob of each sampled token only.
     beta: the JSD(beta) mixture weight (Eq. 1); used by 'jsd' only.
     lmbda: the student data fraction lambda in [0, 1], or a `LambdaSchedule`.
     fixed_data: what a non-on-policy step trains on: 'targets' (the batch's sequences) or
@@ -365,6 +366,12 @@ def shift_right(tokens: Array, start_id: int = 0) -> Array:
   return jnp.pad(tokens, ((0, 0), (1, 0)), constant_values=start_id)[:, :-1]
 
 
+def without_padding(logits: Array) -> Array:
+  """logits [..., V] with the padding id 0 excluded (logit -1e9): the distribution on-policy
+  sampling draws from (`sample_sequences`)."""
+  return logits.at[..., 0].set(-1e9)
+
+
 def sample_sequences(
     policy: Policy,
     prompt: PromptState,
@@ -401,7 +408,7 @@ def sample_sequences(
 
   def tokens_to_logits(tokens_Bx1, cache, position):
     logits_BxV, cache = decode_step(tokens_Bx1, cache, position)
-    return logits_BxV.at[:, 0].set(-1e9), cache
+    return without_padding(logits_BxV), cache
 
   out = decoding.temperature_sample(
       tokens_to_logits,
@@ -795,18 +802,19 @@ def _sampled_reverse_kl_term(
     (scalar value, {}): no next-token statistics, as the teacher's distribution is not used.
   """
   tokens, weights = sequences
-  student_log_probs = lax.stop_gradient(
-      divergences.token_log_probs(tokens, student_logits, temperature=config.student_temperature)
+  # log p_S is that of the distribution the samples come from, without the padding id: were it
+  # the whole softmax, the never-sampled id 0 would gain the mass the advantages take away.
+  sampled_log_probs = lambda tokens, logits: divergences.token_log_probs(
+      tokens, without_padding(logits), temperature=config.student_temperature
   )
+  student_log_probs = lax.stop_gradient(sampled_log_probs(tokens, student_logits))
   advantages = divergences.sampled_reverse_kl_advantages(
       student_log_probs, teacher_log_probs, weights, discount=config.discount
   )
 
   def surrogate_sums(arrays: Tuple[Array, Array, Array], weights_BxC: Array) -> Array:
     tokens_BxC, logits_BxCxV, advantages_BxC = arrays
-    log_probs = divergences.token_log_probs(
-        tokens_BxC, logits_BxCxV, temperature=config.student_temperature
-    )
+    log_probs = sampled_log_probs(tokens_BxC, logits_BxCxV)
     return divergences.weighted_sequence_sum(-advantages_BxC * log_probs, weights_BxC)
 
   surrogate_B = _sum_over_sequence(

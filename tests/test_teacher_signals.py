@@ -119,71 +119,83 @@ def _sampled_term(config, tokens, weights, student_logits, teacher_logits):
   return objective.divergence_term(config, sequences, student_logits, signal)[0]
 
 
+def np_sampling_log_probs(logits):
+  """float64 log-probs of the distribution on-policy samples come from: without the pad id 0."""
+  logits = np.array(logits, np.float64)
+  logits[..., 0] = -np.inf
+  return np_log_softmax(logits, -1)
+
+
 @pytest.mark.parametrize('chunk_length', [None, 2])
 def test_sampled_estimator_at_discount_0_is_unbiased_for_the_token_level_reverse_kl(chunk_length):
   """Logits that do not depend on the sampled tokens (prefixes fixed): the expectation over
-  y_t ~ Q_t at every position, by enumerating the vocabulary, of the estimator's gradient equals
-  the gradient of the token-level reverse KL averaged as Eq. 2 (float64 closed form)."""
+  y_t ~ Q_t at every position (Q_t without the pad id, as sampled), by enumerating the
+  vocabulary, of the estimator's gradient equals the gradient of the token-level reverse KL
+  KL(Q_t || P_t) averaged as Eq. 2 (float64 closed form)."""
   teacher, student = reference.random_logits(4, (B, L, V), 2.0)
   weights = np.asarray(_sequences().weights)
   config = _sampled_config(0.0, chunk_length)
   grad = jax.jit(
       jax.grad(lambda s, tokens: _sampled_term(config, tokens, jnp.asarray(weights), s, teacher))
   )
-  log_q = np_log_softmax(student.astype(np.float64), -1)
+  log_q = np_sampling_log_probs(student)
   log_p = np_log_softmax(teacher.astype(np.float64), -1)
   q = np.exp(log_q)
   expected = np.zeros((B, L, V))
-  for v in range(V):  # Every position samples v; position t's gradient depends on y_t only.
+  for v in range(1, V):  # Every position samples v; position t's gradient depends on y_t only.
     expected += q[..., v : v + 1] * np.asarray(grad(student, jnp.full((B, L), v, jnp.int32)))
   # d/dz KL(Q || P) = Q * (log Q - log P - KL), each position weighted w_t / (L_y B).
+  log_q = np.where(q > 0, log_q, 0.0)  # the pad id: Q = 0, no term
   kl = np.sum(q * (log_q - log_p), -1, keepdims=True)
   scale = (weights / np.sum(weights, -1, keepdims=True) / B)[..., None]
-  np.testing.assert_allclose(expected, scale * q * (log_q - log_p - kl), rtol=1e-4, atol=1e-7)
+  want = scale * q * (log_q - log_p - kl)
+  np.testing.assert_allclose(expected, want, rtol=1e-4, atol=1e-7)
 
 
 def test_sampled_estimator_at_discount_1_is_unbiased_for_the_sequence_level_reverse_kl():
-  """A tiny autoregressive model (vocabulary 3, length 3: logits a table indexed by the prefix)
-  whose 27 sequences are enumerated: E_{y ~ Q}[grad of the estimator] = grad KL(Q(y) || P(y)) / 3
-  (Eq. 2's 1 / L_y), the reference differentiated in float64 from the sequence probabilities."""
-  vocab, length = 3, 3
-  num_prefixes = 1 + vocab + vocab**2
+  """A tiny autoregressive model (tokens 1..3 besides the pad id 0, length 3: logits a table
+  indexed by the prefix) whose 27 sequences are enumerated: E_{y ~ Q}[grad of the estimator] =
+  grad KL(Q(y) || P(y)) / 3 (Eq. 2's 1 / L_y), the reference differentiated in float64 from the
+  sequence probabilities."""
+  vocab, length = 4, 3
+  num_prefixes = 1 + 3 + 3**2
   rng = np.random.RandomState(5)
   student_table, teacher_table = (rng.randn(num_prefixes, vocab) * 1.5 for _ in range(2))
-  sequences = np.array(list(itertools.product(range(vocab), repeat=length)))  # [27, 3]
-  # Prefix index of each position: () -> 0, (a) -> 1 + a, (a, b) -> 1 + 3 + 3a + b.
+  sequences = 1 + np.array(list(itertools.product(range(3), repeat=length)))  # [27, 3]
+  # Prefix index of each position: () -> 0, (a) -> a, (a, b) -> 1 + 3 + 3 (a - 1) + (b - 1).
   prefix = np.stack(
       [
           np.zeros(len(sequences), int),
-          1 + sequences[:, 0],
-          1 + vocab + vocab * sequences[:, 0] + sequences[:, 1],
+          sequences[:, 0],
+          1 + 3 * sequences[:, 0] + sequences[:, 1] - 1,
       ],
       axis=1,
   )
 
-  def sequence_log_probs(table):  # [27] log Q(y) under the table's model
-    log_probs = jax.nn.log_softmax(table[prefix], -1)
-    return jnp.sum(
-        jnp.take_along_axis(log_probs, jnp.asarray(sequences)[..., None], -1)[..., 0], -1
-    )
+  def sequence_log_probs(table, sampled):  # [27] log Q(y) (sampled: without the pad id)
+    logits = table[prefix]
+    logits = jnp.where(jnp.arange(vocab) == 0, -jnp.inf, logits) if sampled else logits
+    log_probs = jax.nn.log_softmax(logits, -1)
+    tokens = jnp.asarray(sequences)[..., None]
+    return jnp.sum(jnp.take_along_axis(log_probs, tokens, -1)[..., 0], -1)
 
   with jax.enable_x64(True):
     s64, t64 = jnp.asarray(student_table), jnp.asarray(teacher_table)
-    seq_kl = lambda s: jnp.sum(
-        jnp.exp(sequence_log_probs(s)) * (sequence_log_probs(s) - sequence_log_probs(t64))
-    )
+
+    def seq_kl(s):
+      log_q = sequence_log_probs(s, True)
+      return jnp.sum(jnp.exp(log_q) * (log_q - sequence_log_probs(t64, False)))
+
     want = np.asarray(jax.grad(seq_kl)(s64)) / length
-    q = np.exp(np.asarray(sequence_log_probs(s64)))
+    q = np.exp(np.asarray(sequence_log_probs(s64, True)))
 
   config = _sampled_config(1.0)
   tokens = jnp.asarray(sequences, jnp.int32)[:, None, :]  # 27 batches of one sequence
   ones = jnp.ones((1, length), jnp.float32)
+  teacher32 = jnp.asarray(teacher_table, jnp.float32)
 
   def one_sequence(table, tokens_1xL, prefix_L):
-    logits = table[prefix_L][None]
-    return _sampled_term(
-        config, tokens_1xL, ones, logits, jnp.asarray(teacher_table, jnp.float32)[prefix_L][None]
-    )
+    return _sampled_term(config, tokens_1xL, ones, table[prefix_L][None], teacher32[prefix_L][None])
 
   grads = jax.vmap(jax.grad(one_sequence), in_axes=(None, 0, 0))(
       jnp.asarray(student_table, jnp.float32), tokens, jnp.asarray(prefix)
@@ -193,19 +205,20 @@ def test_sampled_estimator_at_discount_1_is_unbiased_for_the_sequence_level_reve
   )
 
 
-def test_sampled_estimator_value_is_the_per_token_reverse_kl_estimate_and_adds_to_rl():
-  """Its value: mean_t (log Q(y_t) - log P(y_t)) per sequence, averaged over the batch; with a
-  reward (Eq. 5) the loss is alpha * that + (1 - alpha) * pg_loss."""
+def test_sampled_estimator_value_is_the_per_token_reverse_kl_estimate():
+  """Its value: mean_t (log Q(y_t) - log P(y_t)) per sequence (Q as sampled, without the pad
+  id), averaged over the batch."""
   sequences = _sequences()
   teacher, student = (jnp.asarray(x) for x in reference.random_logits(6, (B, L, V), 2.0))
   value = _sampled_term(_sampled_config(0.5), sequences.tokens, sequences.weights, student, teacher)
-  take = lambda logits: np.take_along_axis(
-      np_log_softmax(np.asarray(logits, np.float64), -1),
-      np.asarray(sequences.tokens)[..., None],
-      -1,
+  take = lambda log_probs: np.take_along_axis(
+      log_probs, np.asarray(sequences.tokens)[..., None], -1
   )[..., 0]
+  estimate = take(np_sampling_log_probs(student)) - take(
+      np_log_softmax(np.asarray(teacher, np.float64), -1)
+  )
   weights = np.asarray(sequences.weights)
-  want = np.mean(np.sum((take(student) - take(teacher)) * weights, -1) / np.sum(weights, -1))
+  want = np.mean(np.sum(estimate * weights, -1) / np.sum(weights, -1))
   np.testing.assert_allclose(value, want, rtol=1e-5)
 
 
