@@ -260,7 +260,19 @@ ACCELERATOR_BENCHES = {
     for task, (input_length, target_length) in (('xsum', (1024, 64)), ('gsm8k', (512, 320)))
     for student, size in (('small', T5_1_1_SMALL), ('base', T5_1_1_BASE))
 }
-BENCHES = {**STANDARD_BENCHES, **ACCELERATOR_BENCHES}
+# The tiny nets at GSM8K's lengths and T5's vocabulary: the [B, L, V] logits and the divergence
+# dominate the step, so that the teacher signal's cost shows on a CPU
+# (`divergence_memory.py --teacher_top_ks`).
+SHAPE_BENCHES = {
+    'tiny_gsm8k': dataclasses.replace(
+        STANDARD_BENCHES['tiny'],
+        batch_size=2,
+        input_length=512,
+        target_length=320,
+        vocab_size=T5_VOCAB_SIZE,
+    )
+}
+BENCHES = {**STANDARD_BENCHES, **ACCELERATOR_BENCHES, **SHAPE_BENCHES}
 
 
 def log(message: str) -> None:
