@@ -225,3 +225,11 @@ def test_mismatched_settings_are_refused_in_one_line(data_dir, changes, stored):
 def test_a_directory_of_other_settings_is_refused(data_dir):
   with pytest.raises(ValueError, match='written with other settings'):
     offline_teacher._write_info(data_dir, {'top_k': 4})
+
+
+def test_a_teacher_network_beside_an_offline_teacher_is_refused():
+  offline = objective.GKDConfig(lmbda=0.0, teacher_top_k=K, offline_teacher=True)
+  with pytest.raises(ValueError, match='takes no teacher network'):
+    models.GKDModel(
+        tiny.transformer(VOCAB_SIZE), teacher_network(), VOCABULARY, VOCABULARY, gkd=offline
+    )
