@@ -3,7 +3,7 @@ paper's T5 1.1 pairs on accelerators.
 
   python benchmarks/step_time.py [--config <name>|all|accelerator] [--steps N] [--warmup N]
       [--dtype float32|bfloat16] [--batch_size N|max] [--max_batch_size N]
-      [--peak_tflops X] [--divergence_chunk_length N]
+      [--peak_tflops X] [--divergence_chunk_length N] [--teacher_top_k K]
 
 Configurations (`--config`):
 
@@ -47,6 +47,8 @@ Flags:
   --peak_tflops              the device's peak TFLOP/s for the MFU (default: PEAK_TFLOPS below)
   --divergence_chunk_length  passed to `objective.GKDConfig(divergence_chunk_length=N)`; unset
                              (the default) leaves GKDConfig's own default
+  --teacher_top_k            passed to `objective.GKDConfig(teacher_top_k=K)` likewise: the
+                             divergence over the teacher's top K tokens and a tail bucket
 
 Each configuration prints one JSON line with:
 
@@ -94,7 +96,8 @@ Each configuration prints one JSON line with:
                                    T5 1.1 small 77M, base 248M, XL 2.85B)
   sample_length                    mean sampled length of the timed on-policy steps (a random
                                    student rarely emits EOS, so ~ the target length)
-  architecture, dtype, divergence, divergence_chunk_length   what ran (dtype: the activations')
+  architecture, dtype, divergence, divergence_chunk_length, teacher_top_k   what ran (dtype: the
+                                   activations')
 
 Progress goes to stderr. Seeds are fixed; times are medians (the machines are noisy). This is
 a measurement, not a test: nothing here asserts a time.
@@ -206,7 +209,7 @@ class Bench:
   """One benchmark configuration: student and teacher sizes, the batch's shapes (prompt I and
   continuation L; batch None: the largest that fits, `choose_batch`), the architecture
   ('encoder_decoder' or 'decoder_only'), the activation dtype and the objective's
-  `divergence_chunk_length` (None: GKDConfig's default)."""
+  `divergence_chunk_length` and `teacher_top_k` (None: GKDConfig's defaults)."""
 
   student: Size
   teacher: Size
@@ -218,6 +221,7 @@ class Bench:
   architecture: str = 'encoder_decoder'
   dtype: str = 'float32'
   divergence_chunk_length: Optional[int] = None
+  teacher_top_k: Optional[int] = None
 
   @property
   def decoder_only(self) -> bool:
@@ -257,7 +261,19 @@ ACCELERATOR_BENCHES = {
     for task, (input_length, target_length) in (('xsum', (1024, 64)), ('gsm8k', (512, 320)))
     for student, size in (('small', T5_1_1_SMALL), ('base', T5_1_1_BASE))
 }
-BENCHES = {**STANDARD_BENCHES, **ACCELERATOR_BENCHES}
+# The tiny nets at GSM8K's lengths and T5's vocabulary: the [B, L, V] logits and the divergence
+# dominate the step, so that the teacher signal's cost shows on a CPU
+# (`divergence_memory.py --teacher_top_ks`).
+SHAPE_BENCHES = {
+    'tiny_gsm8k': dataclasses.replace(
+        STANDARD_BENCHES['tiny'],
+        batch_size=2,
+        input_length=512,
+        target_length=320,
+        vocab_size=T5_VOCAB_SIZE,
+    )
+}
+BENCHES = {**STANDARD_BENCHES, **ACCELERATOR_BENCHES, **SHAPE_BENCHES}
 
 
 def log(message: str) -> None:
@@ -359,12 +375,12 @@ def make_batch(bench: Bench) -> Dict[str, jnp.ndarray]:
 def make_model(bench: Bench, lmbda: float) -> models.GKDModelBase:
   vocabulary = vocabularies.TokenIdVocabulary(bench.vocab_size, eos_id=EOS_ID)
   # Passed only when set, so that an unset flag leaves GKDConfig's own default.
-  chunking = (
-      {}
-      if bench.divergence_chunk_length is None
-      else {'divergence_chunk_length': bench.divergence_chunk_length}
-  )
-  gkd = objective.GKDConfig(divergence='jsd', beta=bench.beta, lmbda=lmbda, **chunking)
+  settings = {
+      name: getattr(bench, name)
+      for name in ('divergence_chunk_length', 'teacher_top_k')
+      if getattr(bench, name) is not None
+  }
+  gkd = objective.GKDConfig(divergence='jsd', beta=bench.beta, lmbda=lmbda, **settings)
   if bench.decoder_only:
     return models.GKDDecoderOnlyModel(
         decoder_only.DecoderOnlyTransformer(
@@ -648,6 +664,7 @@ def what_ran(bench: Bench) -> Dict[str, object]:
       'architecture': bench.architecture,
       'divergence': f'jsd({bench.beta:g})',
       'divergence_chunk_length': bench.divergence_chunk_length,
+      'teacher_top_k': bench.teacher_top_k,
       'dtype': bench.dtype,
       'dropout': 0.0,
       'backend': jax.default_backend(),
@@ -751,6 +768,7 @@ def main(argv=None) -> None:
   parser.add_argument('--max_batch_size', type=int, help="caps --batch_size max's search")
   parser.add_argument('--peak_tflops', type=float, help="the device's peak, for the MFU")
   parser.add_argument('--divergence_chunk_length', type=int, help='GKDConfig field, if set')
+  parser.add_argument('--teacher_top_k', type=int, help='GKDConfig field, if set')
   args = parser.parse_args(argv)
   if args.steps < 1 or args.warmup < 0:
     parser.error('--steps must be >= 1 and --warmup >= 0.')
@@ -762,6 +780,7 @@ def main(argv=None) -> None:
           ('dtype', args.dtype),
           ('batch_size', args.batch_size),
           ('divergence_chunk_length', args.divergence_chunk_length),
+          ('teacher_top_k', args.teacher_top_k),
       )
       if value is not None
   }

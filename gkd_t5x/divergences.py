@@ -5,6 +5,12 @@ vocabulary at one position. Every divergence takes logits of shape `[..., vocab]
 per-position values of shape `logits.shape[:-1]`, computed in log space in at least float32, so
 that logits of magnitude 1e4 and vocabularies of 32k+ stay finite.
 
+`teacher_top_k` keeps the teacher's k likeliest tokens and one tail bucket for the rest of its
+mass (`TopK`); `top_k_buckets` puts the student's distribution on the same k + 1 buckets, so that
+any divergence above compares two distributions over them. `sampled_reverse_kl_advantages` is
+the per-token advantage of the sampled-token reverse-KL estimator, from the two models'
+log-probabilities of the sampled tokens only.
+
 `sequence_mean` reduces per-position values to the paper's sequence discrepancy (Eq. 2),
 `batch_mean` then averages over the sequences of a batch. `chunked_sequence_sum` computes such
 weighted sums over chunks of the sequence, so that long targets never hold float32
@@ -14,7 +20,7 @@ The logits must be finite: a -inf logit (a token masked out of the vocabulary) w
 0 * log 0 terms into NaN.
 """
 
-from typing import Any, Callable, Optional, Tuple
+from typing import Any, Callable, NamedTuple, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -170,13 +176,26 @@ def token_cross_entropy(
   Returns:
     [...] per-position cross-entropy, float32 (float64 for float64 logits).
   """
-  if targets.shape != student_logits.shape[:-1]:
+  return -token_log_probs(targets, student_logits, temperature=student_temperature)
+
+
+def token_log_probs(tokens: Array, logits: Array, *, temperature: float = 1.0) -> Array:
+  """log softmax(logits / temperature)[token] at every position.
+
+  Args:
+    tokens: [...] int token ids.
+    logits: [..., vocab] logits.
+    temperature: softmax temperature.
+
+  Returns:
+    [...] per-position log-probabilities, float32 (float64 for float64 logits).
+  """
+  if tokens.shape != logits.shape[:-1]:
     raise ValueError(
-        f'targets shape {targets.shape} must equal student_logits.shape[:-1] = '
-        f'{student_logits.shape[:-1]}.'
+        f'tokens shape {tokens.shape} must equal logits.shape[:-1] = {logits.shape[:-1]}.'
     )
-  log_q = _log_probs(student_logits, student_temperature)
-  return -jnp.take_along_axis(log_q, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
+  log_p = _log_probs(logits, temperature)
+  return jnp.take_along_axis(log_p, tokens[..., None].astype(jnp.int32), axis=-1)[..., 0]
 
 
 def entropy(logits: Array, *, temperature: float = 1.0) -> Array:
@@ -223,6 +242,136 @@ def get_divergence(name: str, beta: Optional[float] = None) -> DivergenceFn:
 
     return jsd
   return fn
+
+
+# The log-probability of an empty tail bucket (k = V): finite, so that 0 * (log 0 - log 0) terms
+# are exactly 0 rather than NaN, and far below any log-probability of float32 logits.
+EMPTY_LOG_PROB = -1e30
+
+
+class TopK(NamedTuple):
+  """The teacher's top-k next-token log-probabilities and the log-probability of the rest.
+
+  Attributes:
+    ids: [..., k] int32 token ids, likeliest first.
+    log_probs: [..., k] float32 log P(ids) at the loss's teacher temperature.
+    tail_log_prob: [...] float32 log (1 - sum_j P(ids_j)), the tail bucket, computed as a
+      logsumexp over the other tokens (exact also when the top-k mass is ~1);
+      `EMPTY_LOG_PROB` when k = V.
+  """
+
+  ids: Array
+  log_probs: Array
+  tail_log_prob: Array
+
+  def bucket_log_probs(self) -> Array:
+    """[..., k + 1] the log-probs of the k tokens, then of the tail bucket."""
+    return jnp.concatenate([self.log_probs, self.tail_log_prob[..., None]], axis=-1)
+
+
+def _complement_log_prob(log_probs: Array, ids: Array) -> Array:
+  """[...] log sum_{c not in ids} exp(log_probs[c]) of log_probs [..., V] and ids [..., k]:
+  a logsumexp with the ids' entries set to `EMPTY_LOG_PROB`, so no 1 - mass cancels; about
+  `EMPTY_LOG_PROB` (and a finite gradient) when the ids cover the vocabulary."""
+  rest = jnp.put_along_axis(log_probs, ids, EMPTY_LOG_PROB, axis=-1, inplace=False)
+  return jax.nn.logsumexp(rest, axis=-1)
+
+
+def teacher_top_k(teacher_logits: Array, *, k: int, temperature: float = 1.0) -> TopK:
+  """The teacher's top-k log-probs of softmax(teacher_logits / temperature) and its tail bucket.
+
+  Args:
+    teacher_logits: [..., V] teacher logits.
+    k: how many tokens to keep, 1 <= k <= V.
+    temperature: the teacher's softmax temperature inside the loss (> 0).
+
+  Returns:
+    `TopK` with ids and log_probs [..., k], tail_log_prob [...].
+  """
+  vocab = teacher_logits.shape[-1]
+  if not 1 <= k <= vocab:
+    raise ValueError(f'teacher_top_k must be in [1, {vocab}] (the vocabulary), got {k}.')
+  if not temperature > 0:
+    raise ValueError(f'teacher_temperature must be > 0, got {temperature}.')
+  log_p = _log_probs(teacher_logits, temperature)
+  top_log_probs, ids = jax.lax.top_k(log_p, k)
+  return TopK(ids.astype(jnp.int32), top_log_probs, _complement_log_prob(log_p, ids))
+
+
+def top_k_buckets(
+    teacher: TopK, student_logits: Array, *, student_temperature: float = 1.0
+) -> Tuple[Array, Array]:
+  """P and Q on the k + 1 buckets of `teacher`: its k tokens, then the tail (all other tokens).
+
+    P_k = (P(i_1), ..., P(i_k), 1 - sum_j P(i_j)),  Q_k = (Q(i_1), ..., Q(i_k), 1 - sum_j Q(i_j)).
+
+  Every divergence of this module is an f-divergence, so D(P_k || Q_k) <= D(P || Q), growing
+  with k (the buckets refine) to D(P || Q) at k = V (data processing). Pass the two results to
+  a divergence as its logits (they are normalized log-probs, so its softmax leaves them as
+  they are) at temperature 1: the temperatures are applied here.
+
+  Args:
+    teacher: `TopK` of the teacher, ids [..., k].
+    student_logits: [..., V] student logits.
+    student_temperature: the student's softmax temperature inside the loss (> 0).
+
+  Returns:
+    ([..., k + 1] log P_k, [..., k + 1] log Q_k), float32 (float64 for float64 inputs).
+  """
+  if teacher.ids.shape[:-1] != student_logits.shape[:-1]:
+    raise ValueError(
+        f'teacher top-k ids {teacher.ids.shape} and student logits {student_logits.shape} '
+        'must share their leading [...] dimensions.'
+    )
+  log_q = _log_probs(student_logits, student_temperature)
+  student_top = jnp.take_along_axis(log_q, teacher.ids, axis=-1)
+  student_tail = _complement_log_prob(log_q, teacher.ids)
+  student_buckets = jnp.concatenate([student_top, student_tail[..., None]], axis=-1)
+  return teacher.bucket_log_probs().astype(log_q.dtype), student_buckets
+
+
+def discounted_sum_to_go(values: Array, weights: Array, *, discount: float) -> Array:
+  """G_t = sum_{u >= t} discount^(u - t) w_u v_u along each row (discount^0 = 1).
+
+  Args:
+    values: [B, L] per-position values.
+    weights: [B, L] loss weights (positions of weight 0 add nothing).
+    discount: gamma in [0, 1].
+
+  Returns:
+    [B, L] float32 discounted sums of the later weighted values.
+  """
+  if not 0.0 <= discount <= 1.0:
+    raise ValueError(f'discount must be in [0, 1], got {discount}.')
+  length = values.shape[-1]
+  positions = jnp.arange(length)
+  lag_LxL = positions[None, :] - positions[:, None]  # [t, u] = u - t
+  later_LxL = jnp.where(lag_LxL >= 0, jnp.float32(discount) ** jnp.maximum(lag_LxL, 0), 0.0)
+  weighted = jnp.where(weights > 0, values, 0.0) * weights
+  return jnp.einsum('bu,tu->bt', weighted.astype(jnp.float32), later_LxL)
+
+
+def sampled_reverse_kl_advantages(
+    student_log_probs: Array, teacher_log_probs: Array, weights: Array, *, discount: float
+) -> Array:
+  """The sampled-token reverse-KL estimator's advantages, under stop_gradient:
+
+    A_t = sum_{u >= t} gamma^(u - t) w_u r_u,   r_u = -(log p_S(y_u) - log p_T(y_u)).
+
+  With y ~ p_S, -sum_t A_t grad log p_S(y_t | y_<t) estimates grad KL(p_S || p_T): at gamma = 0
+  the token-level reverse KL at the sampled prefixes, at gamma = 1 the sequence-level one.
+
+  Args:
+    student_log_probs: [B, L] log p_S(y_t | y_<t, x) of the sampled tokens.
+    teacher_log_probs: [B, L] log p_T(y_t | y_<t, x) of the same tokens.
+    weights: [B, L] loss weights.
+    discount: gamma in [0, 1].
+
+  Returns:
+    [B, L] float32 advantages, constants for differentiation.
+  """
+  rewards = -(student_log_probs - teacher_log_probs)
+  return jax.lax.stop_gradient(discounted_sum_to_go(rewards, weights, discount=discount))
 
 
 def weighted_sequence_sum(values: Array, weights: Array) -> Array:

@@ -264,6 +264,10 @@ def split_prefix_lm_batch(batch: Batch, inputs_length: int, targets_length: int)
     features['decoder_loss_weights'] = _gather_columns(
         batch['decoder_loss_weights'], target_columns
     ).astype(jnp.float32)
+  # An offline teacher's features are aligned with the targets already (not the row).
+  features.update(
+      {name: batch[name] for name in objective.OFFLINE_TEACHER_FEATURES if name in batch}
+  )
   return features
 
 
@@ -333,6 +337,11 @@ class GKDModelBase:
       raise ValueError(
           f'{name}.teacher_module is None, but divergence {gkd.divergence!r} '
           f'with fixed_data {gkd.fixed_data!r} needs a teacher.'
+      )
+    if teacher_module is not None and gkd.offline_teacher:
+      raise ValueError(
+          f"{name}: GKDConfig.offline_teacher reads the teacher's log-probs from the batch, so "
+          'the model takes no teacher network: set teacher_module (gin: TEACHER) to None.'
       )
     config_name = type(module.config).__name__
     student_vocab = module.config.vocab_size
@@ -588,10 +597,16 @@ class GKDModelBase:
       self, params: PyTree, batch: Batch, flax_mutables: Optional[Mapping[str, Any]] = None
   ):
     """The divergence on the batch's own targets, deterministically (no dropout, no sampling),
-    so that validation losses compare across lambda and methods. Returns (loss, metrics)."""
+    so that validation losses compare across lambda and methods: the exact reverse KL for the
+    sampled-token estimator, the targets' cross-entropy for an offline teacher (an evaluation
+    task has no stored teacher log-probs). Returns (loss, metrics)."""
+    offline = self.gkd.offline_teacher
     # `replace` passes every field explicitly, so no gin binding of GKDConfig leaks in.
     eval_config = dataclasses.replace(
         self.gkd,
+        divergence='cross_entropy' if offline else self.gkd.exact_divergence,
+        teacher_top_k=None if offline else self.gkd.teacher_top_k,
+        offline_teacher=False,
         lmbda=0.0,
         fixed_data='targets',
         alpha=1.0,
@@ -638,6 +653,7 @@ class GKDModelBase:
       )
     config = dataclasses.replace(
         self.gkd,
+        divergence=self.gkd.exact_divergence,
         lmbda=1.0,
         fixed_data='targets',
         alpha=1.0,

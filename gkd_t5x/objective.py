@@ -22,6 +22,13 @@ Every method of the paper is a `GKDConfig` (see `gin/methods/`):
   GKD            lmbda in [0, 1], divergence in {forward_kl, reverse_kl, jsd}
   RL + GKD       lmbda=1, alpha in [0, 1), a reward
 
+The teacher's signal comes in four forms: its exact next-token distributions (the default);
+its top-k log-probs and a tail bucket (`teacher_top_k`: every divergence over k + 1 buckets,
+`divergences.top_k_buckets`); the same read from the batch (`offline_teacher`: stored by
+`gkd_t5x.offline_teacher`, no teacher network in the step); or its log-prob of each sampled
+token only (divergence 'sampled_reverse_kl': a policy gradient with per-token advantages,
+`divergences.sampled_reverse_kl_advantages`).
+
 The objective knows no architecture: student and teacher are `Policy`s, which read the inputs
 into a prompt state, score given continuations teacher-forced and sample new ones
 (`models.bind` makes one of a `network.Transformer`, `models.bind_decoder_only` of a
@@ -54,7 +61,15 @@ from gkd_t5x import rewards as rewards_lib
 Array = jnp.ndarray
 Batch = Dict[str, Array]
 
-DIVERGENCE_NAMES = tuple(sorted(divergences.DIVERGENCES)) + ('cross_entropy',)
+SAMPLED_REVERSE_KL = 'sampled_reverse_kl'
+DIVERGENCE_NAMES = tuple(sorted(divergences.DIVERGENCES)) + ('cross_entropy', SAMPLED_REVERSE_KL)
+# The batch features of an offline teacher (`gkd_t5x.offline_teacher`), aligned with the targets:
+# [B, L, k] int32 ids, [B, L, k] float32 log-probs, [B, L] float32 tail log-prob.
+OFFLINE_TEACHER_FEATURES = (
+    'teacher_top_k_ids',
+    'teacher_top_k_log_probs',
+    'teacher_tail_log_prob',
+)
 FIXED_DATA_SOURCES = ('targets', 'teacher_samples')
 BASELINES = ('batch_mean', 'per_input_mean')
 
@@ -143,8 +158,19 @@ class GKDConfig:
   """The settings of the GKD objective; every paper method is one of these (module docstring).
 
   Attributes:
-    divergence: 'forward_kl', 'reverse_kl', 'jsd', 'total_variation', or 'cross_entropy'
-      (on the sequence's own tokens: SFT and SeqKD; needs no teacher logits).
+    divergence: 'forward_kl', 'reverse_kl', 'jsd', 'total_variation', 'cross_entropy'
+      (on the sequence's own tokens: SFT and SeqKD; needs no teacher logits), or
+      'sampled_reverse_kl': the sampled-token reverse-KL estimator, the loss
+      -(1 / L_y) sum_t A_t log p_S(y_t | y_<t, x) per sequence (Eq. 2's normalization) with
+      stop-gradient advantages A_t = sum_{u >= t} discount^(u - t) (log p_T(y_u) - log p_S(y_u))
+      (`divergences.sampled_reverse_kl_advantages`). Its expected gradient is that of the
+      token-level reverse KL at the sampled prefixes (discount 0) or of the sequence-level
+      reverse KL / L_y (discount 1, for sequences of one length L_y); its value (the reported
+      divergence) is the per-token estimate mean_t (log p_S(y_t) - log p_T(y_t)). As its
+      gradient only has meaning on the student's own samples, it needs lmbda = 1 and sampling
+      from the loss's student distribution (sampling_temperature = student_temperature, no
+      top-k / top-p); p_S is that distribution as sampled, without the padding id 0
+      (`without_padding`). It needs the teacher's log-prob of each sampled token only.
     beta: the JSD(beta) mixture weight (Eq. 1); used by 'jsd' only.
     lmbda: the student data fraction lambda in [0, 1], or a `LambdaSchedule`.
     fixed_data: what a non-on-policy step trains on: 'targets' (the batch's sequences) or
@@ -170,6 +196,16 @@ class GKDConfig:
       summation order, holding float32 [B, chunk, V] rather than [B, L, V] intermediates in
       the forward and the backward pass, at the cost of recomputing each chunk's forward in
       the backward. For long targets with a large vocabulary (GSM8K: 320 tokens, 32k).
+    discount: gamma in [0, 1] of 'sampled_reverse_kl' (0: each token's own value; 1: the
+      undiscounted sum of the later tokens' values).
+    teacher_top_k: None (the default): the divergence between the exact distributions; an int
+      k: between the distributions on k + 1 buckets, the teacher's k likeliest tokens and one
+      tail bucket for the rest of each distribution's mass (`divergences.top_k_buckets`), a
+      lower bound of the exact divergence that reaches it at k = V.
+    offline_teacher: the teacher's top-k log-probs come with the batch
+      (`OFFLINE_TEACHER_FEATURES`, written by `python -m gkd_t5x.offline_teacher`) instead of
+      from a teacher network: no teacher params in the step. Needs teacher_top_k (the stored
+      k), lmbda = 0 and fixed_data 'targets' (the stored sequences).
   """
 
   divergence: str = 'forward_kl'
@@ -188,6 +224,9 @@ class GKDConfig:
   baseline: str = 'batch_mean'
   num_samples_per_input: int = 1
   divergence_chunk_length: Optional[int] = None
+  discount: float = 0.0
+  teacher_top_k: Optional[int] = None
+  offline_teacher: bool = False
 
   def __post_init__(self):
     if self.divergence not in DIVERGENCE_NAMES:
@@ -196,6 +235,7 @@ class GKDConfig:
       )
     _check_unit_interval('beta', self.beta)
     _check_unit_interval('alpha', self.alpha)
+    _check_unit_interval('discount', self.discount)
     if not isinstance(self.lmbda, LambdaSchedule):
       _check_unit_interval('lmbda', self.lmbda)
       object.__setattr__(self, 'lmbda', LambdaSchedule(start=float(self.lmbda)))
@@ -227,6 +267,7 @@ class GKDConfig:
           'GKDConfig.divergence_chunk_length must be a positive int (positions per chunk) or '
           f'None (unchunked), got {chunk_length!r}.'
       )
+    self._check_teacher_signal()
     if self.divergence == 'cross_entropy' and self.may_be_on_policy:
       raise ValueError(
           "divergence 'cross_entropy' trains on fixed sequences only: it needs "
@@ -249,6 +290,49 @@ class GKDConfig:
           f'{self.num_samples_per_input}.'
       )
 
+  def _check_teacher_signal(self) -> None:
+    """Checks teacher_top_k, offline_teacher and the sampled-token estimator's needs."""
+    top_k = self.teacher_top_k
+    if top_k is not None:
+      if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
+        raise ValueError(
+            f'GKDConfig.teacher_top_k must be a positive int or None (exact), got {top_k!r}.'
+        )
+      if self.divergence in ('cross_entropy', SAMPLED_REVERSE_KL):
+        raise ValueError(
+            'GKDConfig.teacher_top_k works with the divergences '
+            f'{sorted(divergences.DIVERGENCES)}, not {self.divergence!r}, which uses no teacher '
+            'distribution.'
+        )
+    if self.offline_teacher and (
+        top_k is None or self.may_be_on_policy or self.fixed_data != 'targets'
+    ):
+      raise ValueError(
+          'GKDConfig.offline_teacher reads stored top-k log-probs of the targets: it needs '
+          f"teacher_top_k (the stored k), lmbda = 0 and fixed_data 'targets'; got teacher_top_k="
+          f'{top_k}, lmbda={self.lmbda}, fixed_data={self.fixed_data!r}.'
+      )
+    if self.divergence == SAMPLED_REVERSE_KL and not (
+        self.always_on_policy
+        and self.sampling_temperature == self.student_temperature
+        and self.sampling_top_k == 0
+        and self.sampling_top_p == 1.0
+    ):
+      raise ValueError(
+          "divergence 'sampled_reverse_kl' estimates a gradient from the student's own samples: "
+          'it needs lmbda = 1, sampling_temperature = student_temperature, sampling_top_k = 0 '
+          f'and sampling_top_p = 1; got lmbda={self.lmbda}, sampling_temperature='
+          f'{self.sampling_temperature}, student_temperature={self.student_temperature}, '
+          f'sampling_top_k={self.sampling_top_k}, sampling_top_p={self.sampling_top_p}.'
+      )
+
+  @property
+  def exact_divergence(self) -> str:
+    """The divergence an evaluation on given sequences reports: 'reverse_kl' for the
+    'sampled_reverse_kl' estimator (which has a gradient only on the student's samples), else
+    `divergence`."""
+    return 'reverse_kl' if self.divergence == SAMPLED_REVERSE_KL else self.divergence
+
   @property
   def uses_rl(self) -> bool:
     return self.alpha < 1.0
@@ -263,7 +347,10 @@ class GKDConfig:
 
   @property
   def needs_teacher(self) -> bool:
-    """False for SFT: cross-entropy on the batch's own targets never queries the teacher."""
+    """False for SFT (cross-entropy on the batch's own targets never queries the teacher) and
+    for an offline teacher (its log-probs come with the batch)."""
+    if self.offline_teacher:
+      return False
     return self.divergence != 'cross_entropy' or self.fixed_data == 'teacher_samples'
 
 
@@ -277,6 +364,12 @@ class Sequences(NamedTuple):
 def shift_right(tokens: Array, start_id: int = 0) -> Array:
   """[B, L] targets -> [B, L] decoder inputs: start_id, then the targets without the last."""
   return jnp.pad(tokens, ((0, 0), (1, 0)), constant_values=start_id)[:, :-1]
+
+
+def without_padding(logits: Array) -> Array:
+  """logits [..., V] with the padding id 0 excluded (logit -1e9): the distribution on-policy
+  sampling draws from (`sample_sequences`)."""
+  return logits.at[..., 0].set(-1e9)
 
 
 def sample_sequences(
@@ -315,7 +408,7 @@ def sample_sequences(
 
   def tokens_to_logits(tokens_Bx1, cache, position):
     logits_BxV, cache = decode_step(tokens_Bx1, cache, position)
-    return logits_BxV.at[:, 0].set(-1e9), cache
+    return without_padding(logits_BxV), cache
 
   out = decoding.temperature_sample(
       tokens_to_logits,
@@ -465,58 +558,117 @@ def choose_sequences(
   return lax.cond(coin, on_policy, fixed), coin.astype(jnp.float32)
 
 
+# What the divergence term takes of the teacher (`teacher_signal`): None ('cross_entropy'),
+# [B, L, V] logits (exact), a `divergences.TopK` of [B, L, k] arrays (teacher_top_k), or [B, L]
+# log-probs of the sequence's tokens ('sampled_reverse_kl').
+TeacherSignal = Union[None, Array, divergences.TopK]
+
+
+def teacher_signal(
+    config: GKDConfig, batch: Batch, tokens: Array, teacher_logits: Callable[[], Array]
+) -> TeacherSignal:
+  """Stage 2a, what the divergence needs of the teacher on the sequences tokens [B, L]: nothing
+  for 'cross_entropy', the log-probs of the tokens for 'sampled_reverse_kl', the top-k log-probs
+  (the batch's stored ones for an offline teacher) with teacher_top_k, else the logits.
+
+  Args:
+    config: the objective's settings.
+    batch: the step's features (an offline teacher's `OFFLINE_TEACHER_FEATURES`).
+    tokens: [B, L] the step's sequences.
+    teacher_logits: returns the teacher's [B, L, V] logits of them, under stop_gradient; called
+      only where they are needed.
+  """
+  if config.divergence == 'cross_entropy':
+    return None
+  if config.offline_teacher:
+    return _stored_top_k(config, batch, tokens.shape)
+  logits = teacher_logits()
+  if config.divergence == SAMPLED_REVERSE_KL:
+    return divergences.token_log_probs(tokens, logits, temperature=config.teacher_temperature)
+  if config.teacher_top_k is not None:
+    return divergences.teacher_top_k(
+        logits, k=config.teacher_top_k, temperature=config.teacher_temperature
+    )
+  return logits
+
+
+def _stored_top_k(config: GKDConfig, batch: Batch, shape_BxL: Tuple[int, int]) -> divergences.TopK:
+  """The offline teacher's `TopK` from the batch, checked against the targets' shape and k."""
+  missing = [name for name in OFFLINE_TEACHER_FEATURES if name not in batch]
+  if missing:
+    raise ValueError(
+        f'GKDConfig.offline_teacher: the batch has no {missing}; train on the task of '
+        '`python -m gkd_t5x.offline_teacher` (gkd_t5x.tasks.offline_teacher).'
+    )
+  ids, log_probs, tail = (batch[name] for name in OFFLINE_TEACHER_FEATURES)
+  want = (*shape_BxL, config.teacher_top_k)
+  if ids.shape != want or log_probs.shape != want or tail.shape != want[:2]:
+    raise ValueError(
+        f'GKDConfig.offline_teacher: stored top-k of shape {ids.shape} (tail {tail.shape}) do '
+        f'not fit targets {shape_BxL} with teacher_top_k = {config.teacher_top_k}.'
+    )
+  return divergences.TopK(
+      ids.astype(jnp.int32), log_probs.astype(jnp.float32), tail.astype(jnp.float32)
+  )
+
+
 def divergence_term(
-    config: GKDConfig, sequences: Sequences, student_logits: Array, teacher_logits: Optional[Array]
+    config: GKDConfig, sequences: Sequences, student_logits: Array, teacher: TeacherSignal
 ) -> Tuple[Array, Dict[str, Array]]:
   """Stage 2, E_y[D(p_T || p_S)(y|x)]: the token-level divergence averaged over each sequence
   (Eq. 2), then over the batch's sequences; 'cross_entropy' is the student's negative
-  log-likelihood of the tokens instead, with no teacher. With `config.divergence_chunk_length`
-  it is computed over chunks of the sequence (`_chunked_divergence_term`).
+  log-likelihood of the tokens instead, with no teacher; 'sampled_reverse_kl' is the estimator
+  of `_sampled_reverse_kl_term`. With `config.divergence_chunk_length` it is computed over
+  chunks of the sequence (`_chunked_divergence_term`).
 
   Args:
     config: the objective's settings (divergence, beta, temperatures, chunk length).
     sequences: [B, L] the step's sequences; a row without weight counts in nothing.
     student_logits: [B, L, V] the student's teacher-forced logits of the sequences.
-    teacher_logits: [B, L, V] the teacher's, or None for 'cross_entropy'.
+    teacher: the teacher's signal (`teacher_signal`): [B, L, V] logits, a `TopK`, [B, L]
+      log-probs of the tokens for 'sampled_reverse_kl', or None for 'cross_entropy'.
 
   Returns:
-    (scalar divergence, {token_agreement, teacher_entropy, student_entropy} with a teacher).
+    (scalar divergence, {token_agreement, teacher_entropy, student_entropy} with a teacher
+    distribution: exact, or over the top-k buckets).
   """
+  if config.divergence == SAMPLED_REVERSE_KL:
+    return _sampled_reverse_kl_term(config, sequences, student_logits, teacher)
   if config.divergence_chunk_length is not None:
-    return _chunked_divergence_term(config, sequences, student_logits, teacher_logits)
+    return _chunked_divergence_term(config, sequences, student_logits, teacher)
   tokens, weights = sequences
-  per_position = _position_divergence(config, tokens, student_logits, teacher_logits)
+  per_position = _position_divergence(config, tokens, student_logits, teacher)
   stats = {}
   if config.divergence != 'cross_entropy':
     token_mean = lambda values: jnp.sum(values * weights) / jnp.maximum(jnp.sum(weights), 1.0)
     stats = {
         name: token_mean(values)
-        for name, values in _next_token_values(config, teacher_logits, student_logits).items()
+        for name, values in _next_token_values(config, teacher, student_logits).items()
     }
   per_sequence, valid = divergences.sequence_mean(per_position, weights)
   return divergences.batch_mean(per_sequence, valid), stats
 
 
 def _chunked_divergence_term(
-    config: GKDConfig, sequences: Sequences, student_logits: Array, teacher_logits: Optional[Array]
+    config: GKDConfig, sequences: Sequences, student_logits: Array, teacher: TeacherSignal
 ) -> Tuple[Array, Dict[str, Array]]:
   """`divergence_term` from weighted sums over chunks of `config.divergence_chunk_length`
   positions: each row's sum_n w_n D_n [B] and the statistics' sum_{b,n} w_bn s_bn, divided as
   the unchunked path divides them (by each row's weight, then by the batch's)."""
   tokens, weights = sequences
 
-  def chunk_sums(arrays: Tuple[Array, Array, Optional[Array]], weights_BxC: Array):
-    tokens_BxC, student_BxCxV, teacher_BxCxV = arrays
-    per_position = _position_divergence(config, tokens_BxC, student_BxCxV, teacher_BxCxV)
+  def chunk_sums(arrays: Tuple[Array, Array, TeacherSignal], weights_BxC: Array):
+    tokens_BxC, student_BxCxV, teacher_BxC = arrays
+    per_position = _position_divergence(config, tokens_BxC, student_BxCxV, teacher_BxC)
     sums = dict(divergence=divergences.weighted_sequence_sum(per_position, weights_BxC))
     if config.divergence != 'cross_entropy':
-      values = _next_token_values(config, teacher_BxCxV, student_BxCxV)
+      values = _next_token_values(config, teacher_BxC, student_BxCxV)
       sums.update({name: jnp.sum(value * weights_BxC) for name, value in values.items()})
     return sums
 
   sums = divergences.chunked_sequence_sum(
       chunk_sums,
-      (tokens, student_logits, teacher_logits),
+      (tokens, student_logits, teacher),
       weights,
       chunk_length=config.divergence_chunk_length,
   )
@@ -528,17 +680,23 @@ def _chunked_divergence_term(
 
 
 def _position_divergence(
-    config: GKDConfig, tokens: Array, student_logits: Array, teacher_logits: Optional[Array]
+    config: GKDConfig, tokens: Array, student_logits: Array, teacher: TeacherSignal
 ) -> Array:
   """[B, L] float32 D(p_T || p_S) at each position of tokens [B, L] from logits [B, L, V]
-  ('cross_entropy': -log p_S(token), no teacher)."""
+  ('cross_entropy': -log p_S(token), no teacher; a `TopK` teacher: over its k + 1 buckets)."""
   if config.divergence == 'cross_entropy':
     return divergences.token_cross_entropy(
         tokens, student_logits, student_temperature=config.student_temperature
     )
   divergence_fn = divergences.get_divergence(config.divergence, config.beta)
+  if isinstance(teacher, divergences.TopK):
+    return divergence_fn(
+        *divergences.top_k_buckets(
+            teacher, student_logits, student_temperature=config.student_temperature
+        )
+    )
   return divergence_fn(
-      teacher_logits,
+      teacher,
       student_logits,
       teacher_temperature=config.teacher_temperature,
       student_temperature=config.student_temperature,
@@ -546,16 +704,23 @@ def _position_divergence(
 
 
 def _next_token_values(
-    config: GKDConfig, teacher_logits: Array, student_logits: Array
+    config: GKDConfig, teacher: Union[Array, divergences.TopK], student_logits: Array
 ) -> Dict[str, Array]:
   """Per position [B, L]: whether the two models' likeliest next tokens agree (bool), and each
-  model's next-token entropy (float32 nats, at the loss's temperatures); `divergence_term`
-  reports their means over the weighted tokens."""
+  model's next-token entropy (float32 nats, at the loss's temperatures; a `TopK` teacher's over
+  its k + 1 buckets, a lower bound); `divergence_term` reports their means over the weighted
+  tokens."""
   # How sure each model is of the next token on these sequences: a teacher that is unsure on
   # the student's own samples hands that uncertainty to an on-policy student.
+  if isinstance(teacher, divergences.TopK):
+    teacher_argmax = teacher.ids[..., 0]
+    teacher_entropy = divergences.entropy(teacher.bucket_log_probs())
+  else:
+    teacher_argmax = jnp.argmax(teacher, -1)
+    teacher_entropy = divergences.entropy(teacher, temperature=config.teacher_temperature)
   return dict(
-      token_agreement=jnp.argmax(teacher_logits, -1) == jnp.argmax(student_logits, -1),
-      teacher_entropy=divergences.entropy(teacher_logits, temperature=config.teacher_temperature),
+      token_agreement=teacher_argmax == jnp.argmax(student_logits, -1),
+      teacher_entropy=teacher_entropy,
       student_entropy=divergences.entropy(
           lax.stop_gradient(student_logits), temperature=config.student_temperature
       ),
@@ -601,16 +766,66 @@ def rl_term(
 def _sequence_log_prob(config: GKDConfig, sequences: Sequences, student_logits: Array) -> Array:
   """[B] log p_S(y_b | x_b) = sum_n w_bn log p_S(y_bn | y_b<n, x_b), over chunks of
   `config.divergence_chunk_length` positions when it is set, as the divergence term."""
-  tokens, weights = sequences
+  row_sums = lambda arrays, weights_BxC: divergences.weighted_sequence_sum(
+      divergences.token_log_probs(*arrays), weights_BxC
+  )
+  return _sum_over_sequence(config, row_sums, (sequences.tokens, student_logits), sequences.weights)
+
+
+def _sum_over_sequence(
+    config: GKDConfig, sum_fn: Callable[[Any, Array], Array], arrays: Any, weights: Array
+) -> Array:
+  """sum_fn(arrays [B, L, ...], weights [B, L]), over chunks of `config.divergence_chunk_length`
+  positions when it is set (`divergences.chunked_sequence_sum`)."""
   if config.divergence_chunk_length is None:
-    token_log_probs = -divergences.token_cross_entropy(tokens, student_logits)
-    return jnp.sum(token_log_probs * weights, axis=-1)
-  chunk_sum = lambda arrays, weights_BxC: divergences.weighted_sequence_sum(
-      divergences.token_cross_entropy(*arrays), weights_BxC
+    return sum_fn(arrays, weights)
+  return divergences.chunked_sequence_sum(
+      sum_fn, arrays, weights, chunk_length=config.divergence_chunk_length
   )
-  return -divergences.chunked_sequence_sum(
-      chunk_sum, (tokens, student_logits), weights, chunk_length=config.divergence_chunk_length
+
+
+def _sampled_reverse_kl_term(
+    config: GKDConfig, sequences: Sequences, student_logits: Array, teacher_log_probs: Array
+) -> Tuple[Array, Dict[str, Array]]:
+  """'sampled_reverse_kl': per sequence, a surrogate whose gradient is that of
+  -(1 / L_y) sum_t w_t A_t log p_S(y_t) (advantages A_t: `divergences.sampled_reverse_kl_
+  advantages`) and whose value is the estimate (1 / L_y) sum_t w_t (log p_S(y_t) - log p_T(y_t))
+  of the token-level reverse KL; averaged over the batch's sequences as Eq. 2's divergence.
+
+  Args:
+    config: the objective's settings (discount, temperatures, chunk length).
+    sequences: [B, L] the student's samples.
+    student_logits: [B, L, V] the student's teacher-forced logits of them.
+    teacher_log_probs: [B, L] the teacher's log-probs of the sampled tokens.
+
+  Returns:
+    (scalar value, {}): no next-token statistics, as the teacher's distribution is not used.
+  """
+  tokens, weights = sequences
+  # log p_S is that of the distribution the samples come from, without the padding id: were it
+  # the whole softmax, the never-sampled id 0 would gain the mass the advantages take away.
+  sampled_log_probs = lambda tokens, logits: divergences.token_log_probs(
+      tokens, without_padding(logits), temperature=config.student_temperature
   )
+  student_log_probs = lax.stop_gradient(sampled_log_probs(tokens, student_logits))
+  advantages = divergences.sampled_reverse_kl_advantages(
+      student_log_probs, teacher_log_probs, weights, discount=config.discount
+  )
+
+  def surrogate_sums(arrays: Tuple[Array, Array, Array], weights_BxC: Array) -> Array:
+    tokens_BxC, logits_BxCxV, advantages_BxC = arrays
+    log_probs = sampled_log_probs(tokens_BxC, logits_BxCxV)
+    return divergences.weighted_sequence_sum(-advantages_BxC * log_probs, weights_BxC)
+
+  surrogate_B = _sum_over_sequence(
+      config, surrogate_sums, (tokens, student_logits, advantages), weights
+  )
+  estimate_B = divergences.weighted_sequence_sum(student_log_probs - teacher_log_probs, weights)
+  total_weight_B = jnp.sum(weights.astype(surrogate_B.dtype), axis=-1)
+  per_sequence, valid = divergences.sequence_mean_of_sum(
+      estimate_B + surrogate_B - lax.stop_gradient(surrogate_B), total_weight_B
+  )
+  return divergences.batch_mean(per_sequence, valid), {}
 
 
 def sequence_stats(sequences: Sequences, real_B: Array, eos_id: int) -> Dict[str, Array]:
@@ -635,19 +850,27 @@ def score_sequences(
     config: GKDConfig, student: Policy, teacher: Policy, inputs: Array, sequences: Sequences
 ) -> Array:
   """[B, L] float32 D(p_T || p_S) at each position of given sequences, teacher-forced, without
-  dropout: what a step would train on them, position by position (0 where the weight is 0).
+  dropout: what a step would train on them, position by position (0 where the weight is 0);
+  for 'sampled_reverse_kl' the exact reverse KL it estimates.
 
   Args:
-    config: the divergence and temperatures.
+    config: the divergence, temperatures and teacher top-k.
     student, teacher: the two policies.
     inputs: [B, I] the inputs x.
     sequences: [B, L] the continuations y and their loss weights.
   """
+  if config.divergence == SAMPLED_REVERSE_KL:
+    config = dataclasses.replace(config, divergence='reverse_kl')
   tokens, weights = sequences
   continuation_inputs = shift_right(tokens)
   student_logits = student.logits(student.read_prompt(inputs), continuation_inputs, tokens)
-  teacher_logits = teacher.logits(teacher.read_prompt(inputs), continuation_inputs, tokens)
-  values = _position_divergence(config, tokens, student_logits, teacher_logits)
+  signal = teacher_signal(
+      config,
+      {},
+      tokens,
+      lambda: teacher.logits(teacher.read_prompt(inputs), continuation_inputs, tokens),
+  )
+  values = _position_divergence(config, tokens, student_logits, signal)
   return jnp.where(weights > 0, values, 0.0)
 
 
@@ -734,17 +957,18 @@ def gkd_loss(
       segment_ids=segment_ids,
       dropout_rng=student_rng,
   )
-  teacher_logits = (
-      None
-      if config.divergence == 'cross_entropy'
-      else lax.stop_gradient(
+  teacher_values = teacher_signal(
+      config,
+      batch,
+      sequences.tokens,
+      lambda: lax.stop_gradient(
           teacher.logits(
               teacher_prompt, continuation_inputs, sequences.tokens, segment_ids=segment_ids
           )
-      )
+      ),
   )
 
-  divergence, stats = divergence_term(config, sequences, student_logits, teacher_logits)
+  divergence, stats = divergence_term(config, sequences, student_logits, teacher_values)
   loss = divergence
   if config.uses_rl:
     pg_loss, rl_stats = rl_term(config, inputs, targets, sequences, student_logits, real_B)

@@ -22,6 +22,7 @@ from gkd_t5x import data
 from gkd_t5x import models
 from gkd_t5x import partitioning
 from gkd_t5x import trainer
+from gkd_t5x.tasks import offline_teacher as offline_tasks
 
 PyTree = Any
 
@@ -72,6 +73,10 @@ def build_run(
   converter = model.FEATURE_CONVERTER_CLS(pack=pack)
   lengths = converter.get_model_feature_lengths(dict(dataset_cfg.task_feature_lengths))
   batch_shapes = {name: (dataset_cfg.batch_size, length) for name, length in lengths.items()}
+  # A task with an offline teacher adds its stored top-k (`GKDConfig.offline_teacher`).
+  batch_shapes.update(
+      offline_tasks.batch_shapes(dataset_cfg.mixture_or_task_name, dataset_cfg.batch_size)
+  )
   layout = trainer.make_layout(model, optimizer, mesh, rules, batch_shapes)
   return RunSetup(layout=layout, step_dirs=step_dirs)
 

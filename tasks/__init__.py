@@ -11,6 +11,9 @@ Importing the package registers every task (seqio style: tasks are data, registe
                 files named by environment variables).
   `seqkd`       teacher-decoded copies of any of them (`python -m gkd_t5x.seqkd_data`), named
                 by $GKD_SEQKD_TASKS; imported last, as it builds on the others.
+  `offline_teacher`  a task's examples with the teacher's stored top-k log-probs
+                (`python -m gkd_t5x.offline_teacher`), registered from gin
+                (`offline_teacher_task`).
 The paper's tasks use T5's SentencePiece vocabulary (`common.DEFAULT_VOCABULARY`); registering
 touches no data, network or GCS: datasets and the vocabulary are read on first use.
 """
@@ -22,4 +25,5 @@ from gkd_t5x.tasks import wmt  # noqa: F401
 from gkd_t5x.tasks import xsum  # noqa: F401
 
 # isort: split
+from gkd_t5x.tasks import offline_teacher  # noqa: F401
 from gkd_t5x.tasks import seqkd  # noqa: F401  # after the tasks it copies

@@ -58,6 +58,9 @@ METHODS = {
     ),
     'gkd': dict(divergence='forward_kl', lmbda=1.0, fixed_data='targets', alpha=1.0),
     'rl_gkd': dict(divergence='jsd', beta=0.9, lmbda=1.0, fixed_data='targets', alpha=0.5),
+    'sampled_reverse_kl': dict(
+        divergence='sampled_reverse_kl', lmbda=1.0, fixed_data='targets', alpha=1.0
+    ),
 }
 
 # Small shapes for the traced steps; the vocabulary is shrunk so tracing stays cheap.
@@ -219,8 +222,11 @@ def test_method_file_builds_its_config_and_step(method):
   metrics = aux if method == 'sft' else aux[0]  # with a teacher, aux is (metrics, mutables)
   assert loss.shape == eval_loss.shape == ()
   assert ('reward' in metrics) == (method == 'rl_gkd')
-  # Cross-entropy (SFT, SeqKD) computes no teacher logits, hence no teacher agreement.
-  assert ('token_agreement' in metrics) == (config.divergence != 'cross_entropy')
+  # Cross-entropy (SFT, SeqKD) computes no teacher logits, hence no teacher agreement; the
+  # sampled-token estimator uses the teacher's log-prob of each token only.
+  assert ('token_agreement' in metrics) == (
+      config.divergence not in ('cross_entropy', 'sampled_reverse_kl')
+  )
   assert 'loss' in eval_metrics
 
 
