@@ -26,10 +26,12 @@ abstract trees of `jax.ShapeDtypeStruct`s: nothing is allocated on one device fi
 
 import asyncio
 import copy
+import functools
 import os
 import posixpath
 import re
-from typing import Any, Mapping, Optional, Tuple
+import sys
+from typing import Any, Callable, Mapping, Optional, Tuple
 
 import etils.epath as epath
 from flax import serialization
@@ -157,8 +159,12 @@ def restore_params(path: str, abstract_params: PyTree, *, setting: str) -> PyTre
   """
   step_dir = resolve_step_dir(path, setting)
   restore = _restore_orbax if (step_dir / STATE_ITEM).is_dir() else _restore_msgpack
+  previous_hook = sys.unraisablehook
+  sys.unraisablehook = functools.partial(_ignore_closed_event_loop, previous_hook=previous_hook)
   try:
-    return restore(step_dir, abstract_params, path, setting)
+    params = restore(step_dir, abstract_params, path, setting)
+    sys.unraisablehook = previous_hook  # on failure it stays, for the late callbacks
+    return params
   except CheckpointError:
     raise
   except Exception as error:  # orbax and tensorstore raise many types for unreadable files.
@@ -170,13 +176,27 @@ def restore_params(path: str, abstract_params: PyTree, *, setting: str) -> PyTre
     ) from error
 
 
+def _ignore_closed_event_loop(unraisable: Any, *, previous_hook: Callable[[Any], None]) -> None:
+  """A `sys.unraisablehook` that drops asyncio's "Event loop is closed" errors.
+
+  When orbax's read of a damaged checkpoint fails, tensorstore's reads still in flight complete
+  later, on their own threads, into the event loop orbax has closed; each prints a traceback,
+  up to the interpreter's exit and after the run's one-line error. Others go to `previous_hook`.
+  """
+  error = unraisable.exc_value
+  if not (isinstance(error, RuntimeError) and str(error) == 'Event loop is closed'):
+    previous_hook(unraisable)
+
+
 def _restore_orbax(
     step_dir: epath.Path, abstract_params: PyTree, path: str, setting: str
 ) -> PyTree:
   # Shapes are checked on the metadata first: a restore that fails half-way leaves orbax's
   # reads pending, and the mismatch deserves a message that names the param.
-  metadata = ocp.PyTreeCheckpointer().metadata(step_dir / STATE_ITEM)
-  _check_shapes(metadata.item_metadata.tree[PARAMS_KEY], abstract_params, path, setting)
+  metadata = ocp.PyTreeCheckpointer().metadata(step_dir / STATE_ITEM).item_metadata
+  if metadata is None:  # orbax logs why and returns None
+    raise ValueError(f'orbax could not read the metadata of {os.fspath(step_dir / STATE_ITEM)}')
+  _check_shapes(metadata.tree[PARAMS_KEY], abstract_params, path, setting)
   item = {PARAMS_KEY: abstract_params}
   restore_args = {PARAMS_KEY: ocp.checkpoint_utils.construct_restore_args(abstract_params)}
   restored = ocp.PyTreeCheckpointer().restore(

@@ -27,6 +27,7 @@ What a run does, in order (every check before any compilation):
      one line and exits with `preemption.EXIT_CODE` (75); rerunning the command resumes.
 """
 
+import contextlib
 import os
 import sys
 import time
@@ -353,7 +354,12 @@ def _train_loop(
     print(
         f'Training {model_dir}: steps {step} -> {total_steps}, mesh {dict(mesh.shape)}.', flush=True
     )
-  with partitioning.activate(mesh, rules):
+  # Closed on every exit: a run stopped by an error keeps the metrics it logged.
+  with (
+      partitioning.activate(mesh, rules),
+      contextlib.closing(train_writer),
+      contextlib.closing(eval_writer),
+  ):
     while step < total_steps:
       batch = data.make_global_batch(next(batches), mesh)
       if diagnose is not None and step % diagnostics_period == 0:
@@ -400,8 +406,6 @@ def _train_loop(
       eval_metrics = _evaluate(
           evaluator, state['target'], frozen, step, eval_writer, model_dir, console_omitted_metrics
       )
-  train_writer.close()
-  eval_writer.close()
   return eval_metrics
 
 

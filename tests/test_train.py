@@ -107,16 +107,10 @@ def test_sft_params_start_the_distillation_run(sft_dir, teacher_dir, tmp_path):
   EXPERIMENTS.assert_distillation_starts_from(teacher_dir, sft_dir, tmp_path, sft_step=6)
 
 
-def test_same_seed_same_metrics(gkd_run, tmp_path):
-  model_dir, bindings = gkd_run
-  EXPERIMENTS.train(tmp_path, 'gkd', *bindings)
-  assert runs.train_scalars(tmp_path) == runs.train_scalars(model_dir)
-  runs.assert_trees_equal(runs.final_params(tmp_path, 12), runs.final_params(model_dir, 12))
-
-
 def test_sigkill_then_resume_equals_uninterrupted_run(gkd_run, tmp_path):
   """Killed after its step-4 checkpoint (during the evaluation that follows it), restarted:
-  the final params and every logged metric after the restart equal the uninterrupted run's."""
+  the final params and every logged metric, before the kill and after the restart, equal the
+  uninterrupted run's (the same seed gives the same run)."""
   model_dir, bindings = gkd_run
   process = subprocess.Popen(
       EXPERIMENTS.train_argv(tmp_path, 'gkd', *bindings),
@@ -144,13 +138,10 @@ def losses(model_dir):
   return np.array([value for _, value in runs.train_scalars(model_dir)['loss']])
 
 
-@pytest.mark.parametrize('partitions', [1, 2])
-def test_eight_devices_give_the_loss_of_one(gkd_run, tmp_path, partitions):
-  """Mesh 8x1 (data parallel) and 4x2 (model parallel 2): the same losses as one device."""
+def test_eight_devices_give_the_loss_of_one(gkd_run, tmp_path):
+  """Mesh 4x2 (data parallel 4, model parallel 2): the same losses as one device."""
   model_dir, bindings = gkd_run
-  EXPERIMENTS.train(
-      tmp_path, 'gkd', *bindings, f'NUM_PARTITIONS={partitions}', 'EVAL_PERIOD=None', devices=8
-  )
+  EXPERIMENTS.train(tmp_path, 'gkd', *bindings, 'NUM_PARTITIONS=2', 'EVAL_PERIOD=None', devices=8)
   np.testing.assert_allclose(losses(tmp_path), losses(model_dir), rtol=1e-5, atol=1e-6)
 
 
