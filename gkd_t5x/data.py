@@ -22,12 +22,14 @@ import difflib
 import importlib
 from typing import Mapping, Optional
 
+from absl import logging
 import jax
 import numpy as np
 import seqio
 import tensorflow as tf
 
 import gin
+from gkd_t5x import example_checks
 from gkd_t5x import partitioning
 
 Batch = Mapping[str, np.ndarray]
@@ -121,6 +123,7 @@ def get_dataset(
     repeat: bool,
     start_batch: int = 0,
     drop_remainder: bool = True,
+    checks: Optional[example_checks.ExampleChecks] = None,
 ) -> tf.data.Dataset:
   """This host's batches of model features.
 
@@ -130,21 +133,39 @@ def get_dataset(
     repeat: repeat the split forever (training).
     start_batch: number of batches to skip, i.e. those consumed before a resume.
     drop_remainder: drop a last, smaller batch (training); evaluation pads it instead.
+    checks: what to do with examples too long, with empty targets or text that is not UTF-8
+      (`example_checks`); the batches then carry their counts (`EXAMPLE_COUNTS`). None:
+      seqio's own behaviour (trimmed, kept), uncounted.
 
   Returns:
     A dataset of dicts of [batch_size, length] int32 arrays (the global batch).
   """
-  validate(config)
+  task = validate(config)
+  lengths = dict(config.task_feature_lengths)
   dataset = seqio.get_dataset(
-      config.mixture_or_task_name,
-      task_feature_lengths=dict(config.task_feature_lengths),
+      task,
+      # No lengths: the checks see every feature whole, its EOS included.
+      task_feature_lengths=lengths if checks is None else dict.fromkeys(lengths),
       dataset_split=config.split,
       shuffle=config.shuffle,
       num_epochs=None if repeat else 1,
-      feature_converter=feature_converter,
+      feature_converter=seqio.PassThroughFeatureConverter(),
       use_cached=config.use_cached,
       seed=config.seed,
+      trim_output_features=checks is None,
   )
+  if checks is not None:
+    dataset = example_checks.check_examples(
+        dataset,
+        checks,
+        output_features=task.output_features,
+        task_feature_lengths=lengths,
+        task_name=config.mixture_or_task_name,
+    )
+    if config.pack:  # a packed row holds several examples: their counts have no row to ride
+      logging.warning('Packed training data: the example checks apply, uncounted.')
+      dataset = dataset.map(example_checks.drop_counts)
+  dataset = feature_converter(dataset, lengths)
   dataset = dataset.batch(config.batch_size, drop_remainder=drop_remainder)
   if start_batch:
     dataset = dataset.skip(start_batch)

@@ -201,7 +201,7 @@ class Evaluator:
 
 def _text(example: Mapping[str, Any], feature: str) -> str:
   value = example.get(f'{feature}_pretokenized', b'')
-  return value.decode('utf-8') if isinstance(value, bytes) else str(value)
+  return value.decode('utf-8', errors='replace') if isinstance(value, bytes) else str(value)
 
 
 def _scalar(value: Any) -> float:

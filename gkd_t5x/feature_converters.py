@@ -10,6 +10,7 @@ from typing import Mapping
 import seqio
 import tensorflow as tf
 
+from gkd_t5x import example_checks
 from gkd_t5x import objective
 
 # A task feature, aligned with 'targets', that weights each target token's loss (0: the token
@@ -18,30 +19,41 @@ from gkd_t5x import objective
 TARGETS_LOSS_WEIGHTS = 'targets_loss_weights'
 
 
-class _PassOfflineTeacher:
-  """Passes an offline teacher's features (`objective.OFFLINE_TEACHER_FEATURES`, aligned with
-  'targets') through seqio's conversion, padded to the targets' length, where the task has
-  them (`gkd_t5x.tasks.offline_teacher`): seqio's passthrough features, set anew for each
-  dataset (the models construct their converters with `pack` only)."""
+class _PassExtraFeatures:
+  """Passes the features that ride along with an example through seqio's conversion, where the
+  dataset has them (seqio's passthrough features, set anew for each dataset: the models
+  construct their converters with `pack` only):
+    - an offline teacher's (`objective.OFFLINE_TEACHER_FEATURES`, aligned with 'targets', from
+      `gkd_t5x.tasks.offline_teacher`), padded to the targets' length;
+    - the input pipeline's counts of checked examples (`example_checks.EXAMPLE_COUNTS`).
+  """
 
   def __call__(
       self, ds: tf.data.Dataset, task_feature_lengths: Mapping[str, int]
   ) -> tf.data.Dataset:
-    present = [name for name in objective.OFFLINE_TEACHER_FEATURES if name in ds.element_spec]
-    if present and self.pack:
-      raise ValueError('A task with an offline teacher cannot be packed: set pack=False.')
+    lengths = dict(task_feature_lengths)
+    lengths.update(
+        {
+            name: task_feature_lengths['targets']
+            for name in objective.OFFLINE_TEACHER_FEATURES
+            if name in ds.element_spec
+        }
+    )
+    if example_checks.EXAMPLE_COUNTS in ds.element_spec:
+      lengths[example_checks.EXAMPLE_COUNTS] = len(example_checks.COUNTED)
+    extra = [name for name in lengths if name not in task_feature_lengths]
+    if extra and self.pack:
+      raise ValueError(f'Examples with {extra} cannot be packed: set pack=False.')
     self._passthrough_features = {
         name: seqio.FeatureConverter.FeatureSpec(
             dtype=ds.element_spec[name].dtype, rank=ds.element_spec[name].shape.rank
         )
-        for name in present
+        for name in extra
     }
-    lengths = dict(task_feature_lengths)
-    lengths.update({name: task_feature_lengths['targets'] for name in present})
     return super().__call__(ds, lengths)
 
 
-class EncDecFeatureConverter(_PassOfflineTeacher, seqio.EncDecFeatureConverter):
+class EncDecFeatureConverter(_PassExtraFeatures, seqio.EncDecFeatureConverter):
   """seqio's encoder-decoder features, with the task's own loss weights where it has them.
 
   A task whose examples carry `TARGETS_LOSS_WEIGHTS` ([targets length] int32, 0 or 1) gets
@@ -70,7 +82,7 @@ class EncDecFeatureConverter(_PassOfflineTeacher, seqio.EncDecFeatureConverter):
     return ds.map(convert, num_parallel_calls=tf.data.experimental.AUTOTUNE)
 
 
-class PrefixLMFeatureConverter(_PassOfflineTeacher, seqio.PrefixLMFeatureConverter):
+class PrefixLMFeatureConverter(_PassExtraFeatures, seqio.PrefixLMFeatureConverter):
   """seqio's prefix-LM features: each row the inputs then the targets.
 
   A task with its own loss weights (`TARGETS_LOSS_WEIGHTS`) is refused: seqio's converter would

@@ -37,6 +37,7 @@ from absl import flags
 from absl import logging
 from clu import metric_writers
 import jax
+import numpy as np
 import optax
 
 import gin
@@ -45,6 +46,7 @@ from gkd_t5x import checkpoints
 from gkd_t5x import data
 from gkd_t5x import diagnostics as diagnostics_lib
 from gkd_t5x import evaluation
+from gkd_t5x import example_checks
 from gkd_t5x import faults
 from gkd_t5x import gin_utils
 from gkd_t5x import models
@@ -140,6 +142,7 @@ def train(
     first_error_fn: Optional[diagnostics_lib.FirstErrorFn] = None,
     console_omitted_metrics: Sequence[str] = (),
     nonfinite: Optional[faults.NonFinitePolicy] = None,
+    checks: Optional[example_checks.ExampleChecks] = None,
 ) -> Dict[str, float]:
   """Trains `model` on `train_dataset_cfg` for `total_steps` steps, resumably.
 
@@ -177,6 +180,9 @@ def train(
       the JSON files keep them.
     nonfinite: what a step with a non-finite loss, gradient or update does (stop, or skip
       and count); None: `faults.NonFinitePolicy()`, stop.
+    checks: what the training data's examples that are too long, have an empty target or
+      text that is not UTF-8 get (truncated, skipped, refused or kept, and counted in the
+      `data/*` metrics); None: `example_checks.ExampleChecks()`.
 
   Returns:
     The last evaluation's metrics (empty without an eval split).
@@ -244,6 +250,7 @@ def train(
           manager=manager,
           watch=watch,
           nonfinite=nonfinite or faults.NonFinitePolicy(),
+          checks=checks or example_checks.ExampleChecks(),
           model_dir=model_dir,
           total_steps=total_steps,
           train_dataset_cfg=train_dataset_cfg,
@@ -296,6 +303,7 @@ def _train_loop(
     manager,
     watch: preemption.Watch,
     nonfinite: faults.NonFinitePolicy,
+    checks: example_checks.ExampleChecks,
     model_dir: str,
     total_steps: int,
     train_dataset_cfg: data.DatasetConfig,
@@ -333,7 +341,7 @@ def _train_loop(
         seed=random_seed,
     )
   dataset = data.get_dataset(
-      train_dataset_cfg, converter, repeat=True, start_batch=batches_consumed
+      train_dataset_cfg, converter, repeat=True, start_batch=batches_consumed, checks=checks
   )
   batches = dataset.as_numpy_iterator()
   is_chief = jax.process_index() == 0
@@ -349,6 +357,7 @@ def _train_loop(
   progress = Progress(step, total_steps)
   pending: List[Mapping[str, Any]] = []
   nonfinite_steps = faults.NonFiniteSteps(nonfinite)
+  example_counts = np.zeros(len(example_checks.COUNTED), np.int64)
   eval_metrics: Dict[str, float] = {}
   if is_chief:
     print(
@@ -361,7 +370,9 @@ def _train_loop(
       contextlib.closing(eval_writer),
   ):
     while step < total_steps:
-      batch = data.make_global_batch(next(batches), mesh)
+      numpy_batch = next(batches)
+      example_counts += example_checks.pop_counts(numpy_batch)
+      batch = data.make_global_batch(numpy_batch, mesh)
       if diagnose is not None and step % diagnostics_period == 0:
         train_writer.write_scalars(step, diagnose(state['target'], frozen, batch, step))
       state, metrics = train_step(state, frozen, batch)
@@ -374,6 +385,8 @@ def _train_loop(
         values = averages.compute_merged(pending)
         pending = []
         values['nonfinite_steps_total'] = nonfinite_steps.check(manager.latest_step())
+        values.update(example_checks.metrics(example_counts))
+        example_counts[:] = 0
         values.update(progress.update(step))
         train_writer.write_scalars(step, values)
         if is_chief:
@@ -474,6 +487,8 @@ def main(argv):
     # One line, without the traceback of orbax's internals (gin appends its call site).
     sys.exit(f'{type(error).__name__}: {str(error).splitlines()[0]}')
   except Exception as error:  # orbax's and TensorBoard's writers raise ENOSPC as many types.
+    if refused := example_checks.refusal_line(error):
+      sys.exit(refused)
     if not faults.is_disk_full(error):
       raise
     sys.exit(

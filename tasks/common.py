@@ -38,7 +38,8 @@ def to_str(text: Union[str, bytes], **unused_kwargs) -> str:
   """seqio postprocess_fn: metric fns get `str`, also where a caller hands over raw bytes."""
   del unused_kwargs  # `example`, `is_target`: targets and predictions are treated alike.
   if isinstance(text, bytes):
-    return text.decode('utf-8')
+    # A text that is not UTF-8 (kept by `example_checks`) is scored with U+FFFD in its place.
+    return text.decode('utf-8', errors='replace')
   return text
 
 

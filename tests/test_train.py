@@ -57,6 +57,10 @@ def test_gkd_run_writes_metrics_checkpoints_and_predictions(gkd_run):
   on_policy = [value for _, value in scalars['on_policy_fraction']]
   assert set(on_policy) <= {0.0, 1.0} and 0 < sum(on_policy) < 12  # a coin per step
   assert all(value == 0.5 for _, value in scalars['lmbda'])
+  # Every step's 8 examples read, none too long, empty or not UTF-8 (example_checks).
+  assert [value for _, value in scalars['data/examples']] == [8.0] * 12
+  for name in ('too_long', 'empty_target', 'invalid_utf8', 'skipped'):
+    assert [value for _, value in scalars[f'data/{name}']] == [0.0] * 12, name
   eval_scalars = event_files.read_scalars(os.path.join(model_dir, 'eval'))
   accuracy = eval_scalars['inference/arithmetic_sum3_2digit/accuracy']
   assert [step for step, _ in accuracy] == [4, 8, 12]
