@@ -16,7 +16,9 @@ r"""Runs commands: one after another here or on a TPU pod slice, or as jobs on l
 
 A SIGTERM to the driver (run_local, run_jobs) is passed on to the runs in progress; a training
 saves its checkpoint and exits (`gkd_t5x.preemption`), and the driver reports those runs as
-interrupted, marks none of them done, and exits with the trainer's preemption code (75).
+interrupted, marks none of them done, and exits with the trainer's preemption code (75). A
+driver killed outright (SIGKILL) takes its runs with it: run_local's runs get SIGTERM from the
+kernel (Linux's parent-death signal) and save as above, run_jobs' workers exit at once.
 
 What is done is skipped (`finished`): a training whose MODEL_DIR has the marker DONE, an
 evaluation whose output directory has its metrics. An interrupted training resumes from its own
@@ -26,6 +28,8 @@ elapsed and an ETA.
 
 import concurrent.futures
 import contextlib
+import ctypes
+import functools
 import importlib
 import multiprocessing
 import os
@@ -49,6 +53,9 @@ from launch.plan import Run
 # In a MODEL_DIR: its training finished. run_jobs writes it after the training, run_local once
 # the whole run (training and evaluations) succeeded.
 DONE = 'DONE'
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+# Loaded here, not in the forked child, where loading could wait on a lock held at the fork.
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith('linux') else None
 # What became of a job on a worker, beside DONE.
 FAILED, INTERRUPTED = 'FAILED', 'INTERRUPTED'
 # What launch/reproduce.py wrote instead of DONE before run_jobs and run_local shared one
@@ -192,7 +199,16 @@ def _run_in_order(
       argv = command.argv(python)
       out, err = (os.path.join(logs, f'{command.log_name}.{ext}') for ext in ('out', 'err'))
       with open(out, 'w') as stdout, open(err, 'w') as stderr:
-        running.append(subprocess.Popen(argv, cwd=cwd, stdout=stdout, stderr=stderr))
+        running.append(
+            subprocess.Popen(
+                argv,
+                cwd=cwd,
+                stdout=stdout,
+                stderr=stderr,
+                # The driver runs no other thread that could hold a lock across the fork.
+                preexec_fn=functools.partial(_terminate_with, os.getpid()),  # noqa: PLW1509
+            )
+        )
         status = running[0].wait()
         running.clear()
       if interrupted.is_set() or status == preemption.EXIT_CODE:
@@ -211,6 +227,17 @@ def _run_in_order(
     _mark_done(run.model_dir)
     progress.done('run', time.monotonic() - started, ['run'] * (len(runs) - index))
   return 0
+
+
+def _terminate_with(driver: int) -> None:
+  """In a run's process before it starts: SIGTERM once `driver` dies, even by SIGKILL
+  (Linux's parent-death signal), so that the run saves a checkpoint and exits as preempted
+  instead of training on as an orphan beside the run a rerun driver starts in its directory."""
+  if _LIBC is None:
+    return
+  _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+  if os.getppid() != driver:  # it died before the signal was armed
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def run_pod(

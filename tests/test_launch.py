@@ -696,6 +696,48 @@ def test_sigterm_to_the_local_sweep_reaches_its_run_which_is_reported_interrupte
   assert [dir for _, dir in calls()][0] == str(base / 'lam_1' / 'seed_0')
 
 
+def test_a_sigkilled_sweep_takes_its_run_with_it_and_the_rerun_does_only_what_is_missing(
+    tmp_path, fake_python, monkeypatch
+):
+  python, calls = fake_python
+  spec = synthetic_spec(seeds=[0])
+  spec['axes'] = spec['axes'][:1]
+  spec['plot'] = {'kind': 'bars', 'metric': 'accuracy', 'x': 'lam'}
+  spec_path = tmp_path / 'spec.json'
+  spec_path.write_text(json.dumps(spec))
+  root = tmp_path / 'root'
+  argv = [str(spec_path), '--root', str(root), '--mode', 'local', '--python', python]
+  monkeypatch.setenv('FAKE_HANG', 'lam_0/seed_0')
+  driver = subprocess.Popen(
+      [sys.executable, 'launch/sweep.py', *argv],
+      cwd=ROOT,
+      stdout=subprocess.DEVNULL,
+      stderr=subprocess.DEVNULL,
+  )
+  running = pathlib.Path(os.environ['FAKE_LOG'] + '.running')
+  sigterm = pathlib.Path(os.environ['FAKE_LOG'] + '.sigterm')
+  deadline = time.monotonic() + 120
+  while not running.exists():
+    assert driver.poll() is None and time.monotonic() < deadline
+    time.sleep(0.05)
+  driver.kill()
+  driver.wait()
+  while not sigterm.exists():  # the orphaned run got SIGTERM: it saves and exits
+    assert time.monotonic() < deadline, 'the run outlived its driver without a SIGTERM'
+    time.sleep(0.05)
+  base = root / 'synthetic'
+  assert (base / 'ref_student' / 'DONE').exists()
+  assert not (base / 'lam_0' / 'seed_0' / 'DONE').exists()
+  monkeypatch.delenv('FAKE_HANG')
+  calls()
+  assert sweep.main(argv) == 0
+  # Only the killed run and the one after it; the finished reference is not trained again.
+  assert [dir for module, dir in calls() if module == 'gkd_t5x.train'] == [
+      str(base / 'lam_0' / 'seed_0'),
+      str(base / 'lam_1' / 'seed_0'),
+  ]
+
+
 def test_a_training_is_finished_by_its_marker_or_by_the_one_reproduce_wrote_before(tmp_path):
   train = plan.expand(spec_lib.parse(synthetic_spec()), str(tmp_path))[1].commands[0]
   assert train.kind == 'train' and not runners.finished(train)
