@@ -652,10 +652,9 @@ def test_local_mode_runs_in_order_skips_done_and_stops_at_a_failure(
   assert not (other / 'synthetic' / 'lam_0' / 'seed_1' / 'DONE').exists()
 
 
-def test_sigterm_to_the_local_sweep_reaches_its_run_which_is_reported_interrupted(
-    tmp_path, fake_python, monkeypatch
-):
-  python, calls = fake_python
+def start_sweep_hanging_at(tmp_path, monkeypatch, python, run, stdout=subprocess.PIPE):
+  """launch/sweep.py --mode local (the stand-in trainer) of a 3-run spec, in a process, once
+  `run` hangs in training; returns the driver, its argv and the spec's run root."""
   spec = synthetic_spec(seeds=[0])
   spec['axes'] = spec['axes'][:1]
   spec['plot'] = {'kind': 'bars', 'metric': 'accuracy', 'x': 'lam'}
@@ -663,12 +662,12 @@ def test_sigterm_to_the_local_sweep_reaches_its_run_which_is_reported_interrupte
   spec_path.write_text(json.dumps(spec))
   root = tmp_path / 'root'
   argv = [str(spec_path), '--root', str(root), '--mode', 'local', '--python', python]
-  monkeypatch.setenv('FAKE_HANG', 'lam_1/seed_0')
+  monkeypatch.setenv('FAKE_HANG', run)
   driver = subprocess.Popen(
       [sys.executable, 'launch/sweep.py', *argv],
       cwd=ROOT,
-      stdout=subprocess.PIPE,
-      stderr=subprocess.PIPE,
+      stdout=stdout,
+      stderr=stdout,
       text=True,
   )
   running = pathlib.Path(os.environ['FAKE_LOG'] + '.running')
@@ -676,12 +675,19 @@ def test_sigterm_to_the_local_sweep_reaches_its_run_which_is_reported_interrupte
   while not running.exists():
     assert driver.poll() is None and time.monotonic() < deadline, driver.communicate()
     time.sleep(0.05)
+  return driver, argv, root / 'synthetic'
+
+
+def test_sigterm_to_the_local_sweep_reaches_its_run_which_is_reported_interrupted(
+    tmp_path, fake_python, monkeypatch
+):
+  python, calls = fake_python
+  driver, argv, base = start_sweep_hanging_at(tmp_path, monkeypatch, python, 'lam_1/seed_0')
   driver.send_signal(signal.SIGTERM)
   out, err = driver.communicate(timeout=60)
   assert driver.returncode == 75, err
   assert '[4/4] synthetic/lam_1/seed_0 ... INTERRUPTED (SIGTERM; rerun to resume it)' in out
   assert pathlib.Path(os.environ['FAKE_LOG'] + '.sigterm').exists()  # the run got it
-  base = root / 'synthetic'
   assert [
       (base / d / 'DONE').exists() for d in ('ref_student', 'lam_0/seed_0', 'lam_1/seed_0')
   ] == [
@@ -700,32 +706,16 @@ def test_a_sigkilled_sweep_takes_its_run_with_it_and_the_rerun_does_only_what_is
     tmp_path, fake_python, monkeypatch
 ):
   python, calls = fake_python
-  spec = synthetic_spec(seeds=[0])
-  spec['axes'] = spec['axes'][:1]
-  spec['plot'] = {'kind': 'bars', 'metric': 'accuracy', 'x': 'lam'}
-  spec_path = tmp_path / 'spec.json'
-  spec_path.write_text(json.dumps(spec))
-  root = tmp_path / 'root'
-  argv = [str(spec_path), '--root', str(root), '--mode', 'local', '--python', python]
-  monkeypatch.setenv('FAKE_HANG', 'lam_0/seed_0')
-  driver = subprocess.Popen(
-      [sys.executable, 'launch/sweep.py', *argv],
-      cwd=ROOT,
-      stdout=subprocess.DEVNULL,
-      stderr=subprocess.DEVNULL,
+  driver, argv, base = start_sweep_hanging_at(
+      tmp_path, monkeypatch, python, 'lam_0/seed_0', stdout=subprocess.DEVNULL
   )
-  running = pathlib.Path(os.environ['FAKE_LOG'] + '.running')
   sigterm = pathlib.Path(os.environ['FAKE_LOG'] + '.sigterm')
   deadline = time.monotonic() + 120
-  while not running.exists():
-    assert driver.poll() is None and time.monotonic() < deadline
-    time.sleep(0.05)
   driver.kill()
   driver.wait()
   while not sigterm.exists():  # the orphaned run got SIGTERM: it saves and exits
     assert time.monotonic() < deadline, 'the run outlived its driver without a SIGTERM'
     time.sleep(0.05)
-  base = root / 'synthetic'
   assert (base / 'ref_student' / 'DONE').exists()
   assert not (base / 'lam_0' / 'seed_0' / 'DONE').exists()
   monkeypatch.delenv('FAKE_HANG')
