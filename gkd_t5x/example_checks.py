@@ -31,12 +31,13 @@ import seqio
 import tensorflow as tf
 
 import gin
+from gkd_t5x import feature_converters
 
 TOO_LONG_MODES = ('truncate', 'skip', 'refuse')
 EMPTY_TARGET_MODES = ('skip', 'keep', 'refuse')
 INVALID_UTF8_MODES = ('keep', 'skip', 'refuse')
 # The batch feature of counts, [batch, len(COUNTED)] int32, and what each column counts.
-EXAMPLE_COUNTS = 'example_counts'
+EXAMPLE_COUNTS = feature_converters.EXAMPLE_COUNTS
 COUNTED = ('examples', 'too_long', 'empty_target', 'invalid_utf8', 'skipped')
 _REFUSED = 'ExampleChecks refused an example: '
 

@@ -10,13 +10,15 @@ from typing import Mapping
 import seqio
 import tensorflow as tf
 
-from gkd_t5x import example_checks
 from gkd_t5x import objective
 
 # A task feature, aligned with 'targets', that weights each target token's loss (0: the token
 # is context, not a label), e.g. the slipped values of a teacher that corrects slips
 # (`gkd_t5x.tasks.steps.mask_slipped_values`).
 TARGETS_LOSS_WEIGHTS = 'targets_loss_weights'
+# The input pipeline's counts of the examples behind each row ([n] int32, `gkd_t5x.example_checks`),
+# carried to the trainer's batch.
+EXAMPLE_COUNTS = 'example_counts'
 
 
 class _PassExtraFeatures:
@@ -25,7 +27,7 @@ class _PassExtraFeatures:
   construct their converters with `pack` only):
     - an offline teacher's (`objective.OFFLINE_TEACHER_FEATURES`, aligned with 'targets', from
       `gkd_t5x.tasks.offline_teacher`), padded to the targets' length;
-    - the input pipeline's counts of checked examples (`example_checks.EXAMPLE_COUNTS`).
+    - the input pipeline's counts of checked examples (`EXAMPLE_COUNTS`).
   """
 
   def __call__(
@@ -39,8 +41,8 @@ class _PassExtraFeatures:
             if name in ds.element_spec
         }
     )
-    if example_checks.EXAMPLE_COUNTS in ds.element_spec:
-      lengths[example_checks.EXAMPLE_COUNTS] = len(example_checks.COUNTED)
+    if EXAMPLE_COUNTS in ds.element_spec:
+      lengths[EXAMPLE_COUNTS] = ds.element_spec[EXAMPLE_COUNTS].shape[0]
     extra = [name for name in lengths if name not in task_feature_lengths]
     if extra and self.pack:
       raise ValueError(f'Examples with {extra} cannot be packed: set pack=False.')

@@ -15,6 +15,10 @@ Skipped where t5x is not installed (it is not on PyPI; see the README).
 
 import json
 import os
+import re
+import signal
+import subprocess
+import time
 
 import numpy as np
 import pytest
@@ -188,3 +192,31 @@ def test_t5x_eval_and_infer_read_the_gkd_checkpoint(gkd_run, tmp_path):
       for line in open(tmp_path / 'score' / f'{TASK}-score.jsonl-00000-of-00001')
   ]
   assert len(scores) == 1000 and all(np.isfinite(scores)) and all(s < 0 for s in scores)
+
+
+def test_sigterm_makes_t5x_save_its_emergency_checkpoint_and_the_rerun_resumes(tmp_path):
+  """gin/runs/t5x_finetune.gin's `PreemptibleTrainer`: after SIGTERM, the chunk of LOG_PERIOD
+  (here 1) steps in progress ends, T5X saves that step and exits; the rerun goes on from it."""
+  bindings = (f'MODEL_DIR="{tmp_path}"', 'CHECKPOINT_PERIOD=300', 'EVAL_PERIOD=300')
+  log = tmp_path / 'stderr.txt'
+  with open(log, 'w') as stderr:
+    process = subprocess.Popen(
+        EXPERIMENTS.argv('t5x.train', 't5x_finetune', 'teacher', 'TRAIN_STEPS=300', *bindings),
+        cwd=runs.ROOT,
+        env=runs.environment(),
+        stdout=subprocess.DEVNULL,
+        stderr=stderr,
+    )
+    deadline = time.monotonic() + 600
+    while 'BEGIN Train loop' not in log.read_text():
+      assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+      time.sleep(0.1)
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=300)
+  text = log.read_text()
+  assert process.returncode != 0 and 'Saving emergency checkpoint done.' in text, text[-3000:]
+  saved = int(re.search(r'Preempted \(SIGTERM\): T5X saves step (\d+)', text).group(1))
+  assert 0 < saved < 300 and (tmp_path / f'checkpoint_{saved}').is_dir()
+  EXPERIMENTS.run_t5x('train', 't5x_finetune', 'teacher', f'TRAIN_STEPS={saved + 1}', *bindings)
+  steps = [step for step, _ in event_files.read_scalars(str(tmp_path / 'train'))['loss']]
+  assert steps == list(range(1, saved + 2))  # resumed at `saved`, not from the start
