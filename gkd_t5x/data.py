@@ -140,15 +140,41 @@ def get_dataset(
   Returns:
     A dataset of dicts of [batch_size, length] int32 arrays (the global batch).
   """
-  task = validate(config)
+  provider = validate(config)
+  dataset = get_examples(
+      provider, config, feature_converter, num_epochs=None if repeat else 1, checks=checks
+  )
+  dataset = dataset.batch(config.batch_size, drop_remainder=drop_remainder)
+  if start_batch:
+    dataset = dataset.skip(start_batch)
+  return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def get_examples(
+    provider: seqio.DatasetProviderBase,
+    config: DatasetConfig,
+    feature_converter: seqio.FeatureConverter,
+    *,
+    num_epochs: Optional[int],
+    checks: Optional[example_checks.ExampleChecks],
+) -> tf.data.Dataset:
+  """`provider`'s examples as model features, one by one, checked where `checks` says how.
+
+  Args:
+    provider: the config's task or mixture, or a part of it (`mixture_rows`).
+    config: its split, feature lengths, shuffling, seed and cache.
+    feature_converter: converts task features (inputs, targets) to model features.
+    num_epochs: the times to read the split; None: forever.
+    checks: as `get_dataset`'s.
+  """
   lengths = dict(config.task_feature_lengths)
   dataset = seqio.get_dataset(
-      task,
+      provider,
       # No lengths: the checks see every feature whole, its EOS included.
       task_feature_lengths=lengths if checks is None else dict.fromkeys(lengths),
       dataset_split=config.split,
       shuffle=config.shuffle,
-      num_epochs=None if repeat else 1,
+      num_epochs=num_epochs,
       feature_converter=seqio.PassThroughFeatureConverter(),
       use_cached=config.use_cached,
       seed=config.seed,
@@ -158,18 +184,14 @@ def get_dataset(
     dataset = example_checks.check_examples(
         dataset,
         checks,
-        output_features=task.output_features,
+        output_features=provider.output_features,
         task_feature_lengths=lengths,
-        task_name=config.mixture_or_task_name,
+        task_name=provider.name,
     )
     if config.pack:  # a packed row holds several examples: their counts have no row to ride
       logging.warning('Packed training data: the example checks apply, uncounted.')
       dataset = dataset.map(example_checks.drop_counts)
-  dataset = feature_converter(dataset, lengths)
-  dataset = dataset.batch(config.batch_size, drop_remainder=drop_remainder)
-  if start_batch:
-    dataset = dataset.skip(start_batch)
-  return dataset.prefetch(tf.data.AUTOTUNE)
+  return feature_converter(dataset, lengths)
 
 
 def make_global_batch(batch: Batch, mesh: jax.sharding.Mesh) -> Mapping[str, jax.Array]:

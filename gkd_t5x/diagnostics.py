@@ -173,7 +173,7 @@ class Diagnostics:
     self._model = model
     self._first_error_fn = first_error_fn
     self._seed_rng = seed_rng
-    self._has_teacher = model.teacher_module is not None and model.gkd.needs_teacher
+    self._has_teacher = model.has_teacher and model.gkd.needs_teacher
     replicated = partitioning.replicated(layout.mesh)
     shardings = (
         layout.param_shardings,
@@ -190,11 +190,7 @@ class Diagnostics:
 
   def _policies(self, params: PyTree, frozen: PyTree):
     model = self._model
-    teacher = (
-        model.policy(model.teacher_module, frozen[models.TEACHER_COLLECTION])
-        if self._has_teacher
-        else None
-    )
+    teacher = model.teacher_policy(frozen) if self._has_teacher else None
     return model.policy(model.module, params), teacher
 
   def _sample_fn(self, params, frozen, batch, rng) -> Dict[str, jax.Array]:

@@ -72,13 +72,15 @@ def evaluate(
       pack=False,
       checkpoint_paths={'CHECKPOINT_PATH': checkpoint_path},
   )
-  layout, step_dir = setup.layout, setup.step_dirs['CHECKPOINT_PATH']
+  layout, step_dir, model = setup.layout, setup.step_dirs['CHECKPOINT_PATH'], setup.model
   params = checkpoints.restore_params(
       checkpoint_path, layout.abstract_state['target'], setting='CHECKPOINT_PATH'
   )
   # Each frozen network is optional here: the loss needs the teacher, the reward its model.
-  frozen = run_setup.restore_frozen(layout, teacher_checkpoint_path, reward_checkpoint_path)
-  evaluator = evaluation.Evaluator(
+  frozen = run_setup.restore_frozen(
+      layout, teacher_checkpoint_path, reward_checkpoint_path, model=model
+  )
+  evaluator = evaluation.TaskEvaluators(
       model,
       dataset_cfg,
       layout.mesh,

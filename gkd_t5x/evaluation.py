@@ -12,6 +12,7 @@ Every host reads the whole split and feeds its own rows of each global batch; ou
 replicated, so every host holds all predictions and host 0 computes the metrics.
 """
 
+import dataclasses
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import jax
@@ -22,7 +23,9 @@ import tensorflow as tf
 from gkd_t5x import averages
 from gkd_t5x import data
 from gkd_t5x import eval_steps
+from gkd_t5x import mixture_rows
 from gkd_t5x import partitioning
+from gkd_t5x import teachers
 
 PyTree = Any
 # fold_in data of the on-policy divergence's key stream (no batch index reaches it).
@@ -48,6 +51,7 @@ class Evaluator:
       *,
       num_examples: Optional[int] = None,
       seed: int = 0,
+      loss_prefix: Optional[str] = None,
   ):
     """Prepares the split's data and the jitted, sharded loss and decode functions.
 
@@ -60,10 +64,12 @@ class Evaluator:
         distillation loss, {'reward_model': ...} for a model reward; {} for none).
       num_examples: evaluate on the split's first examples only (None: all of them).
       seed: key of decode_method='sample' decoding.
+      loss_prefix: the loss metrics' prefix (default: the split's name).
     """
     data.validate(config, mesh.shape[partitioning.DATA_AXIS])
     self.task_name = config.mixture_or_task_name
     self.split = config.split
+    self._loss_prefix = loss_prefix or config.split
     self._config = config
     self._mesh = mesh
     self._rules = rules
@@ -190,12 +196,54 @@ class Evaluator:
     metrics = {}
     if with_loss:
       metrics.update(
-          {f'{self.split}/{name}': value for name, value in self.loss(params, frozen).items()}
+          {
+              f'{self._loss_prefix}/{name}': value
+              for name, value in self.loss(params, frozen).items()
+          }
       )
     inference_metrics, records = self.infer(params, frozen)
     metrics.update(
         {f'inference/{self.task_name}/{name}': value for name, value in inference_metrics.items()}
     )
+    return metrics, records
+
+
+class TaskEvaluators:
+  """`Evaluator`s of each task of a mixture (of the task alone), as one: the arguments are
+  `Evaluator`'s. A mixture's tasks are evaluated one by one, their loss metrics named
+  '<split>/<task>/<metric>'; a model with several teachers scores each task with its own
+  teacher (`mixture_rows.teacher_of_tasks`).
+  """
+
+  def __init__(self, model, config: data.DatasetConfig, *args, **kwargs):
+    data.validate(config)
+    self.split = config.split
+    task_names = list(mixture_rows.task_rates(config.mixture_or_task_name))
+    mixed = task_names != [config.mixture_or_task_name]
+    self._task_key = 'task' if mixed else None
+    owners = mixture_rows.teacher_of_tasks(model.teachers) if model.teachers else {}
+    self._evaluators = [
+        Evaluator(
+            model.with_routing(teachers.Routing.single(owners[task])) if owners else model,
+            dataclasses.replace(config, mixture_or_task_name=task),
+            *args,
+            loss_prefix=f'{config.split}/{task}' if mixed else None,
+            **kwargs,
+        )
+        for task in task_names
+    ]
+
+  def evaluate(
+      self, params: PyTree, frozen: Mapping[str, PyTree], *, with_loss: bool = True
+  ) -> Tuple[Dict[str, float], List[Dict[str, Any]]]:
+    """Every task's `Evaluator.evaluate`: (their metrics, their records, task by task)."""
+    metrics, records = {}, []
+    for evaluator in self._evaluators:
+      task_metrics, task_records = evaluator.evaluate(params, frozen, with_loss=with_loss)
+      metrics.update(task_metrics)
+      if self._task_key:
+        task_records = [dict(record, task=evaluator.task_name) for record in task_records]
+      records.extend(task_records)
     return metrics, records
 
 

@@ -27,6 +27,7 @@ Shape letters: B batch, I input length, L target length, T prefix-LM row length 
 P prompt width, E embedding, V vocabulary.
 """
 
+import copy
 import dataclasses
 from typing import Any, Dict, Mapping, NamedTuple, Optional, Tuple
 
@@ -41,6 +42,7 @@ from gkd_t5x import decoder_only
 from gkd_t5x import decoding
 from gkd_t5x import network
 from gkd_t5x import objective
+from gkd_t5x import teachers as teachers_lib
 from gkd_t5x import vocabularies
 
 Array = jnp.ndarray
@@ -271,6 +273,40 @@ def split_prefix_lm_batch(batch: Batch, inputs_length: int, targets_length: int)
   return features
 
 
+def _count(stats: Mapping[str, Array], name: str) -> Array:
+  """The sequences statistic `name` is a mean over: one teacher's ('<stat>/<teacher>') or all."""
+  _, _, teacher = name.partition('/')
+  return stats[f'num_sequences/{teacher}' if teacher else 'num_sequences']
+
+
+def _check_several_teachers(
+    name: str,
+    module: Any,
+    teacher_module: Optional[Any],
+    teachers: Mapping[str, teachers_lib.Teacher],
+    gkd: objective.GKDConfig,
+) -> None:
+  """Refuses settings that several teachers cannot take, before anything is compiled."""
+  if teacher_module is not None:
+    raise ValueError(
+        f'{name} takes teacher_module or teachers, not both: set teacher_module (gin: TEACHER) '
+        'to None when teachers are given.'
+    )
+  teachers_lib.check_teachers(teachers, module, name)
+  if gkd.teacher_temperature != 1.0:
+    raise ValueError(
+        f'With {name}.teachers, each teacher has its own temperature (teachers.Teacher.'
+        f'temperature): GKDConfig.teacher_temperature must stay 1.0, got {gkd.teacher_temperature}.'
+    )
+  if gkd.fixed_data != 'targets' or not gkd.needs_teacher:
+    raise ValueError(
+        f"{name}.teachers score the batch's targets or the student's samples: GKDConfig needs "
+        "fixed_data 'targets', a divergence to the teacher (not 'cross_entropy') and no "
+        f'offline teacher; got fixed_data={gkd.fixed_data!r}, divergence={gkd.divergence!r}, '
+        f'offline_teacher={gkd.offline_teacher}.'
+    )
+
+
 def average(value: Array, count: Any = 1):
   """The step metric of `value`, the mean of `count` items: an `averages.Average` (clu's
   under T5X, whose trainer needs clu metrics)."""
@@ -330,10 +366,13 @@ class GKDModelBase:
       beam_size: int,
       beam_alpha: float,
       calculator: bool,
+      teachers: Optional[Mapping[str, teachers_lib.Teacher]],
   ) -> None:
     """Checks the settings (the concrete constructors' shared arguments) and sets them."""
     name = type(self).__name__
-    if teacher_module is None and gkd.needs_teacher:
+    if teachers is not None:
+      _check_several_teachers(name, module, teacher_module, teachers, gkd)
+    elif teacher_module is None and gkd.needs_teacher:
       raise ValueError(
           f'{name}.teacher_module is None, but divergence {gkd.divergence!r} '
           f'with fixed_data {gkd.fixed_data!r} needs a teacher.'
@@ -370,6 +409,8 @@ class GKDModelBase:
       )
     self.module = module
     self.teacher_module = teacher_module
+    self.teachers = None if teachers is None else dict(teachers)
+    self.routing = None
     self._input_vocabulary = input_vocabulary
     self._output_vocabulary = output_vocabulary
     self.optimizer_def = optimizer_def
@@ -385,6 +426,24 @@ class GKDModelBase:
     self._forcing = (
         calculator_lib.calculator_forcing(output_vocabulary, student_vocab) if calculator else None
     )
+
+  @property
+  def has_teacher(self) -> bool:
+    """Whether a teacher network (one, or several `teachers`) scores the step's sequences."""
+    return self.teacher_module is not None or self.teachers is not None
+
+  def with_routing(self, routing: teachers_lib.Routing) -> 'GKDModelBase':
+    """This model with several teachers, each scoring the rows `routing` gives it (the
+    runner's batch layout: `mixture_rows.plan`, or one task's teacher for an evaluation)."""
+    unknown = set(routing.names) - set(self.teachers or {})
+    if unknown:
+      raise ValueError(
+          f'{type(self).__name__}.teachers has no teacher {sorted(unknown)}; its teachers are '
+          f'{sorted(self.teachers or {})}.'
+      )
+    routed = copy.copy(self)
+    routed.routing = routing
+    return routed
 
   @property
   def input_vocabulary(self) -> vocabularies.Vocabulary:
@@ -441,6 +500,23 @@ class GKDModelBase:
           (
               TEACHER_COLLECTION,
               self._init_network(self.teacher_module, teacher_rng, input_shapes, input_types),
+          )
+      )
+    if self.teachers is not None:
+      # One key per teacher, so that adding a teacher leaves the others' initial params alone.
+      several = {
+          name: self._init_network(
+              teacher.module, jax.random.fold_in(teacher_rng, index), input_shapes, input_types
+          )
+          for index, (name, teacher) in enumerate(sorted(self.teachers.items()))
+      }
+      frozen.append(
+          (
+              TEACHER_COLLECTION,
+              {
+                  collection: {name: values[collection] for name, values in several.items()}
+                  for collection in ('params', 'params_axes')
+              },
           )
       )
     if self.reward_module is not None:
@@ -503,25 +579,50 @@ class GKDModelBase:
 
   # --------------------------------------------------------------------------- training
 
-  def _teacher(self, flax_mutables: Optional[Mapping[str, Any]]):
-    if self.teacher_module is None:
+  def teacher_policy(self, flax_mutables: Optional[Mapping[str, Any]]):
+    """The teacher as the objective's `Policy` (several teachers routed to their rows by
+    `routing`), its params from flax_mutables['teacher']; None without a teacher."""
+    if not self.has_teacher:
       return None
     if not flax_mutables or TEACHER_COLLECTION not in flax_mutables:
       raise ValueError(
           f'This GKD model has a teacher; its params must reach the step as '
           f'flax_mutables[{TEACHER_COLLECTION!r}].'
       )
-    return self.policy(self.teacher_module, flax_mutables[TEACHER_COLLECTION])
+    params = flax_mutables[TEACHER_COLLECTION]
+    if self.teachers is None:
+      return self.policy(self.teacher_module, params)
+    if self.routing is None:
+      raise ValueError(
+          f'{type(self).__name__} has several teachers but no batch layout: the runner sets '
+          'it with `with_routing` (gkd_t5x.mixture_rows.plan).'
+      )
+    chosen = [self.teachers[name] for name in self.routing.names]
+    return teachers_lib.routed_policy(
+        [
+            self.policy(teacher.module, params[name])
+            for name, teacher in zip(self.routing.names, chosen)
+        ],
+        [teacher.temperature for teacher in chosen],
+        self.routing,
+    )
+
+  def _teacher_groups(self) -> Optional[objective.RowGroups]:
+    """Each teacher's rows, where a batch has several teachers' rows."""
+    if self.routing is None or len(self.routing.names) < 2:
+      return None
+    return self.routing.groups()
 
   def _metrics(self, loss: Array, stats: Mapping[str, Array]) -> MetricsMap:
     """{name: Average} of one step: each statistic a mean over the step's real sequences (so
     that steps and evaluation batches merge into per-sequence means), except the per-step
     values on_policy_fraction, lmbda and num_sequences."""
-    num_real = stats['num_sequences']
     per_step = ('on_policy', 'lmbda', 'num_sequences')
     metrics = {
-        name: average(value, 1 if name in per_step else num_real) for name, value in stats.items()
+        name: average(value, 1 if name in per_step else _count(stats, name))
+        for name, value in stats.items()
     }
+    num_real = stats['num_sequences']
     metrics['loss'] = average(loss, num_real)
     metrics['on_policy_fraction'] = metrics.pop('on_policy')
     if self.gkd.may_be_on_policy:
@@ -544,10 +645,11 @@ class GKDModelBase:
     return objective.gkd_loss(
         config,
         self.policy(self.module, params),
-        self._teacher(flax_mutables),
+        self.teacher_policy(flax_mutables),
         self.objective_batch(batch),
         rng,
         eos_id=self._eos_id,
+        teacher_groups=self._teacher_groups(),
         **kwargs,
     )
 
@@ -623,7 +725,7 @@ class GKDModelBase:
   def has_on_policy_divergence(self) -> bool:
     """Whether `on_policy_eval_fn` applies: a teacher, and a divergence to it (not SFT's
     cross-entropy)."""
-    return self.teacher_module is not None and self.gkd.divergence != 'cross_entropy'
+    return self.has_teacher and self.gkd.divergence != 'cross_entropy'
 
   def on_policy_eval_fn(
       self,
@@ -641,7 +743,9 @@ class GKDModelBase:
 
     Returns:
       {'on_policy_divergence', 'on_policy_sample_length', 'on_policy_eos_rate',
-       'on_policy_teacher_entropy', 'on_policy_student_entropy': Average}: the entropies are
+       'on_policy_teacher_entropy', 'on_policy_student_entropy': Average}, with several
+      teachers also each teacher's divergence and entropies ('on_policy_divergence/<teacher>',
+      ...); the entropies are
       the models' mean next-token entropies on those samples (compare the evaluation's
       'teacher_entropy' on the targets).
     """
@@ -662,16 +766,12 @@ class GKDModelBase:
         num_samples_per_input=1,
     )
     _, stats = self._gkd_loss(config, params, batch, rng, flax_mutables, student_dropout=False)
-    num_real = stats['num_sequences']
+    stats['sample_length'] = stats.pop('sequence_length')
+    reported = ('divergence', 'sample_length', 'eos_rate', 'teacher_entropy', 'student_entropy')
     return {
-        f'on_policy_{name}': average(stats[stat], num_real)
-        for name, stat in (
-            ('divergence', 'divergence'),
-            ('sample_length', 'sequence_length'),
-            ('eos_rate', 'eos_rate'),
-            ('teacher_entropy', 'teacher_entropy'),
-            ('student_entropy', 'student_entropy'),
-        )
+        f'on_policy_{name}': average(value, _count(stats, name))
+        for name, value in stats.items()
+        if name.split('/')[0] in reported
     }
 
   # --------------------------------------------------------------------------- inference
@@ -771,6 +871,9 @@ class GKDModel(GKDModelBase, _EncoderDecoderBase):
     calculator: with greedy or sampled decoding, complete every arithmetic annotation
       '<<expr=' the student opens with the calculator's result (`gkd_t5x.calculator`; GSM8K's
       "accuracy with calculator").
+    teachers: several teachers instead of `teacher_module` ({name: `teachers.Teacher`}, each
+      with its tasks, checkpoint and temperature; module `gkd_t5x.teachers`): each scores
+      only its own tasks' rows of a batch (`routing`, which the runner sets).
   """
 
   def __init__(
@@ -788,6 +891,7 @@ class GKDModel(GKDModelBase, _EncoderDecoderBase):
       beam_size: int = 4,
       beam_alpha: float = 0.6,
       calculator: bool = False,
+      teachers: Optional[Mapping[str, teachers_lib.Teacher]] = None,
   ):
     self._configure(
         module,
@@ -803,6 +907,7 @@ class GKDModel(GKDModelBase, _EncoderDecoderBase):
         beam_size,
         beam_alpha,
         calculator,
+        teachers,
     )
 
   @property
@@ -875,6 +980,7 @@ class GKDDecoderOnlyModel(GKDModelBase, _DecoderOnlyBase):
   Attributes (those of `GKDModel` otherwise):
     module: the student `decoder_only.DecoderOnlyTransformer`.
     teacher_module: the teacher (same vocabulary; None for SFT).
+    teachers: several decoder-only teachers instead of `teacher_module` (as `GKDModel`'s).
     vocabulary: the task's seqio vocabulary, of inputs and targets alike (T5X's argument).
     inputs_bidirectional_attention: prompts attend to themselves in both directions (a prefix
       LM); False: a causal LM over inputs and targets. T5X's flag; it applies to student and
@@ -902,6 +1008,7 @@ class GKDDecoderOnlyModel(GKDModelBase, _DecoderOnlyBase):
       beam_size: int = 4,
       beam_alpha: float = 0.6,
       calculator: bool = False,
+      teachers: Optional[Mapping[str, teachers_lib.Teacher]] = None,
   ):
     for role, network_module in (('module', module), ('teacher_module', teacher_module)):
       if network_module is not None and not isinstance(
@@ -934,6 +1041,7 @@ class GKDDecoderOnlyModel(GKDModelBase, _DecoderOnlyBase):
         beam_size,
         beam_alpha,
         calculator,
+        teachers,
     )
     # T5X's attribute name, read by T5X's own DecoderOnlyModel helpers.
     self._inputs_bidirectional_attention = inputs_bidirectional_attention

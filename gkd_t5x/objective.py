@@ -47,7 +47,7 @@ Shape letters: B batch, I input length, L target length, V vocabulary.
 
 import dataclasses
 import functools
-from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Mapping, NamedTuple, Optional, Tuple, Union
 
 import jax
 from jax import lax
@@ -649,6 +649,48 @@ def divergence_term(
   return divergences.batch_mean(per_sequence, valid), stats
 
 
+# {teacher name: rows [B, ...] -> that teacher's rows [N, ...]} (`teachers.Routing.groups`).
+RowGroups = Mapping[str, Callable[[Array], Array]]
+
+
+def grouped_divergence_term(
+    config: GKDConfig,
+    sequences: Sequences,
+    student_logits: Array,
+    teacher: TeacherSignal,
+    groups: RowGroups,
+) -> Tuple[Array, Dict[str, Array]]:
+  """`divergence_term` of a batch whose rows belong to several teachers, from each teacher's
+  term on its own rows: the batch's divergence is the mean of the groups' divergences weighted
+  by their rows with weight, each next-token statistic the mean of theirs weighted by their
+  token weight, so both equal the ungrouped term's up to float summation order.
+
+  Args:
+    config, sequences, student_logits, teacher: as `divergence_term`'s, over the batch [B].
+    groups: {teacher name: its rows of a batch-leading array}; together they cover the batch.
+
+  Returns:
+    (scalar divergence, the batch's statistics and each teacher's as '<statistic>/<teacher>',
+    with 'divergence/<teacher>' and its rows with a target, 'num_sequences/<teacher>').
+  """
+  stats, divergence_sum, rows_sum, stat_sums, weight_sum = {}, 0.0, 0.0, {}, 0.0
+  for name, take in groups.items():
+    mine = Sequences(take(sequences.tokens), take(sequences.weights))
+    mine_teacher = jax.tree_util.tree_map(take, teacher)
+    divergence, mine_stats = divergence_term(config, mine, take(student_logits), mine_teacher)
+    rows = jnp.sum(jnp.any(mine.weights > 0, axis=-1).astype(jnp.float32))
+    weight = jnp.sum(mine.weights)
+    divergence_sum += divergence * rows
+    rows_sum += rows
+    weight_sum += weight
+    for stat, value in mine_stats.items():
+      stat_sums[stat] = stat_sums.get(stat, 0.0) + value * jnp.maximum(weight, 1.0)
+      stats[f'{stat}/{name}'] = value
+    stats.update({f'divergence/{name}': divergence, f'num_sequences/{name}': rows})
+  stats.update({stat: total / jnp.maximum(weight_sum, 1.0) for stat, total in stat_sums.items()})
+  return divergence_sum / jnp.maximum(rows_sum, 1.0), stats
+
+
 def _chunked_divergence_term(
     config: GKDConfig, sequences: Sequences, student_logits: Array, teacher: TeacherSignal
 ) -> Tuple[Array, Dict[str, Array]]:
@@ -884,6 +926,7 @@ def gkd_loss(
     step: Optional[Array] = None,
     student_dropout: bool = False,
     eos_id: int = 1,
+    teacher_groups: Optional[RowGroups] = None,
 ) -> Tuple[Array, Dict[str, Array]]:
   """One step of the GKD objective (Algorithm 1), differentiable in the student's params.
 
@@ -901,6 +944,8 @@ def gkd_loss(
     student_dropout: whether the student's training forward pass applies dropout; if not, the
       sampler reuses its prompt state instead of reading the inputs twice.
     eos_id: end-of-sequence id.
+    teacher_groups: with several teachers (`teachers.routed_policy`), each one's rows, so that
+      the statistics come per teacher too (`grouped_divergence_term`).
 
   Returns:
     (scalar loss, dict of scalar statistics: divergence, on_policy, lmbda, sequence_length,
@@ -968,7 +1013,12 @@ def gkd_loss(
       ),
   )
 
-  divergence, stats = divergence_term(config, sequences, student_logits, teacher_values)
+  if teacher_groups:
+    divergence, stats = grouped_divergence_term(
+        config, sequences, student_logits, teacher_values, teacher_groups
+    )
+  else:
+    divergence, stats = divergence_term(config, sequences, student_logits, teacher_values)
   loss = divergence
   if config.uses_rl:
     pg_loss, rl_stats = rl_term(config, inputs, targets, sequences, student_logits, real_B)

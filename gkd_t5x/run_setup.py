@@ -19,6 +19,7 @@ import optax
 
 from gkd_t5x import checkpoints
 from gkd_t5x import data
+from gkd_t5x import mixture_rows
 from gkd_t5x import models
 from gkd_t5x import partitioning
 from gkd_t5x import trainer
@@ -34,10 +35,14 @@ class RunSetup:
   Attributes:
     layout: shapes and shardings of the state, the frozen networks and the batch.
     step_dirs: {gin setting: the `checkpoint_<step>` directory it names} of each path given.
+    model: the model, with several teachers routed to their rows (`mixture_plan`).
+    mixture_plan: with several teachers, each one's tasks and rows of a batch; else None.
   """
 
   layout: trainer.StateLayout
   step_dirs: Mapping[str, epath.Path]
+  model: models.GKDModelBase
+  mixture_plan: Optional[mixture_rows.Plan] = None
 
 
 def build_run(
@@ -61,13 +66,21 @@ def build_run(
     rules: the logical -> mesh axis rules.
     pack: whether the feature converter packs (the model feature lengths depend on it).
     checkpoint_paths: {gin setting: path or None}; each path given must name a checkpoint,
-      checked here so that a wrong one fails before compilation.
+      checked here so that a wrong one fails before compilation (several teachers' paths are
+      added here).
   """
   mesh = partitioning.make_mesh(model_partitions)
-  data.validate(dataset_cfg, mesh.shape[partitioning.DATA_AXIS])
+  data_shards = mesh.shape[partitioning.DATA_AXIS]
+  data.validate(dataset_cfg, data_shards)
+  mixture_plan = None
+  if model.teachers is not None:
+    mixture_plan = mixture_rows.plan(
+        model.teachers, dataset_cfg.mixture_or_task_name, dataset_cfg.batch_size, blocks=data_shards
+    )
+    model = model.with_routing(mixture_plan.routing)
   step_dirs = {
       setting: checkpoints.resolve_step_dir(path, setting)
-      for setting, path in checkpoint_paths.items()
+      for setting, path in {**checkpoint_paths, **teacher_checkpoint_paths(model)}.items()
       if path
   }
   converter = model.FEATURE_CONVERTER_CLS(pack=pack)
@@ -78,28 +91,52 @@ def build_run(
       offline_tasks.batch_shapes(dataset_cfg.mixture_or_task_name, dataset_cfg.batch_size)
   )
   layout = trainer.make_layout(model, optimizer, mesh, rules, batch_shapes)
-  return RunSetup(layout=layout, step_dirs=step_dirs)
+  return RunSetup(layout, step_dirs, model, mixture_plan)
+
+
+def teacher_checkpoint_paths(model: models.GKDModelBase) -> Dict[str, Optional[str]]:
+  """{the gin setting of each of several teachers' checkpoint paths: the path}; {} for one."""
+  return {
+      _teacher_setting(name): teacher.checkpoint_path
+      for name, teacher in (model.teachers or {}).items()
+  }
+
+
+def _teacher_setting(name: str) -> str:
+  return f'teachers[{name!r}].checkpoint_path'
 
 
 def restore_frozen(
     layout: trainer.StateLayout,
     teacher_checkpoint_path: Optional[str],
     reward_checkpoint_path: Optional[str],
+    *,
+    model: Optional[models.GKDModelBase] = None,
 ) -> Dict[str, PyTree]:
   """The frozen networks the model has and a path is given for ({'teacher': params,
   'reward_model': params}, each in its `layout.frozen_shardings`); the caller decides which
-  of them a run requires."""
+  of them a run requires. With several teachers (`model.teachers`), 'teacher' holds
+  {name: params}, each restored from its own `Teacher.checkpoint_path`."""
   paths = {
       models.TEACHER_COLLECTION: teacher_checkpoint_path,
       models.REWARD_MODEL_COLLECTION: reward_checkpoint_path,
   }
-  return {
+  frozen = {
       name: checkpoints.restore_params(
           paths[name], abstract, setting=models.FROZEN_COLLECTIONS[name]
       )
       for name, abstract in layout.abstract_frozen.items()
       if paths[name]
   }
+  if model is not None and model.teachers is not None:
+    abstract = layout.abstract_frozen[models.TEACHER_COLLECTION]
+    frozen[models.TEACHER_COLLECTION] = {
+        name: checkpoints.restore_params(
+            teacher.checkpoint_path, abstract[name], setting=_teacher_setting(name)
+        )
+        for name, teacher in model.teachers.items()
+    }
+  return frozen
 
 
 def write_results(

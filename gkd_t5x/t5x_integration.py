@@ -20,6 +20,13 @@ the same way, from REWARD_CHECKPOINT_PATH.
 A resumed run restores the teacher from its own checkpoint, which T5X saves with the rest of
 the train state (see the README's "TPU pods with T5X" section for what that costs).
 
+Several teachers (`gkd_t5x.teachers`; gin/runs/t5x_teachers.gin binds what follows): the
+initializer restores each from its `Teacher.checkpoint_path` into flax_mutables['teacher'][name];
+`routed_model` gives the model the batch layout of the mixture's rates
+(`mixture_rows.plan`, one block per data shard of T5X's data layout) and `get_teacher_rows_dataset`
+(T5X's `get_dataset_fn`) reads each host's rows in that layout. T5X's train_eval reads its own
+(randomly mixed) batches: its per-teacher figures hold only where its mixture is one teacher's.
+
 Importing this module needs t5x.
 """
 
@@ -29,8 +36,12 @@ import flax
 import jax
 from t5x import utils as t5x_utils
 
+import gin
 from gkd_t5x import checkpoints
+from gkd_t5x import data
+from gkd_t5x import mixture_rows
 from gkd_t5x import models
+from gkd_t5x import teachers as teachers_lib
 
 
 class TeacherTrainStateInitializer(t5x_utils.TrainStateInitializer):
@@ -43,6 +54,8 @@ class TeacherTrainStateInitializer(t5x_utils.TrainStateInitializer):
     reward_checkpoint_path: likewise, the classifier of a model reward
       (`rewards.EntailmentReward`), restored into the `reward_model` collection. Required
       when the reward has a network.
+    teachers: the model's several teachers (gin: TEACHERS), each restored from its own
+      checkpoint; teacher_checkpoint_path is then unused.
     **kwargs: T5X's arguments (optimizer_def, init_fn, input_shapes, partitioner,
       input_types), passed by `t5x/train.py`.
   """
@@ -52,9 +65,11 @@ class TeacherTrainStateInitializer(t5x_utils.TrainStateInitializer):
       *,
       teacher_checkpoint_path: Optional[str] = None,
       reward_checkpoint_path: Optional[str] = None,
+      teachers: Optional[Mapping[str, teachers_lib.Teacher]] = None,
       **kwargs,
   ):
     super().__init__(**kwargs)
+    self._teachers = teachers
     given = {
         models.TEACHER_COLLECTION: teacher_checkpoint_path,
         models.REWARD_MODEL_COLLECTION: reward_checkpoint_path,
@@ -62,6 +77,12 @@ class TeacherTrainStateInitializer(t5x_utils.TrainStateInitializer):
     self._frozen_paths = {}
     for name, setting in models.FROZEN_COLLECTIONS.items():
       if name not in self.global_train_state_shape.flax_mutables:
+        continue
+      if name == models.TEACHER_COLLECTION and teachers:
+        given[name] = {teacher: spec.checkpoint_path for teacher, spec in teachers.items()}
+        for teacher, path in given[name].items():
+          checkpoints.resolve_step_dir(path, f'teachers[{teacher!r}].checkpoint_path')
+        self._frozen_paths[name] = given[name]
         continue
       if given[name] is None:
         raise checkpoints.CheckpointError(
@@ -90,6 +111,14 @@ class TeacherTrainStateInitializer(t5x_utils.TrainStateInitializer):
           is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec),
       )
       abstract = checkpoints.abstract_tree(mutables[name], shardings)
+      if isinstance(path, Mapping):  # several teachers, {name: path}
+        mutables[name] = {
+            teacher: checkpoints.restore_params(
+                teacher_path, abstract[teacher], setting=f'teachers[{teacher!r}].checkpoint_path'
+            )
+            for teacher, teacher_path in path.items()
+        }
+        continue
       mutables[name] = checkpoints.restore_params(
           path, abstract, setting=models.FROZEN_COLLECTIONS[name]
       )
@@ -115,3 +144,47 @@ def skip_teacher_of_initial_checkpoint(
       name: value for name, value in mutables.items() if name not in models.FROZEN_COLLECTIONS
   }
   return ckpt_state
+
+
+@gin.configurable
+def routed_model(
+    model: models.GKDModelBase, mixture_or_task_name: str, batch_size: int, num_shards: int = 0
+) -> models.GKDModelBase:
+  """`model` with its several teachers routed to their rows of T5X's global batches of
+  `batch_size` (gin: BATCH_SIZE) from the mixture (gin: MIXTURE_OR_TASK_NAME): one block per
+  data shard, `num_shards` (0: one per host, T5X's default data layout)."""
+  blocks = num_shards or jax.process_count()
+  plan = mixture_rows.plan(model.teachers, mixture_or_task_name, batch_size, blocks=blocks)
+  return model.with_routing(plan.routing)
+
+
+@gin.configurable
+def get_teacher_rows_dataset(
+    cfg: Any,
+    shard_id: int,
+    num_shards: int,
+    feature_converter_cls: Any,
+    num_epochs: Optional[int] = None,
+    continue_from_last_checkpoint: bool = False,
+    *,
+    teachers: Mapping[str, teachers_lib.Teacher],
+) -> Any:
+  """T5X's `get_dataset_fn`: this host's batches of cfg.batch_size / num_shards rows in the
+  layout of `routed_model` (each host one block), its examples drawn with its own seed."""
+  if num_epochs is not None or continue_from_last_checkpoint:
+    raise ValueError(
+        'get_teacher_rows_dataset repeats the training data and does not continue a dataset '
+        'checkpoint: num_epochs must be None and continue_from_last_checkpoint False.'
+    )
+  local = data.DatasetConfig(
+      cfg.mixture_or_task_name,
+      cfg.task_feature_lengths,
+      cfg.split,
+      cfg.batch_size // num_shards,
+      cfg.shuffle,
+      seed=None if cfg.seed is None else cfg.seed + shard_id,
+      use_cached=cfg.use_cached,
+      module=cfg.module,
+  )
+  plan = mixture_rows.plan(teachers, local.mixture_or_task_name, local.batch_size)
+  return mixture_rows.get_dataset(local, feature_converter_cls(pack=False), plan)

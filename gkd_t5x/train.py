@@ -49,6 +49,7 @@ from gkd_t5x import evaluation
 from gkd_t5x import example_checks
 from gkd_t5x import faults
 from gkd_t5x import gin_utils
+from gkd_t5x import mixture_rows
 from gkd_t5x import models
 from gkd_t5x import partitioning
 from gkd_t5x import preemption
@@ -208,6 +209,9 @@ def train(
         'TEACHER_CHECKPOINT_PATH is not set: distilling from random params is '
         'never meant. Train a teacher first, or use a method without teacher.'
     )
+  for setting, path in run_setup.teacher_checkpoint_paths(model).items():
+    if not path:
+      raise ValueError(f'{setting} is not set: each of several teachers needs its checkpoint.')
   if model.reward_module is not None and not reward_checkpoint_path:
     raise ValueError(
         'The reward has a network of its own (GKDConfig.reward = '
@@ -215,7 +219,7 @@ def train(
         "set: give the classifier's T5X checkpoint."
     )
   _check_feature_lengths(model, train_dataset_cfg.task_feature_lengths)
-  layout = run_setup.build_run(
+  run = run_setup.build_run(
       model,
       optimizer,
       train_dataset_cfg,
@@ -227,9 +231,12 @@ def train(
           'TEACHER_CHECKPOINT_PATH': teacher_checkpoint_path,
           'REWARD_CHECKPOINT_PATH': reward_checkpoint_path,
       },
-  ).layout
-  # Both are restored when the model has them: the checks above require their paths.
-  frozen = run_setup.restore_frozen(layout, teacher_checkpoint_path, reward_checkpoint_path)
+  )
+  layout, model = run.layout, run.model
+  # All are restored when the model has them: the checks above require their paths.
+  frozen = run_setup.restore_frozen(
+      layout, teacher_checkpoint_path, reward_checkpoint_path, model=model
+  )
   init_rng, step_rng = jax.random.split(jax.random.PRNGKey(random_seed))
   manager = checkpoints.make_manager(
       model_dir, keep=keep_checkpoints, async_save=async_checkpointing
@@ -247,6 +254,7 @@ def train(
           frozen,
           batches_consumed,
           step_rng,
+          mixture_plan=run.mixture_plan,
           manager=manager,
           watch=watch,
           nonfinite=nonfinite or faults.NonFinitePolicy(),
@@ -300,6 +308,7 @@ def _train_loop(
     batches_consumed: int,
     step_rng: jax.Array,
     *,
+    mixture_plan: Optional[mixture_rows.Plan],
     manager,
     watch: preemption.Watch,
     nonfinite: faults.NonFinitePolicy,
@@ -330,7 +339,7 @@ def _train_loop(
     )
   evaluator = None
   if eval_dataset_cfg is not None:
-    evaluator = evaluation.Evaluator(
+    evaluator = evaluation.TaskEvaluators(
         model,
         eval_dataset_cfg,
         mesh,
@@ -340,9 +349,14 @@ def _train_loop(
         num_examples=eval_num_examples,
         seed=random_seed,
     )
-  dataset = data.get_dataset(
-      train_dataset_cfg, converter, repeat=True, start_batch=batches_consumed, checks=checks
-  )
+  if mixture_plan is None:
+    dataset = data.get_dataset(
+        train_dataset_cfg, converter, repeat=True, start_batch=batches_consumed, checks=checks
+    )
+  else:
+    dataset = mixture_rows.get_dataset(
+        train_dataset_cfg, converter, mixture_plan, start_batch=batches_consumed, checks=checks
+    )
   batches = dataset.as_numpy_iterator()
   is_chief = jax.process_index() == 0
   train_writer = metric_writers.create_default_writer(
@@ -439,7 +453,7 @@ class _Diagnose:
 
 
 def _evaluate(
-    evaluator: evaluation.Evaluator,
+    evaluator: evaluation.TaskEvaluators,
     params: PyTree,
     frozen: PyTree,
     step: int,

@@ -42,6 +42,9 @@ Registered at import:
                               the same problems with 10% / 30% of the steps slipped and corrected
                               ('74+17=11!91;', `steps.inject_slips`): the data of a teacher that
                               corrects slips (the on-policy testbed's recoverability knob).
+  arithmetic_sum3_2digit_chain5
+                              a mixture (not a task): arithmetic_sum3_2digit and
+                              arithmetic_chain5 at equal rates, for two teachers in one run.
   arithmetic_sum3_2digit_commute50
                               the same sums with each step's operands swapped half of the time
                               ('63+85=148;51+148=199;#199'): four valid solutions a problem (the
@@ -64,6 +67,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from gkd_t5x.tasks import common
 from gkd_t5x.tasks import steps
 
 OPERATORS = ('+', '-', '*')
@@ -663,3 +667,8 @@ for _rate in (10, 30):
       slips=steps.SlipConfig(rate=_rate / 100),
       **ARITHMETIC_CHAIN5,
   )
+# Two tasks, two teachers (gkd_t5x.teachers, gin/experiments/arithmetic/two_teachers.gin): the
+# sums and the chains at equal rates, each task scored by the teacher trained on it.
+common.register_mixture_once(
+    'arithmetic_sum3_2digit_chain5', ['arithmetic_sum3_2digit', 'arithmetic_chain5']
+)

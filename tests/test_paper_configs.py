@@ -57,6 +57,8 @@ OVERLAY_FILES = (
     'gin/experiments/arithmetic/chain5_recovery_budget.gin',
     'gin/experiments/arithmetic/sum3_recovery.gin',
     'gin/experiments/arithmetic/sum3_testbed_budget.gin',
+    'gin/experiments/arithmetic/mixture.gin',
+    'gin/experiments/arithmetic/two_teachers.gin',
 )
 SWEEP_ROOT = '/sweeps'
 # Files that read data a command writes first, refused without it: file -> the macro naming it.
