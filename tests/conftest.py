@@ -1,4 +1,5 @@
-"""Settings for the suite's processes, the pytest workers and the runs they start.
+"""Settings for the suite's processes, the pytest workers and the runs they start, and the order
+of its files.
 
 The suite runs on the CPU. With libtpu installed (the `tpu_compile` extra that CI installs for
 tests/test_fit.py), jax would otherwise try a TPU first in every process the tests start, and
@@ -21,3 +22,22 @@ if 'PYTEST_XDIST_WORKER' not in os.environ and 'JAX_COMPILATION_CACHE_DIR' not i
   _cache_dir = tempfile.mkdtemp(prefix='gkd_t5x_tests_jax_cache_')
   os.environ['JAX_COMPILATION_CACHE_DIR'] = _cache_dir
   atexit.register(shutil.rmtree, _cache_dir, ignore_errors=True)
+
+# The files whose runs take minutes, slowest first. pytest-xdist hands each worker one file at a
+# time (pytest.ini), in collection order: a slow file collected last would leave the other
+# worker idle while it runs.
+SLOW_FILES = (
+    'test_train.py',
+    'test_faults.py',
+    'test_quickstart.py',
+    'test_decoder_only_train.py',
+    'test_reproduce.py',
+    'test_sharding.py',
+    'test_mixture_rows.py',
+    'test_teachers.py',
+)
+
+
+def pytest_collection_modifyitems(items):
+  order = {name: rank for rank, name in enumerate(SLOW_FILES)}
+  items.sort(key=lambda item: order.get(item.path.name, len(SLOW_FILES)))
