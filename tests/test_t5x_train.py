@@ -18,6 +18,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 
 import numpy as np
@@ -220,3 +221,43 @@ def test_sigterm_makes_t5x_save_its_emergency_checkpoint_and_the_rerun_resumes(t
   EXPERIMENTS.run_t5x('train', 't5x_finetune', 'teacher', f'TRAIN_STEPS={saved + 1}', *bindings)
   steps = [step for step, _ in event_files.read_scalars(str(tmp_path / 'train'))['loss']]
   assert steps == list(range(1, saved + 2))  # resumed at `saved`, not from the start
+
+
+def test_two_teachers_under_t5x_each_restored_from_its_checkpoint_and_reported(tmp_path):
+  """gin/runs/t5x_teachers.gin with the shipped sum3 and chain5 teachers (their own sizes: no
+  tiny overrides) and a 2-step run: each teacher's params in T5X's checkpoint are its own
+  checkpoint's, and the train metrics come per teacher."""
+  runs.run(
+      [
+          sys.executable,
+          '-m',
+          't5x.train',
+          '--gin_file=gin/runs/t5x_finetune.gin',
+          '--gin_file=gin/experiments/arithmetic/gkd.gin',
+          '--gin_file=gin/experiments/arithmetic/mixture.gin',
+          '--gin_file=gin/experiments/arithmetic/two_teachers.gin',
+          '--gin_file=gin/runs/t5x_teachers.gin',
+          f'--gin.MODEL_DIR="{tmp_path}"',
+          *[
+              f'--gin.{binding}'
+              for binding in (
+                  'TRAIN_STEPS=2',
+                  'BATCH_SIZE=8',
+                  'EVAL_BATCH_SIZE=8',
+                  'EVAL_PERIOD=2',
+                  'CHECKPOINT_PERIOD=2',
+                  'LOG_PERIOD=1',
+                  'EVAL_NUM_EXAMPLES=8',
+                  'INITIAL_CHECKPOINT_PATH=None',
+              )
+          ],
+      ],
+      timeout=900,
+  )
+  teachers = state_tree(tmp_path / 'checkpoint_2')['flax_mutables']['teacher']
+  for name, task in (('sum3', 'arithmetic_sum3_2digit'), ('chain5', 'arithmetic_chain5')):
+    shipped = runs.ROOT / 'launch' / 'checkpoints' / f'{task}_teacher' / 'checkpoint_4000'
+    runs.assert_trees_equal(teachers[name], state_tree(shipped)['target'])
+  scalars = event_files.read_scalars(str(tmp_path / 'train'))
+  for metric in ('divergence', 'token_agreement', 'teacher_entropy', 'student_entropy'):
+    assert {f'{metric}/sum3', f'{metric}/chain5'} <= set(scalars), metric
