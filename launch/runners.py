@@ -9,7 +9,8 @@ r"""Runs commands: one after another here or on a TPU pod slice, or as jobs on l
   run_jobs   a merged plan's jobs (launch/reproduce.py) on long-lived worker processes, each
              job in-process from its command (`gin_utils.parse_gin`, then `train.train()` or
              `eval.evaluate()`), a job once the trainings it reads are done, its output in its
-             log; a failed job stops the scheduling. Each worker runs XLA and TensorFlow on one
+             log; a failed job stops the scheduling, a killed worker only its own job (and
+             those that need it). Each worker runs XLA and TensorFlow on one
              thread (tiny models gain little from a second one, and two workers use both
              cores) and JAX's persistent compilation cache, so runs that differ only in seed
              or settings that are values compile once.
@@ -409,12 +410,16 @@ def run_jobs(plan: Plan, workers: int, cache_dir: str) -> int:
   progress = Progress(total, workers, done=skipped)
   context = multiprocessing.get_context('spawn')
   workers_alive = lambda: [process.pid for process in multiprocessing.active_children()]
+  # One single-process pool per worker: a worker that dies breaks its own pool only, and the
+  # jobs on the others go on.
+  make_pool = lambda: concurrent.futures.ProcessPoolExecutor(
+      1, mp_context=context, initializer=_init_worker, initargs=(cache_dir,)
+  )
   try:
     with _sigterm_passed_on(workers_alive) as interrupted:
-      with concurrent.futures.ProcessPoolExecutor(
-          workers, mp_context=context, initializer=_init_worker, initargs=(cache_dir,)
-      ) as pool:
-        failed = _schedule(pool, workers, pending, done, progress, interrupted)
+      with contextlib.ExitStack() as stack:
+        pools = [stack.enter_context(make_pool()) for _ in range(workers)]
+        failed = _schedule(pools, make_pool, stack, pending, done, progress, interrupted)
   except RuntimeError as e:
     print(f'error: {e}', file=sys.stderr)
     return 1
@@ -429,42 +434,51 @@ def run_jobs(plan: Plan, workers: int, cache_dir: str) -> int:
 
 
 def _schedule(
-    pool: concurrent.futures.Executor,
-    workers: int,
+    pools: List[concurrent.futures.Executor],
+    make_pool: Callable[[], concurrent.futures.Executor],
+    stack: contextlib.ExitStack,
     pending: List[Job],
     done: Set[str],
     progress: Progress,
     interrupted: threading.Event,
 ) -> Optional[Job]:
-  """Runs the `pending` jobs, each once the trainings it needs are `done`, until one fails or
-  `interrupted` is set; returns the first that failed, or None. A job whose worker died (a
-  killed process breaks the pool) is reported by name and counts as failed.
+  """Runs the `pending` jobs on `pools` (one worker each), each job once the trainings it needs
+  are `done`, until one fails or `interrupted` is set; returns the first that failed, or None.
+
+  A job whose worker died (killed: its pool breaks) is reported by name and not marked done;
+  its pool is replaced and the other jobs go on, except those that need its training, which
+  wait for a rerun. The first such job is returned as failed once nothing else can run.
 
   Raises:
     RuntimeError: jobs wait for trainings that no job makes.
   """
-  running: Dict[concurrent.futures.Future, Job] = {}
-  failed = None
+  running: Dict[concurrent.futures.Future, Tuple[Job, int]] = {}
+  failed, died = None, None
   while (pending and failed is None and not interrupted.is_set()) or running:
-    while failed is None and not interrupted.is_set() and len(running) < workers:
+    free = [index for index in range(len(pools)) if index not in {i for _, i in running.values()}]
+    while failed is None and not interrupted.is_set() and free:
       ready = next((job for job in pending if all(n in done for n in job.needs)), None)
       if ready is None:
         break
       pending.remove(ready)
-      running[pool.submit(_execute, ready)] = ready
+      index = free.pop(0)
+      running[pools[index].submit(_execute, ready)] = (ready, index)
     if not running:
-      if interrupted.is_set():
+      if interrupted.is_set() or died is not None:
         break
       missing = sorted({n for job in pending for n in job.needs} - done)
       raise RuntimeError(f'{len(pending)} jobs wait for trainings that no job makes: {missing}')
     completed, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
     for future in completed:
-      job = running.pop(future)
+      job, index = running.pop(future)
       try:
         outcome, seconds = future.result()
       except concurrent.futures.process.BrokenProcessPool:
         print(f'{job.name}: its worker process died (killed?); a rerun retries it.', flush=True)
-        outcome, seconds = FAILED, 0.0
+        died = died or job
+        pools[index] = stack.enter_context(make_pool())
+        progress.failed(job.name, 0.0, job.log)
+        continue
       if outcome == INTERRUPTED:
         progress.interrupted(job.name)
         continue
@@ -477,7 +491,7 @@ def _schedule(
           job.kind,
           seconds,
           [j.kind for j in pending],
-          [j.kind for j in running.values()],
+          [j.kind for j, _ in running.values()],
           name=job.name,
       )
-  return failed
+  return failed or died

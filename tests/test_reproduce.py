@@ -426,8 +426,10 @@ def wait_for_log_line(log, line, driver, count=1, timeout=600):
 
 def test_sigterm_reaches_the_workers_and_a_killed_worker_is_named(tmp_path):
   """The teacher's training (long) is running on the only worker. SIGTERM to the driver: the
-  training saves, the job is reported interrupted, the driver exits 75. Rerun, then the worker
-  SIGKILLed: the driver names the job whose worker died and exits 1; nothing is marked done."""
+  training saves, the job is reported interrupted, the driver exits 75. Rerun on two workers,
+  the SFT student's training beside the teacher's, then the teacher's worker SIGKILLed: the
+  driver names that job and marks it not done, the student's jobs go on to the end, and the
+  driver exits 1."""
   spec = tiny_spec('tiny_a', ['1.0'])
   spec['references']['teacher']['bindings']['TRAIN_STEPS'] = '100000'
   specs_dir = tmp_path / 'specs'
@@ -435,9 +437,8 @@ def test_sigterm_reaches_the_workers_and_a_killed_worker_is_named(tmp_path):
   (specs_dir / 'tiny_a.json').write_text(json.dumps(spec))
   root = tmp_path / 'runs'
   args = ['--specs', str(specs_dir), '--root', str(root), '--out', str(tmp_path / 'out')]
-  args += ['--workers', '1', '--only', 'ref_teacher']
-  teacher = root / 'tiny_a' / 'ref_teacher'
-  driver = start_driver(args)
+  teacher, student = root / 'tiny_a' / 'ref_teacher', root / 'tiny_a' / 'ref_student_sft'
+  driver = start_driver([*args, '--workers', '1', '--only', 'ref_teacher'])
   wait_for_log_line(teacher / 'logs' / 'train.log', 'step 2/100000', driver)
   driver.send_signal(signal.SIGTERM)
   out = driver.communicate(timeout=300)[0]
@@ -449,12 +450,18 @@ def test_sigterm_reaches_the_workers_and_a_killed_worker_is_named(tmp_path):
   )
   assert list(teacher.glob('checkpoint_*')) and not (teacher / runners.DONE).exists()
 
-  driver = start_driver(args)
+  driver = start_driver([*args, '--workers', '2', '--only', 'ref_'])
   # The second "Training <dir>: steps <first> -> 100000" line: the training has resumed.
   wait_for_log_line(teacher / 'logs' / 'train.log', ' -> 100000', driver, count=2)
-  (worker,) = worker_pids(driver.pid)
+  (worker,) = [  # the worker whose output goes to the teacher's log
+      pid
+      for pid in worker_pids(driver.pid)
+      if os.readlink(f'/proc/{pid}/fd/1') == str(teacher / 'logs' / 'train.log')
+  ]
   os.kill(worker, signal.SIGKILL)
   out = driver.communicate(timeout=300)[0]
   assert driver.returncode == 1, out
   assert 'tiny_a/ref_teacher: train: its worker process died (killed?)' in out, out
   assert not (teacher / runners.DONE).exists()
+  assert (student / runners.DONE).exists()  # the other worker's job went on
+  assert (student / 'eval_greedy' / 'metrics.json').exists()
