@@ -385,7 +385,9 @@ def _train_loop(
   ):
     while step < total_steps:
       numpy_batch = next(batches)
-      example_counts += example_checks.pop_counts(numpy_batch)
+      counts = example_checks.pop_counts(numpy_batch)
+      if counts is not None:  # packed rows carry none
+        example_counts += counts
       batch = data.make_global_batch(numpy_batch, mesh)
       if diagnose is not None and step % diagnostics_period == 0:
         train_writer.write_scalars(step, diagnose(state['target'], frozen, batch, step))
