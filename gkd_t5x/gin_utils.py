@@ -9,10 +9,11 @@ current directory and in this project's root, so `include 'gin/models/...'` work
 anywhere.
 """
 
+import json
 import os
 import pathlib
 import sys
-from typing import List, Optional, Sequence
+from typing import Any, Callable, List, Optional, Sequence
 
 from absl import app
 from absl import flags
@@ -62,6 +63,20 @@ def parse_gin(
 def run(main, argv: Optional[Sequence[str]] = None) -> None:
   """absl's `app.run(main)` with the `--gin.` flags rewritten first."""
   app.run(main, argv=rewrite_gin_args(argv if argv is not None else sys.argv))
+
+
+def run_printing_json(fn: Callable[[], Any]) -> None:
+  """Runs a script whose run file binds `fn` (as T5X's scripts do, through
+  `import __main__`), and prints what it returns as one JSON line."""
+
+  def main(argv):
+    if len(argv) > 1:
+      raise ValueError(f'Unexpected arguments: {argv[1:]}')
+    configured = gin.configurable(fn)
+    parse_gin_flags()
+    print(json.dumps(configured()), flush=True)
+
+  run(main)
 
 
 def parse_gin_flags() -> None:

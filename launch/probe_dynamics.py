@@ -25,7 +25,6 @@ Prints one JSON line.
 """
 
 import functools
-import json
 from typing import Any, Dict, Optional, Sequence
 
 import jax
@@ -33,7 +32,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-import gin
 from gkd_t5x import checkpoints
 from gkd_t5x import data
 from gkd_t5x import diagnostics
@@ -192,14 +190,6 @@ def probe(
   return result
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise ValueError(f'Unexpected arguments: {argv[1:]}')
-  # As T5X's scripts do: the run file binds `probe_script.probe` (`import __main__`).
-  probe_using_gin = gin.configurable(probe)
-  gin_utils.parse_gin_flags()
-  print(json.dumps(probe_using_gin()), flush=True)
-
-
 if __name__ == '__main__':
-  gin_utils.run(main)
+  # The run file binds `probe_script.probe` (`import __main__`).
+  gin_utils.run_printing_json(probe)

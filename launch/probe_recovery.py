@@ -13,14 +13,12 @@ wrong value (detection, 1 at best) and whether it cries wolf after a right one (
 passes its false alarms to the student along with its corrections. Prints one JSON line.
 """
 
-import json
 from typing import Any, Dict, Optional
 
 import jax
 import numpy as np
 import optax
 
-import gin
 from gkd_t5x import checkpoints
 from gkd_t5x import data
 from gkd_t5x import gin_utils
@@ -110,14 +108,6 @@ def probe(
   }
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise ValueError(f'Unexpected arguments: {argv[1:]}')
-  # As T5X's scripts do: the run file binds `probe_script.probe` (`import __main__`).
-  probe_using_gin = gin.configurable(probe)
-  gin_utils.parse_gin_flags()
-  print(json.dumps(probe_using_gin()), flush=True)
-
-
 if __name__ == '__main__':
-  gin_utils.run(main)
+  # The run file binds `probe_script.probe` (`import __main__`).
+  gin_utils.run_printing_json(probe)
