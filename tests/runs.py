@@ -27,6 +27,11 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 TIMING_TAGS = frozenset({'steps_per_sec', 'eta_seconds'})
 
 
+# A run whose evaluation no test reads: none at the end either (an evaluation compiles the
+# decoding loop, about a third of a tiny run's time).
+NO_EVALUATION = 'train.train.eval_dataset_cfg=None'
+
+
 def environment(devices: int = 1) -> Dict[str, str]:
   """This process's environment with `devices` simulated CPU devices."""
   return dict(
@@ -124,7 +129,9 @@ class Experiments:
   def assert_distillation_starts_from(self, teacher_dir, sft_dir, model_dir, sft_step: int):
     """One supervised-KD step at a negligible learning rate from INITIAL_CHECKPOINT_PATH =
     `sft_dir` keeps the SFT checkpoint's params (to 1e-6); returns them by path."""
-    bindings = distillation_bindings(teacher_dir, sft_dir, 'TRAIN_STEPS=1', 'LEARNING_RATE=1e-30')
+    bindings = distillation_bindings(
+        teacher_dir, sft_dir, 'TRAIN_STEPS=1', 'LEARNING_RATE=1e-30', NO_EVALUATION
+    )
     self.train(model_dir, 'supervised_kd', *bindings)
     sft = tiny.flat(final_params(sft_dir, sft_step))
     distilled = tiny.flat(final_params(model_dir, 1))
@@ -134,12 +141,12 @@ class Experiments:
     return sft
 
   def trained(self, experiment: str):
-    """A module-scoped fixture: the directory of a finished `experiment` run."""
+    """A module-scoped fixture: the directory of a finished `experiment` run (not evaluated)."""
 
     @pytest.fixture(scope='module')
     def fixture(tmp_path_factory):
       model_dir = tmp_path_factory.mktemp(f'{self.prefix}{experiment}')
-      self.train(model_dir, experiment)
+      self.train(model_dir, experiment, NO_EVALUATION)
       return model_dir
 
     return fixture

@@ -63,7 +63,7 @@ def test_restarted_run_ends_where_the_uninterrupted_run_does(
   """Stopped at its step-3 checkpoint, then restarted with the same command: it resumes from
   the checkpoint (data position and step keys included) and ends with the same params and
   metrics."""
-  bindings = gkd_bindings(teacher_dir, sft_dir)
+  bindings = gkd_bindings(teacher_dir, sft_dir, runs.NO_EVALUATION)
   EXPERIMENTS.train(tmp_path, 'gkd', *bindings, 'TRAIN_STEPS=3')
   resumed = EXPERIMENTS.train(tmp_path, 'gkd', *bindings)
   assert 'steps 3 -> 6' in resumed.stdout

@@ -34,7 +34,7 @@ EXPERIMENTS = runs.ENCODER_DECODER
 STEPS = 30
 TMP_SUFFIX = '.orbax-checkpoint-tmp'
 # No evaluation; checkpoints only where a test asks for them (and at the end).
-BINDINGS = (f'TRAIN_STEPS={STEPS}', 'CHECKPOINT_PERIOD=100', 'train.train.eval_dataset_cfg=None')
+BINDINGS = (f'TRAIN_STEPS={STEPS}', 'CHECKPOINT_PERIOD=100', runs.NO_EVALUATION)
 
 
 def start(model_dir, *bindings, extra_flags=()):

@@ -39,7 +39,7 @@ def gkd_bindings(teacher_dir, sft_dir, *extra):
 def gkd_run(tmp_path_factory, teacher_dir, sft_dir):
   """A 12-step mixed GKD run (lambda 0.5, JSD(0.5)), evaluated every 4 steps, its dynamics
   measured every 4 steps (the other tests that reuse its bindings check them too: resumed,
-  on 8 devices, in two processes); its console output in stdout.txt."""
+  and in two processes of 4 devices); its console output in stdout.txt."""
   model_dir = tmp_path_factory.mktemp('gkd')
   bindings = gkd_bindings(
       teacher_dir, sft_dir, 'TRAIN_STEPS=12', 'CHECKPOINT_PERIOD=4', 'EVAL_PERIOD=4'
@@ -142,13 +142,6 @@ def losses(model_dir):
   return np.array([value for _, value in runs.train_scalars(model_dir)['loss']])
 
 
-def test_eight_devices_give_the_loss_of_one(gkd_run, tmp_path):
-  """Mesh 4x2 (data parallel 4, model parallel 2): the same losses as one device."""
-  model_dir, bindings = gkd_run
-  EXPERIMENTS.train(tmp_path, 'gkd', *bindings, 'NUM_PARTITIONS=2', 'EVAL_PERIOD=None', devices=8)
-  np.testing.assert_allclose(losses(tmp_path), losses(model_dir), rtol=1e-5, atol=1e-6)
-
-
 def test_vocabulary_that_model_parallelism_cannot_split(tmp_path):
   result = subprocess.run(
       EXPERIMENTS.train_argv(
@@ -165,8 +158,10 @@ def test_vocabulary_that_model_parallelism_cannot_split(tmp_path):
   assert "is split 2 ways over mesh axes ('model',), which does not divide 259" in result.stderr
 
 
-def test_two_processes_give_the_loss_of_one(gkd_run, tmp_path):
-  """Two local processes joined by jax.distributed (one CPU device each)."""
+def test_two_processes_of_four_devices_give_the_loss_of_one(gkd_run, tmp_path):
+  """Two local processes joined by jax.distributed, 4 CPU devices each, on a 4x2 mesh (data
+  parallel 4, model parallel 2, so both axes span the processes' devices): the same losses as
+  one device."""
   model_dir, bindings = gkd_run
   port = runs.free_port()
   processes = [
@@ -175,11 +170,12 @@ def test_two_processes_give_the_loss_of_one(gkd_run, tmp_path):
               tmp_path,
               'gkd',
               *bindings,
-              'EVAL_PERIOD=None',
+              'NUM_PARTITIONS=2',
+              runs.NO_EVALUATION,
               extra_flags=runs.distributed_flags(port, index),
           ),
           cwd=runs.ROOT,
-          env=runs.environment(),
+          env=runs.environment(4),
           stdout=subprocess.PIPE,
           stderr=subprocess.PIPE,
           text=True,
@@ -189,4 +185,5 @@ def test_two_processes_give_the_loss_of_one(gkd_run, tmp_path):
   outputs = [process.communicate(timeout=600) for process in processes]
   for process, (_, stderr) in zip(processes, outputs):
     assert process.returncode == 0, stderr[-4000:]
+  assert "mesh {'data': 4, 'model': 2}" in outputs[0][0]
   np.testing.assert_allclose(losses(tmp_path), losses(model_dir), rtol=1e-5, atol=1e-6)
