@@ -51,6 +51,7 @@ HAS_T5X = importlib.util.find_spec('t5x') is not None
 # Files parsed after an experiment's own to change some of its settings (not runnable alone).
 OVERLAY_FILES = (
     'gin/experiments/arithmetic/reproduction.gin',
+    'gin/experiments/arithmetic/from_sft.gin',
     'gin/experiments/arithmetic/chain5.gin',
     'gin/experiments/arithmetic/chain5_reproduction.gin',
     'gin/experiments/arithmetic/chain5_recovery.gin',
