@@ -45,7 +45,8 @@ stage() {
   fi
 }
 
-# train NAME EXPERIMENT STEPS [gin bindings...]
+# train NAME EXPERIMENT STEPS [gin bindings...]: without the trainer's own evaluation on the
+# validation split, since every model is evaluated on the test split below.
 train() {
   local name=$1 experiment=$2 steps=$3
   shift 3
@@ -56,7 +57,7 @@ train() {
   echo "== $name ($experiment, $steps steps)"
   stage "$LOGS/$name.log" "$PYTHON" -m gkd_t5x.train --gin_file=gin/runs/train.gin \
     --gin_file="$EXPERIMENTS/$experiment.gin" --gin.MODEL_DIR="'$WORK_DIR/$name'" \
-    --gin.TRAIN_STEPS="$steps" --gin.EVAL_NUM_EXAMPLES="$EVAL_EXAMPLES" "$@"
+    --gin.TRAIN_STEPS="$steps" --gin.train.train.eval_dataset_cfg=None "$@"
 }
 
 # evaluate NAME EXPERIMENT CHECKPOINT
