@@ -27,6 +27,12 @@ the slice's devices (`topologies`). It prints one JSON line, then a table:
 the NUM_PARTITIONS of highest roofline throughput that fits. A run that does not fit exits
 with status 1 after saying which settings would change that and what each gives.
 
+Several teachers (`GKDModel.teachers`) each score their tasks' rows of the training batch, laid
+out over the data shards as the trainer lays them out (`mixture_rows.plan`, from
+MIXTURE_OR_TASK_NAME's rates); the evaluation steps are compiled with the largest teacher
+scoring every row, as an evaluation batch holds one task. Their params all count as the
+teacher's, and the analytic FLOPs count each teacher's forward pass on its rows.
+
 The paper's vocabulary (a SentencePiece file on GCS) is replaced by token ids of its size,
 and GSM8K's calculator (text forcing in decoding) is left out: the step's shapes are the same.
 """
@@ -50,6 +56,7 @@ from gkd_t5x import eval_steps
 from gkd_t5x import gin_utils
 from gkd_t5x import models
 from gkd_t5x import partitioning
+from gkd_t5x import teachers
 from gkd_t5x import topologies
 from gkd_t5x import trainer
 from gkd_t5x import vocabularies
@@ -71,6 +78,7 @@ class RunSpec:
   task_feature_lengths: Mapping[str, int]
   num_partitions: int
   eval_batch_size: int
+  mixture_or_task_name: Optional[str] = None
 
 
 @gin.configurable
@@ -82,6 +90,7 @@ def run_spec(
     task_feature_lengths: Mapping[str, int],
     num_partitions: int = 1,
     eval_batch_size: Optional[int] = None,
+    mixture_or_task_name: Optional[str] = None,
 ) -> RunSpec:
   return RunSpec(
       model,
@@ -90,6 +99,7 @@ def run_spec(
       dict(task_feature_lengths),
       num_partitions,
       eval_batch_size or batch_size,
+      mixture_or_task_name,
   )
 
 
@@ -118,17 +128,63 @@ def _sharded_bytes(tree: Any) -> int:
   )
 
 
-def _analytic(spec: RunSpec, layout: trainer.StateLayout, batch_size: int) -> Dict[str, Any]:
-  """Analytic FLOPs of both steps and HBM bytes of the on-policy one, over all devices."""
-  model, lengths = spec.model, spec.task_feature_lengths
+def _routed(spec: RunSpec, batch_size: int, data_shards: int) -> models.GKDModelBase:
+  """The run's model with several teachers' rows laid out as the trainer lays them out over
+  `data_shards`; the model itself with one teacher or none.
+
+  Raises:
+    ValueError: several teachers without MIXTURE_OR_TASK_NAME, or rows the mixture's rates
+      cannot split (`mixture_rows.plan`).
+  """
+  if spec.model.teachers is None:
+    return spec.model
+  if not spec.mixture_or_task_name:
+    raise ValueError(
+        'Several teachers (GKDModel.teachers) score the rows of their tasks: MIXTURE_OR_TASK_NAME '
+        'must name the training mixture.'
+    )
+  # Imported here: a mixture's rates are seqio's, and the fit check of one teacher must run
+  # where TensorFlow and seqio are not installed (accelerator images).
+  from gkd_t5x import mixture_rows  # pylint: disable=g-import-not-at-top
+
+  plan = mixture_rows.plan(
+      spec.model.teachers, spec.mixture_or_task_name, batch_size, blocks=data_shards
+  )
+  return spec.model.with_routing(plan.routing)
+
+
+def _largest_teacher(model: models.GKDModelBase, layout: trainer.StateLayout) -> Optional[str]:
+  """The name of the teacher with the most params, of several; None for one or none."""
+  if model.teachers is None:
+    return None
+  params = layout.abstract_frozen[models.TEACHER_COLLECTION]  # {teacher name: its params}
+  return max(sorted(params), key=lambda name: costs.tree_bytes(params[name]))
+
+
+def _teacher_flops(model: models.GKDModelBase, count, batch_size: int, lengths) -> Dict[str, int]:
+  """The teacher's forward FLOPs (`count` of `costs`): each of several teachers on its rows."""
+  if model.teachers is not None:
+    rows = model.routing.rows(batch_size)
+    flops = [
+        count(model.teachers[name].module.config, n, lengths['inputs'], lengths['targets'])
+        for name, n in zip(model.routing.names, rows)
+    ]
+    return {part: sum(f[part] for f in flops) for part in ('encode', 'decode')}
+  if model.teacher_module is not None:
+    return count(model.teacher_module.config, batch_size, lengths['inputs'], lengths['targets'])
+  return {'encode': 0, 'decode': 0}
+
+
+def _analytic(
+    spec: RunSpec, model: models.GKDModelBase, layout: trainer.StateLayout, batch_size: int
+) -> Dict[str, Any]:
+  """Analytic FLOPs of both steps and HBM bytes of the on-policy one, over all devices, of
+  `model` (the run's, routed)."""
+  lengths = spec.task_feature_lengths
   shape = (batch_size, lengths['inputs'], lengths['targets'])
   decoder_only = not hasattr(model.module.config, 'num_encoder_layers')
   count = costs.decoder_only_matmul_flops if decoder_only else costs.matmul_flops
-  teacher_flops = (
-      count(model.teacher_module.config, *shape)
-      if model.teacher_module is not None
-      else {'encode': 0, 'decode': 0}
-  )
+  teacher_flops = _teacher_flops(model, count, batch_size, lengths)
   config = model.module.config
   hbm = costs.step_hbm_bytes(
       layout.abstract_state['target'],
@@ -220,7 +276,8 @@ def check(
   returns the report's fields.
 
   Raises:
-    ValueError: the batch or a model dimension does not split over the mesh.
+    ValueError: the batch or a model dimension does not split over the mesh, or several
+      teachers' rows over the data shards.
   """
   layout = _layout(spec, tuple(devices), num_partitions)
   mesh = layout.mesh
@@ -231,6 +288,7 @@ def check(
           f'{name} = {size} does not split over the {data_parallel} data-parallel replicas of '
           f'{len(devices)} devices with NUM_PARTITIONS = {num_partitions}.'
       )
+  model = _routed(spec, batch_size, data_parallel)
   rules = layout.rules
   shapes = lambda size: {name: (size, length) for name, length in _feature_lengths(spec).items()}
   layout = dataclasses.replace(layout, batch_shapes=shapes(batch_size))
@@ -238,29 +296,33 @@ def check(
   resident = _sharded_bytes((layout.abstract_state, layout.abstract_frozen))
   if resident > chip.hbm_bytes:  # nothing to compile: the arguments alone do not fit
     steps = {'train': _unfit(resident, 'train state and frozen networks', chip.hbm_bytes)}
-    return _report(spec, layout, chip, steps, batch_size=batch_size, devices=len(devices))
+    return _report(spec, model, layout, chip, steps, batch_size=batch_size, devices=len(devices))
   with partitioning.activate(mesh, rules):
     steps = {
         'train': _compile(
-            trainer.jit_train_step(spec.model, spec.optimizer, layout),
+            trainer.jit_train_step(model, spec.optimizer, layout),
             trainer.abstract_step_args(layout),
             chip.hbm_bytes,
         )
     }
     if with_eval:
       _, frozen, batch, rng = trainer.abstract_step_args(eval_layout)
+      largest = _largest_teacher(spec.model, layout)
+      eval_model = (
+          spec.model.with_routing(teachers.Routing.single(largest)) if largest else spec.model
+      )
       loss_step, predict_step = eval_steps.jit_eval_steps(
-          spec.model, mesh, layout.param_shardings, layout.frozen_shardings
+          eval_model, mesh, layout.param_shardings, layout.frozen_shardings
       )
       for name, fn in (('eval_loss', loss_step), ('eval_predict', predict_step)):
         args = (layout.abstract_state['target'], frozen, batch, rng)
         steps[name] = _compile(fn, args, chip.hbm_bytes)
-  return _report(spec, layout, chip, steps, batch_size=batch_size, devices=len(devices))
+  return _report(spec, model, layout, chip, steps, batch_size=batch_size, devices=len(devices))
 
 
-def _report(spec, layout, chip, steps, *, batch_size, devices) -> Dict[str, Any]:
-  """The JSON line's fields from the compiled steps' figures."""
-  analytic = _analytic(spec, layout, batch_size)
+def _report(spec, model, layout, chip, steps, *, batch_size, devices) -> Dict[str, Any]:
+  """The JSON line's fields from the compiled steps' figures (`model`: the run's, routed)."""
+  analytic = _analytic(spec, model, layout, batch_size)
   total = max(step['memory']['peak'] for step in steps.values())
   refused = {name: step['refused'] for name, step in steps.items() if 'refused' in step}
   bound = costs.roofline(

@@ -11,6 +11,7 @@ import sys
 
 import pytest
 
+from gkd_t5x import costs
 from gkd_t5x import fit
 from gkd_t5x import topologies
 
@@ -71,6 +72,29 @@ def test_teacher_is_sharded_over_the_model_axis(line):
   teacher = line['teacher_bytes']
   # Layer norms and relative position biases are replicated: a little over half.
   assert teacher['total'] / 2 <= teacher['per_device'] < 0.55 * teacher['total']
+
+
+def test_two_teachers_each_count_on_their_rows(line):
+  """The tiny run with both arithmetic teachers (of the same tiny size), each scoring half of
+  the mixture's rows: both teachers' params count, sharded like one, and their forward passes
+  on half the batch each add up to one teacher's on all of it."""
+  files = [
+      TINY[0],
+      'gin/experiments/arithmetic/mixture.gin',
+      'gin/experiments/arithmetic/two_teachers.gin',
+      TINY[1],
+  ]
+  run = fit.load_run(files, [])
+  teachers, lengths = run.model.teachers, run.task_feature_lengths
+  two = json.loads(json.dumps(fit.run(files, [], topology='v5e:2x2', num_partitions='2')))
+  assert two['fits'] and two['mesh'] == line['mesh']
+  assert two['teacher_bytes']['total'] == 2 * line['teacher_bytes']['total']
+  assert two['teacher_bytes']['per_device'] == 2 * line['teacher_bytes']['per_device']
+  assert two['hbm_bytes']['analytic']['teacher'] == 2 * line['hbm_bytes']['analytic']['teacher']
+  config = teachers['sum3'].module.config
+  assert teachers['chain5'].module.config == config
+  whole = costs.matmul_flops(config, 8, lengths['inputs'], lengths['targets'])
+  assert two['flops']['analytic']['teacher_forward'] == whole['encode'] + whole['decode']
 
 
 def test_another_generation_compiles(spec, line):
