@@ -17,6 +17,14 @@ import shutil
 import tempfile
 
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+# XLA:CPU compiles the tests' tiny programs with LLVM's cheap passes only: compiling, not
+# running, is most of a tiny run's time. Every process of the suite compiles alike, so the
+# tests that compare two runs compare programs built the same way.
+if 'PYTEST_XDIST_WORKER' not in os.environ:
+  os.environ['XLA_FLAGS'] = (
+      os.environ.get('XLA_FLAGS', '')
+      + ' --xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true'
+  ).strip()
 # The pytest-xdist workers inherit the controller's environment, and with it its cache.
 if 'PYTEST_XDIST_WORKER' not in os.environ and 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
   _cache_dir = tempfile.mkdtemp(prefix='gkd_t5x_tests_jax_cache_')

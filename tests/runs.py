@@ -33,12 +33,9 @@ NO_EVALUATION = 'train.train.eval_dataset_cfg=None'
 
 
 def environment(devices: int = 1) -> Dict[str, str]:
-  """This process's environment with `devices` simulated CPU devices."""
-  return dict(
-      os.environ,
-      TF_CPP_MIN_LOG_LEVEL='3',
-      XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
-  )
+  """This process's environment (its XLA flags kept) with `devices` simulated CPU devices."""
+  flags = f'{os.environ.get("XLA_FLAGS", "")} --xla_force_host_platform_device_count={devices}'
+  return dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', XLA_FLAGS=flags)
 
 
 def free_port() -> int:
