@@ -8,13 +8,13 @@ import sys
 
 import numpy as np
 import pytest
+import runs
 
 PROBE = os.path.join(os.path.dirname(__file__), 'sharded_step_probe.py')
 
 
 def check_probe(lmbda, architecture):
-  flags = f'{os.environ.get("XLA_FLAGS", "")} --xla_force_host_platform_device_count=8'
-  env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS='cpu')
+  env = dict(runs.environment(8), JAX_PLATFORMS='cpu')
   out = subprocess.run(
       [sys.executable, PROBE, str(lmbda), architecture],
       env=env,
