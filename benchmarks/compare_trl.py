@@ -7,8 +7,10 @@
 
 `--config all` (the default) runs bench_a and bench_b. For each configuration one process times:
 
-  ours   `step_time.time_step`'s jitted `value_and_grad(model.loss_fn)` of a `models.GKDModel`
-         (JSD(0.5), float32): loss and gradients, no optimizer update;
+  ours   `step_time.compile_step`: the trainer's step (`trainer.jit_train_step`) of a
+         `models.GKDModel` (JSD(0.5), float32): loss, gradients and an AdamW update at
+         torch's defaults (`step_time.OPTIMIZER`); before 2026-12-08 it timed loss and
+         gradients alone;
   TRL    a step as TRL's `GKDTrainer.training_step` takes one (trl.experimental.gkd):
          `student.generate(do_sample=True, temperature=1, top_k=0, top_p=1, use_cache=True)`
          under no_grad (`generate_on_policy_outputs`: labels masked after the first EOS), the
@@ -76,8 +78,6 @@ from trl.experimental.gkd import GKDTrainer
 # step_time.py lies beside this script, which is run as a file rather than installed.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import step_time  # noqa: E402
-
-from gkd_t5x import models  # noqa: E402
 
 # The encoder-decoder configurations: TRL's side here is HF's T5.
 CONFIGS = ('tiny', 'bench_a', 'bench_b')
@@ -241,11 +241,9 @@ def our_step(
     keys: jax.Array,
     name: str,
 ) -> Callable[[int], object]:
-  """Our step with this lambda, compiled by `step_time.compile_step`, as a function of the
-  round, whose step key it takes."""
-  compiled = step_time.compile_step(bench, lmbda, name).compiled
-  mutables = {models.TEACHER_COLLECTION: variables[models.TEACHER_COLLECTION]}
-  return lambda round_: compiled(variables['params'], batch, keys[round_], mutables)
+  """Our train step with this lambda (`step_time.compile_step`: the trainer's step, AdamW
+  included) as a function of the round, whose key it takes; each round steps from the last."""
+  return step_time.step_runner(step_time.compile_step(bench, lmbda, name), variables, batch, keys)
 
 
 def per_token_ms(seconds: List[float], decode_steps: List[int]) -> float:
@@ -315,7 +313,7 @@ def run_config(name: str, steps: int, warmup: int) -> Dict[str, object]:
       'ratio_sample_per_token': ours_ms / trl_ms,
       # A step's metrics hold its mean sample length; TRL's step returns it.
       'ours_sample_length': statistics.mean(
-          float(metrics['sample_length'].compute()) for (_, metrics), _ in timed['ours_lambda1']
+          float(metrics['sample_length'].compute()) for metrics in timed['ours_lambda1']
       ),
       'trl_sample_length': statistics.mean(length for _, length in timed['trl_lambda1']),
       'ours_decode_steps': statistics.mean(ours_decode_steps),

@@ -10,8 +10,9 @@ At GSM8K's 320-token targets and T5's 32k vocabulary, the teacher's and the stud
 residuals for the backward pass) are a step's largest buffers; `GKDConfig.divergence_chunk_length`
 computes the divergence term over chunks of that many positions under `lax.scan` with
 rematerialization (`divergences.chunked_sequence_sum`). This script compiles the trainer's
-lambda = 1 train step (`trainer.jit_train_step`, the program `gkd_t5x.train` runs, without
-optimizer state) on the models of `step_time.py` for each chunk length (0 = whole) from
+lambda = 1 train step (`step_time.compile_step`: `trainer.jit_train_step`, the program
+`gkd_t5x.train` runs, with `optax.identity()` for the optimizer, so no optimizer state) on the
+models of `step_time.py` for each chunk length (0 = whole) from
 abstract params, so nothing is allocated and it runs on any machine, and prints one JSON line
 per configuration with XLA's static memory estimate of each compiled step (bytes: argument,
 output, temp, alias, peak = argument + output + temp - alias) and each chunked step's temp
@@ -28,7 +29,6 @@ unless timed).
 
 import argparse
 import dataclasses
-import functools
 import itertools
 import json
 import os
@@ -43,29 +43,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import step_time  # noqa: E402  (the benchmark's configurations and step, beside this script)
 
 from gkd_t5x import costs  # noqa: E402
-from gkd_t5x import partitioning  # noqa: E402
-from gkd_t5x import trainer  # noqa: E402
 
 WARMUP = 2
-
-
-def compile_train_step(bench: step_time.Bench, name: str):
-  """The trainer's step (`trainer.jit_train_step`) of the bench's lambda = 1 model, compiled on
-  one device from abstract arguments; no optimizer state (`optax.identity`), so that the
-  figures are the step's own."""
-  model = step_time.make_model(bench, 1.0)
-  batch = jax.eval_shape(functools.partial(step_time.make_batch, bench))
-  shapes = {feature: value.shape for feature, value in batch.items()}
-  mesh = partitioning.make_mesh(1, jax.devices()[:1])
-  rules = partitioning.standard_logical_axis_rules()
-  layout = trainer.make_layout(model, optax.identity(), mesh, rules, shapes)
-  step_time.log(
-      f'[{name}] compiling the lambda=1 train step, chunks {bench.divergence_chunk_length}, '
-      f'teacher top-k {bench.teacher_top_k}'
-  )
-  with partitioning.activate(mesh, rules):
-    step = trainer.jit_train_step(model, optax.identity(), layout)
-    return step.lower(*trainer.abstract_step_args(layout)).compile()
+# No optimizer state, so that the figures are the step's own.
+NO_OPTIMIZER = optax.identity()
 
 
 def counts_flag(value: str) -> List[int]:
@@ -102,14 +83,13 @@ def step_variants(
     variant = dataclasses.replace(
         bench, divergence_chunk_length=length or None, teacher_top_k=k or None
     )
+    step = step_time.compile_step(variant, 1.0, name, optimizer=NO_OPTIMIZER)
     variants.append(
         dict(
             divergence_chunk_length=length or None,
             teacher_top_k=k or None,
-            memory_bytes=costs.memory_bytes(compile_train_step(variant, name)),
-            step_seconds=median_step_seconds(
-                variant, step_time.compile_step(variant, 1.0, name), name, time_steps
-            )
+            memory_bytes=costs.memory_bytes(step.compiled),
+            step_seconds=median_step_seconds(variant, step, name, time_steps)
             if time_steps
             else None,
         )

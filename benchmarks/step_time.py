@@ -22,11 +22,12 @@ Configurations (`--config`):
   accelerator                the four T5 1.1 pairs
 
 Every configuration uses JSD(0.5) with dropout off. It builds `models.GKDModel`s (or
-`models.GKDDecoderOnlyModel`s) and jits `jax.value_and_grad` of `model.loss_fn` with the
-teacher's params passed as `flax_mutables={'teacher': ...}` and, as in the trainer's step
-(`trainer.make_train_step`), not returned. Each step is compiled for abstract arguments
-(`jax.eval_shape` of the initialization), so that the batch search never allocates params; they
-are made once the batch is chosen.
+`models.GKDDecoderOnlyModel`s) and times the trainer's own step, `trainer.jit_train_step` on a
+one-device mesh: the loss, its gradients, an AdamW update (OPTIMIZER) and the non-finite guard,
+with the teacher's params an argument that is neither donated nor returned and the state
+donated. Each step is compiled for abstract arguments (`trainer.abstract_step_args`), so that
+the batch search never allocates params; they are made once the batch is chosen. Figures
+recorded before 2026-12-08 timed `jax.value_and_grad(model.loss_fn)` alone, without the update.
 
 Flags:
 
@@ -119,12 +120,16 @@ import jax
 from jax.extend import core as jax_core
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from gkd_t5x import costs
 from gkd_t5x import decoder_only
 from gkd_t5x import models
 from gkd_t5x import network
 from gkd_t5x import objective
+from gkd_t5x import optimizers
+from gkd_t5x import partitioning
+from gkd_t5x import trainer
 from gkd_t5x import vocabularies
 
 EOS_ID = 1
@@ -132,6 +137,9 @@ MATMUL_SIZE = 2048
 DTYPES = ('float32', 'bfloat16')
 # The batch search's cap where the device reports no memory limit (CPU).
 UNLIMITED_MAX_BATCH_SIZE = 8
+# The timed steps' optimizer: AdamW at torch.optim.AdamW's defaults (learning rate 1e-3, weight
+# decay 0.01), as TRL's side of compare_trl.py steps it.
+OPTIMIZER = optimizers.adamw(1e-3, weight_decay=0.01)
 
 # Vendor dense (no sparsity) peak TFLOP/s per JAX device kind: (bfloat16, float32 as JAX runs
 # it). JAX's default matmul precision computes float32 dots as TF32 on these GPUs and as
@@ -347,7 +355,7 @@ def make_batch(bench: Bench) -> Dict[str, jnp.ndarray]:
   """Random EncDec features [B, I] / [B, L] without padding or EOS (ids 2 .. V-1), so a
   lambda = 0 step trains on all L target tokens, like an on-policy step on samples that never
   stop early; decoder-only: the same inputs and targets as prefix-LM rows [B, I + L] (seqio's
-  PrefixLMFeatureConverter layout)."""
+  PrefixLMFeatureConverter layout). Every feature is int32, as the trainer's batches are."""
   rng = np.random.default_rng(0)
   tokens = lambda length: jnp.asarray(
       rng.integers(2, bench.vocab_size, (bench.batch_size, length)), jnp.int32
@@ -368,7 +376,7 @@ def make_batch(bench: Bench) -> Dict[str, jnp.ndarray]:
       'encoder_input_tokens': inputs,
       'decoder_target_tokens': targets,
       'decoder_input_tokens': objective.shift_right(targets),
-      'decoder_loss_weights': jnp.ones(targets.shape, jnp.float32),
+      'decoder_loss_weights': jnp.ones(targets.shape, jnp.int32),
   }
 
 
@@ -407,9 +415,14 @@ def variables_fn(model: models.GKDModelBase, bench: Bench) -> Callable[[], Dict[
   """The model's variables from seed 0 as a function of nothing: `jax.eval_shape` of it gives
   their shapes without allocating them, `jax.jit` of it makes them (in one program, in which
   initialization's forward pass on the batch is dead code)."""
-  batch = jax.eval_shape(functools.partial(make_batch, bench))
-  shapes = {name: value.shape for name, value in batch.items()}
+  shapes = batch_shapes(bench)
   return lambda: model.get_initial_variables(jax.random.PRNGKey(0), shapes)
+
+
+def batch_shapes(bench: Bench) -> Dict[str, Tuple[int, ...]]:
+  """{feature: shape} of `make_batch`'s batch, computed without making it."""
+  batch = jax.eval_shape(functools.partial(make_batch, bench))
+  return {name: value.shape for name, value in batch.items()}
 
 
 def device_memory_bytes() -> Optional[int]:
@@ -474,34 +487,41 @@ def largest_fitting_batch(
 
 @dataclasses.dataclass
 class CompiledStep:
-  """A train step compiled for a model with one lambda, its traced program and compile time."""
+  """The trainer's step (`trainer.jit_train_step`) for a model with one lambda, compiled for
+  the bench's shapes, with its traced program and compile time."""
 
   model: models.GKDModelBase
+  optimizer: optax.GradientTransformation
+  layout: trainer.StateLayout
   compiled: object
   jaxpr: object
   compile_s: float
 
 
-def compile_step(bench: Bench, lmbda: float, name: str) -> CompiledStep:
-  """Traces, lowers and compiles `value_and_grad(loss_fn)` of a model with this lambda for the
-  bench's shapes, from abstract arguments (no params are allocated)."""
+def compile_step(
+    bench: Bench,
+    lmbda: float,
+    name: str,
+    *,
+    optimizer: Optional[optax.GradientTransformation] = None,
+) -> CompiledStep:
+  """Traces, lowers and compiles the trainer's own step (`trainer.jit_train_step`: loss,
+  gradients, the optimizer's update, the non-finite guard; the state donated) of a model with
+  this lambda on one device, from abstract arguments (`trainer.abstract_step_args`: nothing is
+  allocated). `optimizer` defaults to OPTIMIZER."""
+  optimizer = optimizer or OPTIMIZER
   model = make_model(bench, lmbda)
-  variables = jax.eval_shape(variables_fn(model, bench))
-  batch = jax.eval_shape(functools.partial(make_batch, bench))
-  mutables = {models.TEACHER_COLLECTION: variables[models.TEACHER_COLLECTION]}
-
-  def loss_fn(params, batch, rng, mutables):
-    # As in the trainer's step, the teacher's params that loss_fn hands back unchanged are
-    # dropped: returned, they would be copied at every step and count twice in its memory.
-    loss, (metrics, _) = model.loss_fn(params, batch, rng, mutables)
-    return loss, metrics
-
-  step = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
-  log(f'[{name}] compiling the lambda={lmbda:g} step at batch {bench.batch_size}')
+  shapes = batch_shapes(bench)
+  mesh = partitioning.make_mesh(1, jax.devices()[:1])
+  rules = partitioning.standard_logical_axis_rules()
+  layout = trainer.make_layout(model, optimizer, mesh, rules, shapes)
+  log(f'[{name}] compiling the lambda={lmbda:g} train step at batch {bench.batch_size}')
   start = time.perf_counter()
-  traced = step.trace(variables['params'], batch, jax.random.PRNGKey(0), mutables)
-  compiled = traced.lower().compile()
-  return CompiledStep(model, compiled, traced.jaxpr, time.perf_counter() - start)
+  with partitioning.activate(mesh, rules):
+    step = trainer.jit_train_step(model, optimizer, layout)
+    traced = step.trace(*trainer.abstract_step_args(layout))
+    compiled = traced.lower().compile()
+  return CompiledStep(model, optimizer, layout, compiled, traced.jaxpr, time.perf_counter() - start)
 
 
 def choose_batch(
@@ -541,6 +561,27 @@ def choose_batch(
   return dataclasses.replace(bench, batch_size=batch_size), compiled[batch_size], search
 
 
+def step_runner(
+    step: CompiledStep,
+    variables: Dict[str, object],
+    batch: Dict[str, jnp.ndarray],
+    keys: jnp.ndarray,
+) -> Callable[[int], Dict[str, object]]:
+  """The compiled step as a function of k that takes step k on `keys[k]` (the run key) from the
+  state the previous call left (the state is donated: each call replaces it), starting from a
+  fresh optimizer state on a copy of `variables['params']`; it returns the step's metrics."""
+  params = jax.tree_util.tree_map(jnp.copy, variables['params'])
+  state = trainer.init_state(step.model, step.optimizer, step.layout, keys[0], params=params)
+  frozen = {models.TEACHER_COLLECTION: variables[models.TEACHER_COLLECTION]}
+
+  def run(k):
+    nonlocal state
+    state, metrics = step.compiled(state, frozen, batch, keys[k])
+    return metrics
+
+  return run
+
+
 def time_step(
     step: CompiledStep,
     variables: Dict[str, object],
@@ -550,19 +591,17 @@ def time_step(
     warmup: int,
     name: str,
 ) -> Tuple[List[float], List[float]]:
-  """Times a compiled step (one step key each); returns the seconds of the timed steps and
-  their mean sampled lengths (none for a model that never samples: lambda = 0)."""
-  params = variables['params']
-  mutables = {models.TEACHER_COLLECTION: variables[models.TEACHER_COLLECTION]}
+  """Times a compiled step (run key `step_keys[k]` at step k); returns the seconds of the timed
+  steps and their mean sampled lengths (none for a model that never samples: lambda = 0)."""
   metrics = []
+  run = step_runner(step, variables, batch, step_keys)
 
-  def run(k):
-    (loss, step_metrics), grads = step.compiled(params, batch, step_keys[k], mutables)
-    metrics.append(step_metrics)
-    return loss, grads
+  def timed(k):
+    metrics.append(run(k))
+    return metrics[-1]
 
   log(f'[{name}] timing {steps} steps of lambda={step.model.gkd.lmbda.start:g} after {warmup}')
-  seconds = time_runs(run, steps, warmup)
+  seconds = time_runs(timed, steps, warmup)
   sample_lengths = [
       float(m['sample_length'].compute()) for m in metrics[warmup:] if 'sample_length' in m
   ]
