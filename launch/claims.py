@@ -298,29 +298,46 @@ KNOB_STARTS = {
 }
 
 
-def _knob_study() -> List[Claim]:
-  """The knob study (launch/sweeps/testbed/knob_study.json): on-policy GKD against supervised KD
-  on the ground truth (the on-policy advantage), against SFT continued, and against the SFT
-  checkpoint it starts from (issue 23: it must not end below it), at each knob."""
-  gkd = 'method_GKD_on-policy_FKL__knob_{}'
+def _from_sft(figure: str, spec: str, suffix: str, start: str) -> List[Claim]:
+  """One setting of runs that start from an SFT student: on-policy GKD against supervised KD on
+  the ground truth (the on-policy advantage), against SFT continued, and against the SFT
+  checkpoint `start` it starts from (issue 23: it must not end below it); greedy and at T = 1.
+  Points are `method_<method><suffix>`."""
   controls = (
-      ('beats supervised KD on the ground truth', 'method_Supervised_KD_ground_truth__knob_{}'),
-      ('beats SFT for the same steps', 'method_SFT_continued__knob_{}'),
+      ('beats supervised KD on the ground truth', f'method_Supervised_KD_ground_truth{suffix}'),
+      ('beats SFT for the same steps', f'method_SFT_continued{suffix}'),
+      ('ends above its start', start),
   )
   return [
       Claim(
-          f'Knob study ({knob.replace("_", " ")})',
+          figure,
           f'{label}: on-policy GKD {name}',
-          'knob_study',
+          spec,
           'accuracy',
           evaluation,
-          gkd.format(knob),
-          point.format(knob),
+          f'method_GKD_on-policy_FKL{suffix}',
+          point,
       )
-      for knob, start in KNOB_STARTS.items()
       for evaluation, label in (('greedy', 'greedy'), ('T=1.0', 'T = 1'))
-      for name, point in controls + (('ends above its start', start),)
+      for name, point in controls
   ]
+
+
+def _knob_study() -> List[Claim]:
+  """The knob study (launch/sweeps/testbed/knob_study.json) at every knob, and its
+  target-entropy setting for 2000 steps (target_entropy_budget.json)."""
+  return [
+      claim
+      for knob, start in KNOB_STARTS.items()
+      for claim in _from_sft(
+          f'Knob study ({knob.replace("_", " ")})', 'knob_study', f'__knob_{knob}', start
+      )
+  ] + _from_sft(
+      'Knob study (target entropy, 2000 steps)',
+      'target_entropy_budget',
+      '__steps_2000',
+      'ref_student_sft',
+  )
 
 
 TESTBED_CLAIMS: Tuple[Claim, ...] = tuple(
