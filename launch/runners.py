@@ -194,7 +194,9 @@ def _run_in_order(
       continue
     started = time.monotonic()
     progress.begin(run.name)
-    logs = os.path.join(run.model_dir, 'logs')
+    # realpath: a run directory may be a link to the same run of another sweep, which that
+    # sweep has not made yet (makedirs cannot go through a dangling link).
+    logs = os.path.join(os.path.realpath(run.model_dir), 'logs')
     os.makedirs(logs, exist_ok=True)
     for command in pending:
       argv = command.argv(python)
