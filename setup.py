@@ -53,7 +53,7 @@ setuptools.setup(
         ],
         # gkd_t5x.fit: libtpu's compiler for TPU topologies on any host, the version that jax's
         # own `tpu` extra names (jax 0.10.2: libtpu==0.0.42.*).
-        'tpu_compile': ['libtpu==0.0.42.*'],
+        'tpu-compile': ['libtpu==0.0.42.*'],
         # benchmarks/compare_trl.py: our GKD step against TRL's GKDTrainer step (PyTorch on CPU).
         'bench': ['torch==2.13.0', 'transformers==5.17.0', 'trl==1.13.0'],
         # What t5x, airio and jestimator import beyond the pins above. They are not on PyPI:

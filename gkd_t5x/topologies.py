@@ -1,7 +1,7 @@
 """TPU chips and slices that a step is compiled for on a CPU host, with libtpu's compiler.
 
 `jax.experimental.topologies.get_topology_desc` gives compile-only devices of a TPU slice that
-the machine does not have (libtpu, the `tpu_compile` extra, holds the compiler); a program
+the machine does not have (libtpu, the `tpu-compile` extra, holds the compiler); a program
 compiled for them reports the memory and cost a slice would give it. `prepare_host` runs before
 any device is used: it keeps jax on the CPU and keeps libtpu from querying the TPU VM's
 metadata server and from logging to the terminal.
@@ -22,10 +22,10 @@ import sys
 from typing import Any, Iterator, Sequence, Tuple
 
 GiB = 2**30
-# The pip requirement that installs the compiler (setup.py's `tpu_compile` extra; jax 0.10.2's
+# The pip requirement that installs the compiler (setup.py's `tpu-compile` extra; jax 0.10.2's
 # `tpu` extra names the same version).
 LIBTPU_REQUIREMENT = 'libtpu==0.0.42.*'
-INSTALL_COMMAND = 'pip install -e ".[tpu_compile]"  # or: pip install "' + LIBTPU_REQUIREMENT + '"'
+INSTALL_COMMAND = 'pip install -e ".[tpu-compile]"  # or: pip install "' + LIBTPU_REQUIREMENT + '"'
 
 
 @dataclasses.dataclass(frozen=True)

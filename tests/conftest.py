@@ -1,7 +1,7 @@
 """Settings for the suite's processes, the pytest workers and the runs they start, and the order
 of its files.
 
-The suite runs on the CPU. With libtpu installed (the `tpu_compile` extra that CI installs for
+The suite runs on the CPU. With libtpu installed (the `tpu-compile` extra that CI installs for
 tests/test_fit.py), jax would otherwise try a TPU first in every process the tests start, and
 log libtpu's complaints about the missing chip.
 

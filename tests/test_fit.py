@@ -1,6 +1,6 @@
 """`gkd_t5x.fit` on the tiny arithmetic run: its steps compiled by libtpu for TPU slices.
 
-Skipped only where libtpu (the `tpu_compile` extra, which CI installs) is missing.
+Skipped only where libtpu (the `tpu-compile` extra, which CI installs) is missing.
 """
 
 import importlib.util
@@ -16,7 +16,7 @@ from gkd_t5x import fit
 from gkd_t5x import topologies
 
 pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec('libtpu') is None, reason='libtpu (the tpu_compile extra)'
+    importlib.util.find_spec('libtpu') is None, reason='libtpu (the tpu-compile extra)'
 )
 TINY = ['gin/experiments/arithmetic/gkd.gin', 'tests/testdata/tiny_arithmetic.gin']
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -139,5 +139,5 @@ def test_bad_topology_and_missing_libtpu_get_one_line(monkeypatch):
   assert result.stderr.strip().splitlines() == [result.stderr.strip()]
   assert 'known: v3:2x2' in result.stderr and 'v5e:4x4' in result.stderr
   monkeypatch.setattr(topologies.importlib.util, 'find_spec', lambda name: None)
-  with pytest.raises(RuntimeError, match=r'pip install -e "\.\[tpu_compile\]"'):
+  with pytest.raises(RuntimeError, match=r'pip install -e "\.\[tpu-compile\]"'):
     topologies.devices('v5e:2x2')
