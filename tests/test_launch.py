@@ -652,33 +652,34 @@ def test_local_mode_runs_in_order_skips_done_and_stops_at_a_failure(
   assert not (other / 'synthetic' / 'lam_0' / 'seed_1' / 'DONE').exists()
 
 
-def test_local_mode_runs_a_run_linked_to_another_sweeps_run_not_made_yet(tmp_path, fake_python):
-  python, calls = fake_python
+def one_axis_local_sweep(tmp_path, python):
+  """The synthetic spec's first axis, seed 0, as a local sweep with the stand-in trainer:
+  (sweep.py's argv, the spec's run root)."""
   spec = synthetic_spec(seeds=[0])
   spec['axes'] = spec['axes'][:1]
   spec['plot'] = {'kind': 'bars', 'metric': 'accuracy', 'x': 'lam'}
   spec_path = tmp_path / 'spec.json'
   spec_path.write_text(json.dumps(spec))
   root = tmp_path / 'root'
-  shared = tmp_path / 'other_sweep' / 'lam_0' / 'seed_0'
-  (root / 'synthetic' / 'lam_0').mkdir(parents=True)
-  (root / 'synthetic' / 'lam_0' / 'seed_0').symlink_to(shared)
   argv = [str(spec_path), '--root', str(root), '--mode', 'local', '--python', python]
+  return argv, root / 'synthetic'
+
+
+def test_local_mode_runs_a_run_linked_to_another_sweeps_run_not_made_yet(tmp_path, fake_python):
+  python, calls = fake_python
+  argv, base = one_axis_local_sweep(tmp_path, python)
+  shared = tmp_path / 'other_sweep' / 'lam_0' / 'seed_0'
+  (base / 'lam_0').mkdir(parents=True)
+  (base / 'lam_0' / 'seed_0').symlink_to(shared)
   assert sweep.main(argv) == 0
-  assert ['gkd_t5x.train', str(root / 'synthetic' / 'lam_0' / 'seed_0')] in calls()
+  assert ['gkd_t5x.train', str(base / 'lam_0' / 'seed_0')] in calls()
   assert (shared / 'DONE').is_file() and (shared / 'logs').is_dir()
 
 
 def start_sweep_hanging_at(tmp_path, monkeypatch, python, run, stdout=subprocess.PIPE):
   """launch/sweep.py --mode local (the stand-in trainer) of a 3-run spec, in a process, once
   `run` hangs in training; returns the driver, its argv and the spec's run root."""
-  spec = synthetic_spec(seeds=[0])
-  spec['axes'] = spec['axes'][:1]
-  spec['plot'] = {'kind': 'bars', 'metric': 'accuracy', 'x': 'lam'}
-  spec_path = tmp_path / 'spec.json'
-  spec_path.write_text(json.dumps(spec))
-  root = tmp_path / 'root'
-  argv = [str(spec_path), '--root', str(root), '--mode', 'local', '--python', python]
+  argv, base = one_axis_local_sweep(tmp_path, python)
   monkeypatch.setenv('FAKE_HANG', run)
   driver = subprocess.Popen(
       [sys.executable, 'launch/sweep.py', *argv],
@@ -692,7 +693,7 @@ def start_sweep_hanging_at(tmp_path, monkeypatch, python, run, stdout=subprocess
   while not running.exists():
     assert driver.poll() is None and time.monotonic() < deadline, driver.communicate()
     time.sleep(0.05)
-  return driver, argv, root / 'synthetic'
+  return driver, argv, base
 
 
 def test_sigterm_to_the_local_sweep_reaches_its_run_which_is_reported_interrupted(
